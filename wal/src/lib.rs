@@ -1,1 +1,529 @@
+//! ferry's write-ahead log: durable, encrypted, segmented, append-only.
+//!
+//! One writer thread owns the files and the clock; appends from any thread
+//! or task are queued to it and committed in groups (many appends, one
+//! fsync). An append returns only after its group's fsync. Readers use the
+//! in-memory index, which only ever points at durable records.
 
+mod index;
+pub mod key;
+mod record;
+mod rekey;
+mod scan;
+mod writer;
+
+pub use key::{Keyring, WalKey};
+pub use rekey::rekey;
+
+use ferry_proto::{Event, Hlc, Origin, Priority, Summary};
+use index::Index;
+use record::{decode_record, parse_record, Record, SegmentHeader};
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use tokio::sync::oneshot;
+
+pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    #[error("could not {op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("disk full while writing {path}: nothing from the failed append was kept and nothing acknowledged was lost; free space and retry")]
+    DiskFull { path: PathBuf },
+    #[error("{path} is in use by another ferry process (a running `ferry run`?); stop it or send the command through it")]
+    Locked { path: PathBuf },
+    #[error("{path} was written with the key {found}, which is not the key given ({given}); point ferry at the right key file. Nothing was changed")]
+    WrongKey {
+        path: PathBuf,
+        found: String,
+        given: String,
+    },
+    #[error("{path} is damaged at offset {offset}: {reason}. Nothing was changed; restore this file from a backup or a peer")]
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+    #[error("key file {path} holds {len} bytes; a WAL key is exactly 32")]
+    BadKeyFile { path: PathBuf, len: usize },
+    #[error("invalid event: {0}")]
+    InvalidEvent(String),
+    #[error("the WAL was opened read-only")]
+    ReadOnly,
+    #[error("the WAL writer has stopped after an earlier failure ({0}); restart ferry")]
+    WriterStopped(String),
+}
+
+impl WalError {
+    pub(crate) fn io(op: &'static str, path: &Path, source: std::io::Error) -> Self {
+        if source.kind() == std::io::ErrorKind::StorageFull {
+            return WalError::DiskFull {
+                path: path.to_path_buf(),
+            };
+        }
+        WalError::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+pub struct WalOptions {
+    pub dir: PathBuf,
+    pub keys: Keyring,
+    /// The log this node writes its own events to.
+    pub local_origin: Origin,
+    pub segment_bytes: u64,
+    /// Read without taking the lock, truncating or writing: for looking at a
+    /// WAL another process is writing.
+    pub read_only: bool,
+}
+
+impl WalOptions {
+    pub fn new(dir: impl Into<PathBuf>, keys: Keyring, local_origin: Origin) -> Self {
+        WalOptions {
+            dir: dir.into(),
+            keys,
+            local_origin,
+            segment_bytes: DEFAULT_SEGMENT_BYTES,
+            read_only: false,
+        }
+    }
+}
+
+/// A local event before the WAL gives it a sequence number and timestamp.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub topic: String,
+    pub priority: Priority,
+    pub payload: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AppendReport {
+    pub stored: u64,
+    /// Events already held: idempotent no-ops.
+    pub duplicates: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WalStats {
+    pub events: u64,
+    pub bytes: u64,
+    pub segments: usize,
+    pub index_chunks: usize,
+    /// Group commits (fsyncs) since open.
+    pub commits: u64,
+}
+
+struct SegmentFile {
+    path: PathBuf,
+    file: Arc<File>,
+    key: Option<WalKey>,
+}
+
+struct Shared {
+    dir: PathBuf,
+    index: RwLock<Index>,
+    segments: RwLock<BTreeMap<u32, SegmentFile>>,
+    bytes: AtomicU64,
+    commits: AtomicU64,
+    appended: tokio::sync::watch::Sender<u64>,
+}
+
+pub struct Wal {
+    shared: Arc<Shared>,
+    local_origin: Arc<RwLock<Origin>>,
+    tx: Option<std::sync::mpsc::Sender<writer::Command>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+    _lock: Option<File>,
+}
+
+fn segment_path(dir: &Path, n: u32) -> PathBuf {
+    dir.join(format!("{n:08}.seg"))
+}
+
+pub(crate) fn list_segments(dir: &Path) -> Result<Vec<(u32, PathBuf)>, WalError> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| WalError::io("list WAL directory", dir, e))? {
+        let entry = entry.map_err(|e| WalError::io("list WAL directory", dir, e))?;
+        let name = entry.file_name();
+        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".seg")) else {
+            continue;
+        };
+        if let Ok(n) = stem.parse::<u32>() {
+            out.push((n, entry.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), WalError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| WalError::io("sync directory", dir, e))
+}
+
+pub(crate) fn key_for<'a>(
+    keys: &'a Keyring,
+    path: &Path,
+    h: &SegmentHeader,
+) -> Result<Option<&'a WalKey>, WalError> {
+    if h.cipher == record::CIPHER_NONE {
+        return Ok(None);
+    }
+    keys.find(&h.fingerprint)
+        .map(Some)
+        .ok_or_else(|| WalError::WrongKey {
+            path: path.to_path_buf(),
+            found: key::hex(&h.fingerprint),
+            given: keys
+                .current
+                .as_ref()
+                .map(|k| key::hex(&k.fingerprint()))
+                .unwrap_or_else(|| "no key".into()),
+        })
+}
+
+/// Takes the WAL directory's lock, so two writers never open one WAL.
+pub(crate) fn lock_dir(dir: &Path) -> Result<File, WalError> {
+    let path = dir.join("LOCK");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| WalError::io("open lock file", &path, e))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(WalError::Locked {
+            path: dir.to_path_buf(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(WalError::io("lock", &path, e)),
+    }
+}
+
+impl Wal {
+    pub fn open(opts: WalOptions) -> Result<Wal, WalError> {
+        if !opts.read_only {
+            std::fs::create_dir_all(&opts.dir)
+                .map_err(|e| WalError::io("create WAL directory", &opts.dir, e))?;
+        }
+        let lock = if opts.read_only {
+            None
+        } else {
+            Some(lock_dir(&opts.dir)?)
+        };
+        let listed = list_segments(&opts.dir)?;
+
+        // Check every header against the keys before touching anything.
+        let mut scanned = Vec::new();
+        for (i, (n, path)) in listed.iter().enumerate() {
+            let is_last = i + 1 == listed.len();
+            match scan::scan_segment(path)? {
+                Some(seg) => {
+                    key_for(&opts.keys, path, &seg.header)?;
+                    if seg.header.number != *n {
+                        return Err(WalError::Corrupt {
+                            path: path.clone(),
+                            offset: 12,
+                            reason: format!(
+                                "header says segment {} but the file name says {n}",
+                                seg.header.number
+                            ),
+                        });
+                    }
+                    if let Some(t) = &seg.torn {
+                        if !is_last {
+                            return Err(WalError::Corrupt {
+                                path: path.clone(),
+                                offset: t.offset,
+                                reason: format!("{} in a segment that is not the last", t.reason),
+                            });
+                        }
+                    }
+                    scanned.push((path.clone(), seg));
+                }
+                None if is_last => {
+                    tracing::warn!(path = %path.display(), "removing a segment whose creation was cut short (it held no data)");
+                    if !opts.read_only {
+                        std::fs::remove_file(path)
+                            .map_err(|e| WalError::io("remove empty segment", path, e))?;
+                    }
+                }
+                None => {
+                    return Err(WalError::Corrupt {
+                        path: path.clone(),
+                        offset: 0,
+                        reason: "segment header cut short".into(),
+                    })
+                }
+            }
+        }
+
+        let mut index = Index::default();
+        let mut segments = BTreeMap::new();
+        let mut bytes = 0;
+        for (path, seg) in &scanned {
+            if let Some(t) = &seg.torn {
+                tracing::warn!(path = %path.display(), offset = t.offset, bytes = t.bytes, reason = %t.reason,
+                    "dropping the unacknowledged end of the WAL (a write cut short by a crash or power cut)");
+                if !opts.read_only {
+                    let f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(path)
+                        .map_err(|e| WalError::io("open segment", path, e))?;
+                    f.set_len(seg.durable_len)
+                        .map_err(|e| WalError::io("truncate torn tail", path, e))?;
+                    f.sync_all()
+                        .map_err(|e| WalError::io("sync segment", path, e))?;
+                }
+            }
+            let n = seg.header.number;
+            for (meta, off) in &seg.events {
+                if index.contains(&meta.origin, meta.seq) {
+                    return Err(WalError::Corrupt {
+                        path: path.clone(),
+                        offset: *off,
+                        reason: format!("event {}:{} is stored twice", meta.origin, meta.seq),
+                    });
+                }
+                index.add(meta.origin, meta.seq, n, *off, off + meta.len);
+            }
+            bytes += seg.durable_len;
+            let file = File::open(path).map_err(|e| WalError::io("open segment", path, e))?;
+            let key = key_for(&opts.keys, path, &seg.header)?.cloned();
+            segments.insert(
+                n,
+                SegmentFile {
+                    path: path.clone(),
+                    file: Arc::new(file),
+                    key,
+                },
+            );
+        }
+        let events = index.events;
+        let shared = Arc::new(Shared {
+            dir: opts.dir.clone(),
+            index: RwLock::new(index),
+            segments: RwLock::new(segments),
+            bytes: AtomicU64::new(bytes),
+            commits: AtomicU64::new(0),
+            appended: tokio::sync::watch::channel(events).0,
+        });
+        let local_origin = Arc::new(RwLock::new(opts.local_origin));
+        let mut wal = Wal {
+            shared,
+            local_origin,
+            tx: None,
+            writer: None,
+            _lock: lock,
+        };
+        if !opts.read_only {
+            let last_hlc = wal.last_hlc()?;
+            let (tx, handle) = writer::start(
+                wal.shared.clone(),
+                wal.local_origin.clone(),
+                opts.keys.current.clone(),
+                opts.segment_bytes,
+                last_hlc,
+            )?;
+            wal.tx = Some(tx);
+            wal.writer = Some(handle);
+        }
+        Ok(wal)
+    }
+
+    /// The latest timestamp this node issued or merged before: its own last
+    /// event and the last record in the log.
+    fn last_hlc(&self) -> Result<Hlc, WalError> {
+        let local = self.local_origin();
+        let mut hlc = Hlc::default();
+        let last_local = self.summary().get(&local).and_then(|r| r.last());
+        if let Some(seq) = last_local {
+            for e in self.read_range(&local, seq, seq, 1)? {
+                hlc = hlc.max(e.hlc);
+            }
+        }
+        let last_record = {
+            let index = self.index();
+            index
+                .origins
+                .iter()
+                .flat_map(|(o, oi)| {
+                    oi.chunks
+                        .iter()
+                        .map(move |(s, c)| (c.segment, c.end, *o, *s + c.count as u64 - 1))
+                })
+                .max()
+        };
+        if let Some((_, _, origin, seq)) = last_record {
+            for e in self.read_range(&origin, seq, seq, 1)? {
+                hlc = hlc.max(e.hlc);
+            }
+        }
+        Ok(hlc)
+    }
+
+    fn index(&self) -> std::sync::RwLockReadGuard<'_, Index> {
+        // A poisoned lock means a panic while holding it; the index is only
+        // mutated by infallible code, so its contents are still consistent.
+        self.shared.index.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn local_origin(&self) -> Origin {
+        *self.local_origin.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn send(&self, cmd: writer::Command) -> Result<(), WalError> {
+        let tx = self.tx.as_ref().ok_or(WalError::ReadOnly)?;
+        tx.send(cmd)
+            .map_err(|_| WalError::WriterStopped("writer thread exited".into()))
+    }
+
+    /// Appends this node's own events; returns them with seq and HLC set,
+    /// after they are durable.
+    pub async fn append_local(&self, items: Vec<NewEvent>) -> Result<Vec<Event>, WalError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(writer::Command::Local(items, tx))?;
+        rx.await
+            .map_err(|_| WalError::WriterStopped("writer thread exited".into()))?
+    }
+
+    pub fn append_local_blocking(&self, items: Vec<NewEvent>) -> Result<Vec<Event>, WalError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(writer::Command::Local(items, tx))?;
+        rx.blocking_recv()
+            .map_err(|_| WalError::WriterStopped("writer thread exited".into()))?
+    }
+
+    /// Appends events received from peers. Events already held are skipped.
+    pub async fn append_replicated(&self, events: Vec<Event>) -> Result<AppendReport, WalError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(writer::Command::Replicated(events, tx))?;
+        rx.await
+            .map_err(|_| WalError::WriterStopped("writer thread exited".into()))?
+    }
+
+    pub fn append_replicated_blocking(&self, events: Vec<Event>) -> Result<AppendReport, WalError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(writer::Command::Replicated(events, tx))?;
+        rx.blocking_recv()
+            .map_err(|_| WalError::WriterStopped("writer thread exited".into()))?
+    }
+
+    /// Starts a new log for this node's own events (see `Origin`).
+    pub fn set_local_origin(&self, origin: Origin) {
+        *self.local_origin.write().unwrap_or_else(|p| p.into_inner()) = origin;
+    }
+
+    pub fn summary(&self) -> Summary {
+        self.index().summary()
+    }
+
+    pub fn contains(&self, origin: &Origin, seq: u64) -> bool {
+        self.index().contains(origin, seq)
+    }
+
+    /// Stored events of `origin` in `first..=last`, ascending, at most `limit`.
+    pub fn read_range(
+        &self,
+        origin: &Origin,
+        first: u64,
+        last: u64,
+        limit: usize,
+    ) -> Result<Vec<Event>, WalError> {
+        let chunks = self.index().chunks_for(origin, first, last);
+        let mut out = Vec::new();
+        let mut buf = Vec::new();
+        for (_, chunk) in chunks {
+            let (path, file, key) = {
+                let segs = self
+                    .shared
+                    .segments
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner());
+                let Some(s) = segs.get(&chunk.segment) else {
+                    return Err(WalError::Corrupt {
+                        path: segment_path(&self.shared.dir, chunk.segment),
+                        offset: chunk.start,
+                        reason: "segment named by the index is missing".into(),
+                    });
+                };
+                (s.path.clone(), s.file.clone(), s.key.clone())
+            };
+            buf.resize((chunk.end - chunk.start) as usize, 0);
+            file.read_exact_at(&mut buf, chunk.start)
+                .map_err(|e| WalError::io("read segment", &path, e))?;
+            let mut pos = 0usize;
+            while pos < buf.len() {
+                let corrupt = |reason: String| WalError::Corrupt {
+                    path: path.clone(),
+                    offset: chunk.start + pos as u64,
+                    reason,
+                };
+                let rec = parse_record(&buf[pos..]).map_err(|e| corrupt(format!("{e:?}")))?;
+                if let Record::Event(meta) = rec {
+                    if meta.origin == *origin && (first..=last).contains(&meta.seq) {
+                        out.push(decode_record(&buf[pos..], &meta, key.as_ref()).map_err(corrupt)?);
+                        if out.len() >= limit {
+                            return Ok(out);
+                        }
+                    }
+                }
+                pos += rec.len() as usize;
+            }
+        }
+        // Chunks come in seq order and hold consecutive seqs: `out` is sorted.
+        Ok(out)
+    }
+
+    pub fn stats(&self) -> WalStats {
+        let index = self.index();
+        WalStats {
+            events: index.events,
+            bytes: self.shared.bytes.load(Ordering::Relaxed),
+            segments: self
+                .shared
+                .segments
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .len(),
+            index_chunks: index.chunk_count(),
+            commits: self.shared.commits.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Ticks with the total number of stored events after every commit.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.appended.subscribe()
+    }
+
+    /// Waits for queued appends to finish and stops the writer.
+    pub fn close(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.tx.take();
+        if let Some(h) = self.writer.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

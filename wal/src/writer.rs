@@ -1,0 +1,366 @@
+//! The single writer thread: group commit.
+//!
+//! It blocks for one command, drains whatever else is queued (up to a byte
+//! budget), writes all records plus one commit record with one `write`, and
+//! calls `fdatasync` once. Only then does it update the index and answer.
+
+use crate::index::Index;
+use crate::record::{encode_commit, encode_record, SegmentHeader, HEADER_LEN};
+use crate::{
+    segment_path, sync_dir, AppendReport, NewEvent, SegmentFile, Shared, WalError, WalKey,
+};
+use ferry_proto::event::check_limits;
+use ferry_proto::{Clock, Event, Hlc, Origin};
+use std::collections::HashSet;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::{Arc, RwLock};
+use tokio::sync::oneshot;
+
+/// A group stops taking more appends beyond this many bytes.
+const GROUP_BYTES: usize = 4 << 20;
+
+pub enum Command {
+    Local(Vec<NewEvent>, oneshot::Sender<Result<Vec<Event>, WalError>>),
+    Replicated(Vec<Event>, oneshot::Sender<Result<AppendReport, WalError>>),
+}
+
+struct Writer {
+    shared: Arc<Shared>,
+    local_origin: Arc<RwLock<Origin>>,
+    key: Option<WalKey>,
+    segment_bytes: u64,
+    clock: Clock,
+    file: File,
+    segment: u32,
+    len: u64,
+    stopped: Option<String>,
+}
+
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+pub(crate) fn start(
+    shared: Arc<Shared>,
+    local_origin: Arc<RwLock<Origin>>,
+    key: Option<WalKey>,
+    segment_bytes: u64,
+    last_hlc: Hlc,
+) -> Result<(Sender<Command>, std::thread::JoinHandle<()>), WalError> {
+    let last = shared
+        .segments
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .next_back()
+        .map(|(n, s)| (*n, s.path.clone()));
+    let (file, segment, len) = match last {
+        Some((n, path)) => {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(|e| WalError::io("open segment", &path, e))?;
+            let len = file
+                .metadata()
+                .map_err(|e| WalError::io("stat segment", &path, e))?
+                .len();
+            (file, n, len)
+        }
+        None => create_segment(&shared, 1, key.as_ref())?,
+    };
+    let mut w = Writer {
+        shared,
+        local_origin,
+        key,
+        segment_bytes,
+        clock: Clock::starting_after(last_hlc),
+        file,
+        segment,
+        len,
+        stopped: None,
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    let handle = std::thread::Builder::new()
+        .name("ferry-wal-writer".into())
+        .spawn(move || w.run(rx))
+        .map_err(|e| WalError::WriterStopped(format!("cannot start writer thread: {e}")))?;
+    Ok((tx, handle))
+}
+
+fn create_segment(
+    shared: &Shared,
+    n: u32,
+    key: Option<&WalKey>,
+) -> Result<(File, u32, u64), WalError> {
+    let path = segment_path(&shared.dir, n);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(|e| WalError::io("create segment", &path, e))?;
+    file.write_all_at(&SegmentHeader::for_key(n, key).encode(), 0)
+        .map_err(|e| WalError::io("write segment header", &path, e))?;
+    file.sync_all()
+        .map_err(|e| WalError::io("sync segment", &path, e))?;
+    sync_dir(&shared.dir)?;
+    shared.bytes.fetch_add(HEADER_LEN, Ordering::Relaxed);
+    let reader = File::open(&path).map_err(|e| WalError::io("open segment", &path, e))?;
+    shared
+        .segments
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(
+            n,
+            SegmentFile {
+                path,
+                file: Arc::new(reader),
+                key: key.cloned(),
+            },
+        );
+    Ok((file, n, HEADER_LEN))
+}
+
+/// One command's share of a group.
+enum Pending {
+    Local {
+        tx: oneshot::Sender<Result<Vec<Event>, WalError>>,
+        result: Result<Vec<Event>, WalError>,
+    },
+    Replicated {
+        tx: oneshot::Sender<Result<AppendReport, WalError>>,
+        result: Result<AppendReport, WalError>,
+    },
+}
+
+impl Writer {
+    fn run(&mut self, rx: Receiver<Command>) {
+        while let Ok(first) = rx.recv() {
+            let mut group = vec![first];
+            let mut approx = 0usize;
+            while approx < GROUP_BYTES {
+                match rx.try_recv() {
+                    Ok(cmd) => {
+                        approx += match &cmd {
+                            Command::Local(v, _) => {
+                                v.iter().map(|e| e.payload.len() + 64).sum::<usize>()
+                            }
+                            Command::Replicated(v, _) => {
+                                v.iter().map(|e| e.payload.len() + 64).sum::<usize>()
+                            }
+                        };
+                        group.push(cmd);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.commit(group);
+        }
+        tracing::debug!("WAL writer stopped: all handles dropped");
+    }
+
+    fn commit(&mut self, group: Vec<Command>) {
+        if let Some(why) = &self.stopped {
+            for cmd in group {
+                let err = || WalError::WriterStopped(why.clone());
+                match cmd {
+                    Command::Local(_, tx) => drop(tx.send(Err(err()))),
+                    Command::Replicated(_, tx) => drop(tx.send(Err(err()))),
+                }
+            }
+            return;
+        }
+        let wall = wall_ms();
+        let origin = *self.local_origin.read().unwrap_or_else(|p| p.into_inner());
+        let clock_before = self.clock.clone();
+        let mut buf = Vec::new();
+        let mut entries: Vec<(Origin, u64, u64, u64)> = Vec::new();
+        let mut seen: HashSet<(Origin, u64)> = HashSet::new();
+        let mut pending = Vec::with_capacity(group.len());
+        {
+            let shared = self.shared.clone();
+            let index = shared.index.read().unwrap_or_else(|p| p.into_inner());
+            let mut next_local = index
+                .origins
+                .get(&origin)
+                .and_then(|o| o.have.last())
+                .unwrap_or(0)
+                + 1;
+            for cmd in group {
+                match cmd {
+                    Command::Local(items, tx) => {
+                        let result = self.encode_local(
+                            items,
+                            origin,
+                            &mut next_local,
+                            wall,
+                            &mut buf,
+                            &mut entries,
+                        );
+                        pending.push(Pending::Local { tx, result });
+                    }
+                    Command::Replicated(events, tx) => {
+                        let result = self.encode_replicated(
+                            events,
+                            &index,
+                            &mut seen,
+                            origin,
+                            &mut next_local,
+                            wall,
+                            &mut buf,
+                            &mut entries,
+                        );
+                        pending.push(Pending::Replicated { tx, result });
+                    }
+                }
+            }
+        }
+        if !entries.is_empty() {
+            if let Err(e) = self.write_group(&mut buf, &mut entries) {
+                self.clock = clock_before;
+                let msg = e.to_string();
+                let mut first = Some(e);
+                for p in pending {
+                    let err = first
+                        .take()
+                        .unwrap_or_else(|| WalError::WriterStopped(msg.clone()));
+                    match p {
+                        Pending::Local { tx, .. } => drop(tx.send(Err(err))),
+                        Pending::Replicated { tx, .. } => drop(tx.send(Err(err))),
+                    }
+                }
+                return;
+            }
+        }
+        for p in pending {
+            // A dropped receiver means the caller gave up waiting; the data is
+            // durable either way.
+            match p {
+                Pending::Local { tx, result } => drop(tx.send(result)),
+                Pending::Replicated { tx, result } => drop(tx.send(result)),
+            }
+        }
+    }
+
+    fn encode_local(
+        &mut self,
+        items: Vec<NewEvent>,
+        origin: Origin,
+        next_local: &mut u64,
+        wall: u64,
+        buf: &mut Vec<u8>,
+        entries: &mut Vec<(Origin, u64, u64, u64)>,
+    ) -> Result<Vec<Event>, WalError> {
+        for item in &items {
+            check_limits(&item.topic, &item.payload)
+                .map_err(|e| WalError::InvalidEvent(e.to_string()))?;
+        }
+        let mut out = Vec::with_capacity(items.len());
+        for item in items {
+            let e = Event {
+                origin,
+                seq: *next_local,
+                hlc: self.clock.now(wall),
+                topic: item.topic,
+                priority: item.priority,
+                payload: item.payload,
+            };
+            *next_local += 1;
+            let start = buf.len() as u64;
+            encode_record(&e, self.key.as_ref(), buf);
+            entries.push((e.origin, e.seq, start, buf.len() as u64));
+            out.push(e);
+        }
+        Ok(out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn encode_replicated(
+        &mut self,
+        events: Vec<Event>,
+        index: &Index,
+        seen: &mut HashSet<(Origin, u64)>,
+        origin: Origin,
+        next_local: &mut u64,
+        wall: u64,
+        buf: &mut Vec<u8>,
+        entries: &mut Vec<(Origin, u64, u64, u64)>,
+    ) -> Result<AppendReport, WalError> {
+        for e in &events {
+            e.validate()
+                .map_err(|err| WalError::InvalidEvent(format!("{}:{}: {err}", e.origin, e.seq)))?;
+        }
+        let mut report = AppendReport::default();
+        for e in events {
+            if index.contains(&e.origin, e.seq) || !seen.insert((e.origin, e.seq)) {
+                report.duplicates += 1;
+                continue;
+            }
+            if e.origin == origin && e.seq >= *next_local {
+                // Our own past events, coming back from a peer: never reuse
+                // their numbers.
+                *next_local = e.seq + 1;
+            }
+            self.clock.observe(e.hlc, wall);
+            let start = buf.len() as u64;
+            encode_record(&e, self.key.as_ref(), buf);
+            entries.push((e.origin, e.seq, start, buf.len() as u64));
+            report.stored += 1;
+        }
+        Ok(report)
+    }
+
+    fn write_group(
+        &mut self,
+        buf: &mut Vec<u8>,
+        entries: &mut [(Origin, u64, u64, u64)],
+    ) -> Result<(), WalError> {
+        if self.len > HEADER_LEN && self.len + buf.len() as u64 > self.segment_bytes {
+            let (file, n, len) = create_segment(&self.shared, self.segment + 1, self.key.as_ref())?;
+            (self.file, self.segment, self.len) = (file, n, len);
+        }
+        let group_crc = crc32fast::hash(buf);
+        encode_commit(self.len, group_crc, buf);
+        let path = segment_path(&self.shared.dir, self.segment);
+        let written = self
+            .file
+            .write_all_at(buf, self.len)
+            .and_then(|_| self.file.sync_data());
+        if let Err(e) = written {
+            let err = WalError::io("append to", &path, e);
+            // Cut off whatever part of the group reached the file, so the next
+            // group starts at the durable end.
+            if let Err(cut) = self
+                .file
+                .set_len(self.len)
+                .and_then(|_| self.file.sync_data())
+            {
+                self.stopped = Some(format!(
+                    "could not undo a failed write to {}: {cut}",
+                    path.display()
+                ));
+            }
+            return Err(err);
+        }
+        let base = self.len;
+        {
+            let mut index = self.shared.index.write().unwrap_or_else(|p| p.into_inner());
+            for (origin, seq, start, end) in entries.iter() {
+                index.add(*origin, *seq, self.segment, base + start, base + end);
+            }
+            self.shared.appended.send_replace(index.events);
+        }
+        self.len += buf.len() as u64;
+        self.shared
+            .bytes
+            .fetch_add(buf.len() as u64, Ordering::Relaxed);
+        self.shared.commits.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
