@@ -157,7 +157,7 @@ impl<'de> Deserialize<'de> for RangeSet {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use serde::de::Error;
         let flat: Vec<u64> = Deserialize::deserialize(d)?;
-        if flat.len() % 2 != 0 {
+        if !flat.len().is_multiple_of(2) {
             return Err(D::Error::custom(
                 "range set needs an even number of integers",
             ));

@@ -1,0 +1,272 @@
+//! A node's data directory: keys, certificates, config, WAL, peer state.
+//!
+//! ```text
+//! config.toml   name, listen address, peers, policy (flags and FERRY_* override)
+//! node.key      the node's private key (0600, never leaves the node)
+//! node.csr      certificate request, until a certificate is installed
+//! node.crt      the node's certificate, from the deployment CA
+//! ca.crt        the deployment CA certificate
+//! wal.key       WAL encryption key (0600)
+//! log-epoch     the epoch of this node's own log (see proto::Origin)
+//! peers.json    what this node knows of its peers (last sync, counts)
+//! wal/          segments
+//! ```
+
+use crate::pki::{self, CertInfo, Role};
+use anyhow::{bail, Context, Result};
+use ferry_proto::{NodeId, Origin};
+use ferry_wal::{Keyring, Wal, WalKey, WalOptions};
+use rcgen::KeyPair;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_PORT: u16 = 7700;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    /// A peer receives every event this node holds.
+    #[default]
+    All,
+    /// A peer receives only the events it wrote itself.
+    Own,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Config {
+    pub name: String,
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    #[serde(default)]
+    pub peers: Vec<String>,
+    #[serde(default)]
+    pub policy: Policy,
+    #[serde(default = "default_true")]
+    pub encrypt_wal: bool,
+    /// Where the WAL key lives, if not `wal.key` in the data directory.
+    #[serde(default)]
+    pub wal_key_file: Option<PathBuf>,
+    #[serde(default = "default_interval")]
+    pub sync_interval_secs: u64,
+}
+
+fn default_listen() -> String {
+    format!("0.0.0.0:{DEFAULT_PORT}")
+}
+fn default_true() -> bool {
+    true
+}
+fn default_interval() -> u64 {
+    30
+}
+
+#[derive(Clone, Debug)]
+pub struct DataDir {
+    pub root: PathBuf,
+}
+
+/// The node's identity as the data directory holds it.
+pub struct Identity {
+    pub key: KeyPair,
+    pub node_id: NodeId,
+    /// Present once enrolled.
+    pub cert: Option<CertInfo>,
+    pub cert_pem: Option<String>,
+    pub ca_pem: Option<String>,
+}
+
+impl DataDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        DataDir { root: root.into() }
+    }
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+    pub fn wal_dir(&self) -> PathBuf {
+        self.path("wal")
+    }
+
+    /// `ferry init`: makes the node key, WAL key and config. Returns the node id.
+    pub fn init(&self, name: &str, encrypt_wal: bool) -> Result<NodeId> {
+        if self.path("config.toml").exists() {
+            bail!(
+                "{} is already initialised (config.toml exists)",
+                self.root.display()
+            );
+        }
+        std::fs::create_dir_all(&self.root)
+            .with_context(|| format!("could not create {}", self.root.display()))?;
+        let key = KeyPair::generate()?;
+        pki::write_secret(&self.path("node.key"), &key.serialize_pem())?;
+        if encrypt_wal {
+            WalKey::generate().save_new(&self.path("wal.key"))?;
+        }
+        std::fs::write(
+            self.path("log-epoch"),
+            format!("{:08x}\n", rand::random::<u32>()),
+        )?;
+        std::fs::write(self.path("node.csr"), pki::make_csr(&key, name)?)?;
+        let cfg = Config {
+            name: name.to_string(),
+            listen: default_listen(),
+            peers: Vec::new(),
+            policy: Policy::All,
+            encrypt_wal,
+            wal_key_file: None,
+            sync_interval_secs: default_interval(),
+        };
+        self.save_config(&cfg)?;
+        Ok(pki::node_id_of_key(&key))
+    }
+
+    pub fn config(&self) -> Result<Config> {
+        let path = self.path("config.toml");
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!("{} is not a ferry data directory (no config.toml); run `ferry init --data-dir {} --name NAME` first", self.root.display(), self.root.display())
+        })?;
+        toml::from_str(&text).with_context(|| format!("{} is not valid", path.display()))
+    }
+
+    pub fn save_config(&self, cfg: &Config) -> Result<()> {
+        atomic_write(
+            &self.path("config.toml"),
+            toml::to_string_pretty(cfg)?.as_bytes(),
+        )
+    }
+
+    pub fn identity(&self) -> Result<Identity> {
+        let key = KeyPair::from_pem(&pki::read(&self.path("node.key"))?)
+            .context("node.key is not a valid private key")?;
+        let node_id = pki::node_id_of_key(&key);
+        let cert_pem = std::fs::read_to_string(self.path("node.crt")).ok();
+        let ca_pem = std::fs::read_to_string(self.path("ca.crt")).ok();
+        let cert = match &cert_pem {
+            Some(pem) => Some(pki::cert_info(&pki::parse_pem_certs(pem)?[0])?),
+            None => None,
+        };
+        Ok(Identity {
+            key,
+            node_id,
+            cert,
+            cert_pem,
+            ca_pem,
+        })
+    }
+
+    pub fn role(&self) -> Option<Role> {
+        self.identity()
+            .ok()
+            .and_then(|i| i.cert)
+            .and_then(|c| c.role)
+    }
+
+    /// `ferry cert install`: checks the certificate is for this node's key
+    /// and chains to the CA in the bundle, then installs both.
+    pub fn install_cert(&self, bundle_pem: &str) -> Result<CertInfo> {
+        let certs = pki::parse_pem_certs(bundle_pem)?;
+        if certs.len() < 2 {
+            bail!("the bundle must hold the node certificate followed by the CA certificate (the output of `ferry ca sign`)");
+        }
+        let id = self.identity()?;
+        let info = pki::cert_info(&certs[0])?;
+        if info.node_id != id.node_id {
+            bail!("this certificate is for node {}, but this node's key is {}; was the CSR from another node?", info.node_id, id.node_id);
+        }
+        crate::tls::verify_chain(&certs[0], &certs[certs.len() - 1])?;
+        let pems: Vec<String> = bundle_pem
+            .split_inclusive("-----END CERTIFICATE-----")
+            .map(|s| s.trim().to_string() + "\n")
+            .collect();
+        atomic_write(&self.path("node.crt"), pems[0].as_bytes())?;
+        atomic_write(&self.path("ca.crt"), pems[certs.len() - 1].as_bytes())?;
+        let _ = std::fs::remove_file(self.path("node.csr"));
+        Ok(info)
+    }
+
+    pub fn log_epoch(&self) -> Result<u32> {
+        let path = self.path("log-epoch");
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("could not read {}", path.display()))?;
+        u32::from_str_radix(text.trim(), 16)
+            .with_context(|| format!("{} must hold 8 hex digits", path.display()))
+    }
+
+    pub fn set_log_epoch(&self, epoch: u32) -> Result<()> {
+        atomic_write(&self.path("log-epoch"), format!("{epoch:08x}\n").as_bytes())
+    }
+
+    pub fn wal_key_path(&self, cfg: &Config) -> PathBuf {
+        cfg.wal_key_file
+            .clone()
+            .unwrap_or_else(|| self.path("wal.key"))
+    }
+
+    pub fn keyring(&self, cfg: &Config) -> Result<Keyring> {
+        if !cfg.encrypt_wal {
+            return Ok(Keyring::plaintext());
+        }
+        let path = self.wal_key_path(cfg);
+        let mut ring = Keyring::single(WalKey::load(&path)?);
+        // An interrupted rekey leaves the new key beside the old one.
+        let next = path.with_extension("key.next");
+        if next.exists() {
+            ring.previous.push(WalKey::load(&next)?);
+        }
+        Ok(ring)
+    }
+
+    pub fn open_wal(&self, read_only: bool) -> Result<Wal> {
+        let cfg = self.config()?;
+        let id = self.identity()?;
+        let origin = Origin {
+            node: id.node_id,
+            epoch: self.log_epoch()?,
+        };
+        let mut opts = WalOptions::new(self.wal_dir(), self.keyring(&cfg)?, origin);
+        opts.read_only = read_only;
+        Ok(Wal::open(opts)?)
+    }
+
+    pub fn peers(&self) -> BTreeMap<String, PeerRecord> {
+        std::fs::read(self.path("peers.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    pub fn record_peer(&self, node_id: NodeId, update: impl FnOnce(&mut PeerRecord)) -> Result<()> {
+        let mut peers = self.peers();
+        update(peers.entry(node_id.to_string()).or_default());
+        atomic_write(
+            &self.path("peers.json"),
+            &serde_json::to_vec_pretty(&peers)?,
+        )
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PeerRecord {
+    pub name: String,
+    pub role: Option<Role>,
+    pub addr: String,
+    pub last_sync_unix: Option<u64>,
+    pub last_error: Option<String>,
+    pub events_received: u64,
+    pub events_sent: u64,
+}
+
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).with_context(|| format!("could not write {}", tmp.display()))?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("could not replace {}", path.display()))?;
+    Ok(())
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -1,0 +1,15 @@
+//! The ferry node: identity and PKI, QUIC endpoint, sync sessions, daemon
+//! and CLI. The binary is a thin `main` over this library, which tests use.
+
+pub mod cli;
+pub mod commands;
+pub mod daemon;
+pub mod datadir;
+pub mod demo;
+pub mod node;
+pub mod pki;
+pub mod session;
+pub mod status;
+pub mod tls;
+pub mod transport;
+pub mod wire;

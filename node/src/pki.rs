@@ -1,0 +1,210 @@
+//! The deployment's PKI: a CA made once, node keys that never leave their
+//! node, certificates that bind a node's key to its name and role.
+
+use anyhow::{bail, Context, Result};
+use ferry_proto::NodeId;
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+use std::fmt;
+use std::path::Path;
+
+/// Every node certificate carries this DNS name; clients verify it, then
+/// check the node id from the certificate's key.
+pub const SERVER_NAME: &str = "ferry-node";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Hub,
+    Clinic,
+    Mule,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Hub => "hub",
+            Role::Clinic => "clinic",
+            Role::Mule => "mule",
+        })
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "hub" => Ok(Role::Hub),
+            "clinic" => Ok(Role::Clinic),
+            "mule" => Ok(Role::Mule),
+            _ => bail!("unknown role '{s}': use hub, clinic or mule"),
+        }
+    }
+}
+
+/// What a verified certificate says about its holder.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertInfo {
+    pub node_id: NodeId,
+    pub name: String,
+    pub role: Option<Role>,
+}
+
+/// Reads node id, name and role from a DER certificate.
+pub fn cert_info(der: &[u8]) -> Result<CertInfo> {
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).context("certificate is not valid X.509")?;
+    let node_id = NodeId::from_spki(cert.public_key().raw);
+    let subject = cert.subject();
+    let name = subject
+        .iter_common_name()
+        .next()
+        .and_then(|a| a.as_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let role = subject
+        .iter_organizational_unit()
+        .next()
+        .and_then(|a| a.as_str().ok())
+        .and_then(|r| r.parse().ok());
+    Ok(CertInfo {
+        node_id,
+        name,
+        role,
+    })
+}
+
+pub fn node_id_of_key(key: &KeyPair) -> NodeId {
+    NodeId::from_spki(&key.public_key_der())
+}
+
+/// Wide validity on purpose: a Pi without a real-time clock can boot in 1970
+/// after a power cut, and a clinic must still sync. Trust ends by rotating
+/// the deployment CA, not by the calendar.
+fn set_validity(params: &mut CertificateParams) {
+    params.not_before = rcgen::date_time_ymd(1970, 1, 2);
+    params.not_after = rcgen::date_time_ymd(2999, 12, 31);
+}
+
+pub fn write_secret(path: &Path, contents: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| {
+            format!(
+                "could not create {} (does it already exist?)",
+                path.display()
+            )
+        })?;
+    f.write_all(contents.as_bytes())?;
+    f.sync_all()?;
+    Ok(())
+}
+
+pub fn read(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("could not read {}", path.display()))
+}
+
+/// Creates the deployment CA in `dir`: `ca.key` (keep it offline) and `ca.crt`.
+pub fn ca_init(dir: &Path, deployment: &str) -> Result<CertInfo> {
+    std::fs::create_dir_all(dir).with_context(|| format!("could not create {}", dir.display()))?;
+    if dir.join("ca.key").exists() {
+        bail!(
+            "{} already holds a CA; refusing to overwrite it",
+            dir.display()
+        );
+    }
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, format!("ferry CA {deployment}"));
+    dn.push(DnType::OrganizationName, deployment);
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    set_validity(&mut params);
+    let cert = params.self_signed(&key)?;
+    write_secret(&dir.join("ca.key"), &key.serialize_pem())?;
+    std::fs::write(dir.join("ca.crt"), cert.pem())?;
+    cert_info(cert.der())
+}
+
+/// A certificate signing request for the node key, with the node's name.
+pub fn make_csr(key: &KeyPair, name: &str) -> Result<String> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name = DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, name);
+    Ok(params.serialize_request(key)?.pem()?)
+}
+
+/// Signs a node's CSR; returns the certificate followed by the CA certificate
+/// (PEM), ready for `ferry cert install`.
+pub fn ca_sign(ca_dir: &Path, csr_pem: &str, role: Role, name: Option<&str>) -> Result<String> {
+    let ca_key = KeyPair::from_pem(&read(&ca_dir.join("ca.key"))?)
+        .context("ca.key is not a valid private key")?;
+    let ca_pem = read(&ca_dir.join("ca.crt"))?;
+    let ca_cert = CertificateParams::from_ca_cert_pem(&ca_pem)?.self_signed(&ca_key)?;
+    let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)
+        .context("not a valid certificate signing request")?;
+    let requested = csr
+        .params
+        .distinguished_name
+        .get(&DnType::CommonName)
+        .map(|v| match v {
+            rcgen::DnValue::Utf8String(s) => s.clone(),
+            rcgen::DnValue::PrintableString(s) => s.as_str().to_string(),
+            rcgen::DnValue::Ia5String(s) => s.as_str().to_string(),
+            other => format!("{other:?}"),
+        })
+        .unwrap_or_default();
+    let name = name.map(str::to_string).unwrap_or(requested);
+    if name.is_empty() {
+        bail!("the CSR has no node name; pass --name");
+    }
+    // The CA decides everything but the key: name, role, usages.
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name = DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, name);
+    params
+        .distinguished_name
+        .push(DnType::OrganizationalUnitName, role.to_string());
+    params.subject_alt_names = vec![SanType::DnsName(SERVER_NAME.try_into()?)];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    set_validity(&mut params);
+    csr.params = params;
+    let cert = csr.signed_by(&ca_cert, &ca_key)?;
+    Ok(format!("{}{}", cert.pem(), ca_pem))
+}
+
+/// Parses every certificate in a PEM bundle.
+pub fn parse_pem_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>> {
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .context("could not parse PEM certificates")?;
+    if certs.is_empty() {
+        bail!("no certificate found in the PEM input");
+    }
+    Ok(certs)
+}
+
+/// The CA fingerprint published in mDNS: the CA's node-id style id.
+pub fn ca_fingerprint(ca_pem: &str) -> Result<NodeId> {
+    let certs = parse_pem_certs(ca_pem)?;
+    Ok(cert_info(&certs[0])?.node_id)
+}

@@ -1,0 +1,453 @@
+//! A sync session over one QUIC connection.
+//!
+//! Both sides run the same accept loop: a stream that starts with `Hello` is
+//! a round opened by the peer, one that starts with `Want` asks for a range.
+//! A round: `Hello` and `Summary` each way on the control stream, then each
+//! side pulls what it lacks, one `Want` per gap on its own stream, appending
+//! events durably as they arrive, and says `RoundDone`. Rounds can repeat on
+//! a connection that stays open (the daemon).
+
+use crate::datadir::{DataDir, Policy};
+use crate::pki::{CertInfo, Role};
+use crate::wire::{code, read_frame, write_frame, WireError};
+use anyhow::{anyhow, Context, Result};
+use ferry_proto::summary::Gap;
+use ferry_proto::{ErrorCode, Frame, Hello, NodeId, Origin, Summary, Want, PROTOCOL_VERSION};
+use ferry_wal::Wal;
+use serde::Serialize;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use tokio::task::JoinSet;
+
+/// Events per `Events` frame: big enough to compress well, small enough that
+/// a cut link loses little in flight.
+pub const BATCH_EVENTS: usize = 128;
+/// Wants in flight at once per round.
+pub const WANTS_IN_FLIGHT: usize = 16;
+/// Streams a peer may open with garbage before the connection is closed.
+const MAX_BAD_STREAMS: u64 = 8;
+
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub events_sent: AtomicU64,
+    pub events_received: AtomicU64,
+    pub duplicates_received: AtomicU64,
+    pub bad_streams: AtomicU64,
+}
+
+impl Counters {
+    fn add(&self, f: impl Fn(&Counters) -> &AtomicU64, n: u64, also: &Counters) {
+        f(self).fetch_add(n, Relaxed);
+        f(also).fetch_add(n, Relaxed);
+    }
+}
+
+/// This node, as sessions see it.
+pub struct NodeCtx {
+    pub wal: Arc<Wal>,
+    pub node_id: NodeId,
+    pub name: String,
+    pub role: Role,
+    pub policy: Policy,
+    /// Where to persist a new log epoch; `None` in tests without a data dir.
+    pub data_dir: Option<DataDir>,
+    pub totals: Counters,
+}
+
+/// One connection to one verified peer.
+pub struct Link {
+    pub conn: quinn::Connection,
+    pub peer: CertInfo,
+    pub addr: SocketAddr,
+    pub counters: Counters,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct RoundReport {
+    pub wants: usize,
+    pub events_received: u64,
+    pub duplicates_received: u64,
+    /// What the peer said it received in this round.
+    pub peer_received: u64,
+}
+
+/// A failure the peer caused, with the code to close or reset with.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct PeerFault {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+fn fault(code: ErrorCode, message: impl Into<String>) -> anyhow::Error {
+    PeerFault {
+        code,
+        message: message.into(),
+    }
+    .into()
+}
+
+fn fault_code(e: &anyhow::Error) -> ErrorCode {
+    if let Some(f) = e.downcast_ref::<PeerFault>() {
+        return f.code;
+    }
+    if let Some(w) = e.downcast_ref::<WireError>() {
+        return w.code();
+    }
+    ErrorCode::Internal
+}
+
+impl NodeCtx {
+    pub fn allows(&self, peer: &CertInfo, origin: &Origin) -> bool {
+        match self.policy {
+            Policy::All => true,
+            Policy::Own => origin.node == peer.node_id,
+        }
+    }
+
+    fn hello(&self) -> Frame {
+        Frame::Hello(Hello {
+            node: self.node_id,
+            role: self.role.to_string(),
+            name: self.name.clone(),
+            version: PROTOCOL_VERSION,
+        })
+    }
+
+    /// What we hold, cut down to what policy lets this peer receive.
+    fn summary_for(&self, peer: &CertInfo) -> Summary {
+        self.wal.summary().filtered(|o| self.allows(peer, o))
+    }
+
+    /// A peer holding more of our own current log than we do means our data
+    /// directory was restored from an old backup: continuing would reuse
+    /// sequence numbers. Start a new log; the old one comes back as any other.
+    fn check_restored(&self, theirs: &Summary) -> Result<()> {
+        let local = self.wal.local_origin();
+        let their_last = theirs.get(&local).and_then(|r| r.last()).unwrap_or(0);
+        let our_last = self
+            .wal
+            .summary()
+            .get(&local)
+            .and_then(|r| r.last())
+            .unwrap_or(0);
+        if their_last > our_last {
+            let epoch = rand::random::<u32>();
+            tracing::warn!(%local, our_last, their_last, new_epoch = format!("{epoch:08x}"),
+                "a peer holds more of this node's log than this node: the data directory was restored from a backup; starting a new log epoch");
+            if let Some(dir) = &self.data_dir {
+                dir.set_log_epoch(epoch)?;
+            }
+            self.wal.set_local_origin(Origin {
+                node: self.node_id,
+                epoch,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Serves every stream the peer opens until the connection ends; returns why
+/// it ended.
+pub async fn serve(ctx: Arc<NodeCtx>, link: Arc<Link>) -> quinn::ConnectionError {
+    loop {
+        match link.conn.accept_bi().await {
+            Ok((send, recv)) => {
+                tokio::spawn(handle_stream(ctx.clone(), link.clone(), send, recv));
+            }
+            Err(e) => return e,
+        }
+    }
+}
+
+async fn handle_stream(
+    ctx: Arc<NodeCtx>,
+    link: Arc<Link>,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let peer = link.peer.node_id.short();
+    let result = match read_frame(&mut recv).await {
+        Ok(Some(Frame::Want(want))) => serve_want(&ctx, &link, want, &mut send).await,
+        Ok(Some(Frame::Hello(hello))) => {
+            match respond_round(&ctx, &link, hello, &mut send, &mut recv).await {
+                Ok(report) => {
+                    tracing::info!(%peer, ?report, "round opened by peer finished");
+                    return;
+                }
+                Err(e) => {
+                    // A broken round poisons the connection: the peer is confused.
+                    let c = fault_code(&e);
+                    tracing::warn!(%peer, code = ?c, "round failed: {e:#}");
+                    link.conn.close(code(c), e.to_string().as_bytes());
+                    return;
+                }
+            }
+        }
+        Ok(Some(other)) => Err(fault(
+            ErrorCode::Protocol,
+            format!(
+                "a stream must start with Want or Hello, not {:?}",
+                kind(&other)
+            ),
+        )),
+        Ok(None) => Ok(()),
+        Err(e) => Err(e.into()),
+    };
+    if let Err(e) = result {
+        let c = fault_code(&e);
+        tracing::warn!(%peer, code = ?c, "closing stream: {e:#}");
+        let _ = send.reset(code(c));
+        let _ = recv.stop(code(c));
+        if c != ErrorCode::Internal
+            && link.counters.bad_streams.fetch_add(1, Relaxed) + 1 >= MAX_BAD_STREAMS
+        {
+            link.conn.close(code(c), b"too many malformed streams");
+        }
+    }
+}
+
+fn kind(f: &Frame) -> &'static str {
+    match f {
+        Frame::Hello(_) => "Hello",
+        Frame::Summary(_) => "Summary",
+        Frame::Want(_) => "Want",
+        Frame::Events(_) => "Events",
+        Frame::RoundDone { .. } => "RoundDone",
+        Frame::Error { .. } => "Error",
+    }
+}
+
+async fn serve_want(
+    ctx: &NodeCtx,
+    link: &Link,
+    want: Want,
+    send: &mut quinn::SendStream,
+) -> Result<()> {
+    if !ctx.allows(&link.peer, &want.origin) {
+        let message = format!(
+            "policy does not let {} receive events of {}",
+            link.peer.name, want.origin
+        );
+        write_frame(
+            send,
+            &Frame::Error {
+                code: ErrorCode::Policy as u16,
+                message,
+            },
+        )
+        .await?;
+        send.finish()?;
+        return Ok(());
+    }
+    let mut next = want.first;
+    while next <= want.last {
+        let batch = ctx
+            .wal
+            .read_range(&want.origin, next, want.last, BATCH_EVENTS)?;
+        let Some(last) = batch.last() else { break };
+        next = last.seq + 1;
+        let n = batch.len() as u64;
+        write_frame(send, &Frame::Events(batch)).await?;
+        link.counters.add(|c| &c.events_sent, n, &ctx.totals);
+    }
+    send.finish()?;
+    Ok(())
+}
+
+fn check_hello(hello: &Hello, link: &Link) -> Result<()> {
+    if hello.version != PROTOCOL_VERSION {
+        return Err(fault(
+            ErrorCode::Unsupported,
+            format!(
+                "peer speaks ferry/{}, this node ferry/{PROTOCOL_VERSION}",
+                hello.version
+            ),
+        ));
+    }
+    if hello.node != link.peer.node_id {
+        return Err(fault(
+            ErrorCode::Protocol,
+            format!(
+                "peer claims node {} but its certificate is for {}",
+                hello.node, link.peer.node_id
+            ),
+        ));
+    }
+    Ok(())
+}
+
+async fn expect(recv: &mut quinn::RecvStream, what: &str) -> Result<Frame> {
+    match read_frame(recv).await? {
+        Some(Frame::Error { code, message }) => {
+            Err(anyhow!("peer reported error {code}: {message}"))
+        }
+        Some(f) => Ok(f),
+        None => Err(fault(
+            ErrorCode::Protocol,
+            format!("control stream ended before {what}"),
+        )),
+    }
+}
+
+async fn expect_summary(recv: &mut quinn::RecvStream) -> Result<Summary> {
+    match expect(recv, "Summary").await? {
+        Frame::Summary(s) => Ok(s),
+        other => Err(fault(
+            ErrorCode::Protocol,
+            format!("expected Summary, got {}", kind(&other)),
+        )),
+    }
+}
+
+/// Opens a round: the daemon does this on a timer and on new local events,
+/// `ferry sync` once.
+pub async fn initiate_round(ctx: &Arc<NodeCtx>, link: &Arc<Link>) -> Result<RoundReport> {
+    let (mut send, mut recv) = link
+        .conn
+        .open_bi()
+        .await
+        .context("could not open a control stream")?;
+    write_frame(&mut send, &ctx.hello()).await?;
+    write_frame(&mut send, &Frame::Summary(ctx.summary_for(&link.peer))).await?;
+    let hello = match expect(&mut recv, "Hello").await? {
+        Frame::Hello(h) => h,
+        other => {
+            return Err(fault(
+                ErrorCode::Protocol,
+                format!("expected Hello, got {}", kind(&other)),
+            ))
+        }
+    };
+    check_hello(&hello, link)?;
+    let theirs = expect_summary(&mut recv).await?;
+    let report = finish_round(ctx, link, &mut send, &mut recv, theirs).await?;
+    // Wait until the peer has our RoundDone, so closing now loses nothing.
+    let _ = send.stopped().await;
+    Ok(report)
+}
+
+async fn respond_round(
+    ctx: &Arc<NodeCtx>,
+    link: &Arc<Link>,
+    hello: Hello,
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+) -> Result<RoundReport> {
+    check_hello(&hello, link)?;
+    let theirs = expect_summary(recv).await?;
+    write_frame(send, &ctx.hello()).await?;
+    write_frame(send, &Frame::Summary(ctx.summary_for(&link.peer))).await?;
+    finish_round(ctx, link, send, recv, theirs).await
+}
+
+async fn finish_round(
+    ctx: &Arc<NodeCtx>,
+    link: &Arc<Link>,
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+    theirs: Summary,
+) -> Result<RoundReport> {
+    ctx.check_restored(&theirs)?;
+    let gaps = ctx.wal.summary().gaps(&theirs, |_| true);
+    let mut report = RoundReport {
+        wants: gaps.len(),
+        ..Default::default()
+    };
+    let (received, duplicates) = pull_all(ctx, link, gaps).await?;
+    report.events_received = received;
+    report.duplicates_received = duplicates;
+    write_frame(send, &Frame::RoundDone { received }).await?;
+    report.peer_received = match expect(recv, "RoundDone").await? {
+        Frame::RoundDone { received } => received,
+        other => {
+            return Err(fault(
+                ErrorCode::Protocol,
+                format!("expected RoundDone, got {}", kind(&other)),
+            ))
+        }
+    };
+    send.finish()?;
+    Ok(report)
+}
+
+async fn pull_all(ctx: &Arc<NodeCtx>, link: &Arc<Link>, gaps: Vec<Gap>) -> Result<(u64, u64)> {
+    let mut pending = gaps.into_iter();
+    let mut running = JoinSet::new();
+    let (mut received, mut duplicates) = (0, 0);
+    loop {
+        while running.len() < WANTS_IN_FLIGHT {
+            let Some(gap) = pending.next() else { break };
+            running.spawn(pull(ctx.clone(), link.clone(), gap));
+        }
+        let Some(done) = running.join_next().await else {
+            break;
+        };
+        let (r, d) = done.context("pull task failed")??;
+        received += r;
+        duplicates += d;
+    }
+    Ok((received, duplicates))
+}
+
+/// Pulls one gap: one stream, one `Want`, events appended as they arrive.
+async fn pull(ctx: Arc<NodeCtx>, link: Arc<Link>, gap: Gap) -> Result<(u64, u64)> {
+    let (mut send, mut recv) = link
+        .conn
+        .open_bi()
+        .await
+        .context("could not open a want stream")?;
+    write_frame(
+        &mut send,
+        &Frame::Want(Want {
+            origin: gap.origin,
+            first: gap.first,
+            last: gap.last,
+        }),
+    )
+    .await?;
+    send.finish()?;
+    let (mut received, mut duplicates) = (0, 0);
+    while let Some(frame) = read_frame(&mut recv).await? {
+        match frame {
+            Frame::Events(events) => {
+                if let Some(bad) = events
+                    .iter()
+                    .find(|e| e.origin != gap.origin || e.seq < gap.first || e.seq > gap.last)
+                {
+                    let _ = recv.stop(code(ErrorCode::Protocol));
+                    return Err(fault(
+                        ErrorCode::Protocol,
+                        format!(
+                            "asked for {}:{}..={}, got {}:{}",
+                            gap.origin, gap.first, gap.last, bad.origin, bad.seq
+                        ),
+                    ));
+                }
+                let report = ctx.wal.append_replicated(events).await?;
+                link.counters
+                    .add(|c| &c.events_received, report.stored, &ctx.totals);
+                link.counters
+                    .add(|c| &c.duplicates_received, report.duplicates, &ctx.totals);
+                received += report.stored;
+                duplicates += report.duplicates;
+            }
+            Frame::Error { code: c, message } => {
+                return Err(anyhow!(
+                    "peer refused {}:{}..={} (code {c}): {message}",
+                    gap.origin,
+                    gap.first,
+                    gap.last
+                ))
+            }
+            other => {
+                return Err(fault(
+                    ErrorCode::Protocol,
+                    format!("expected Events on a want stream, got {}", kind(&other)),
+                ))
+            }
+        }
+    }
+    Ok((received, duplicates))
+}

@@ -1,0 +1,99 @@
+//! `ferry status`.
+
+use crate::commands::open_for_reading;
+use crate::datadir::DataDir;
+use anyhow::Result;
+use serde_json::json;
+
+pub fn status_json(dir: &DataDir) -> Result<serde_json::Value> {
+    let cfg = dir.config()?;
+    let id = dir.identity()?;
+    let wal = open_for_reading(dir)?;
+    let summary = wal.summary();
+    let stats = wal.stats();
+    let have: serde_json::Map<String, serde_json::Value> = summary
+        .0
+        .iter()
+        .map(|(o, r)| {
+            (
+                o.to_string(),
+                json!(r.ranges().iter().map(|(a, b)| [a, b]).collect::<Vec<_>>()),
+            )
+        })
+        .collect();
+    let peers: Vec<serde_json::Value> = dir
+        .peers()
+        .into_iter()
+        .map(|(node_id, p)| {
+            json!({
+                "node_id": node_id, "name": p.name, "role": p.role, "addr": p.addr,
+                "last_sync_unix": p.last_sync_unix, "last_error": p.last_error,
+                "events_received": p.events_received, "events_sent": p.events_sent,
+            })
+        })
+        .collect();
+    Ok(json!({
+        "node_id": id.node_id.to_string(),
+        "name": cfg.name,
+        "role": id.cert.as_ref().and_then(|c| c.role),
+        "enrolled": id.cert.is_some(),
+        "local_origin": wal.local_origin().to_string(),
+        "events": stats.events,
+        "have": have,
+        "wal_bytes": stats.bytes,
+        "wal_segments": stats.segments,
+        "wal_encrypted": cfg.encrypt_wal,
+        "policy": cfg.policy,
+        "peers": peers,
+    }))
+}
+
+pub fn print(dir: &DataDir, as_json: bool) -> Result<()> {
+    let s = status_json(dir)?;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(());
+    }
+    let str_of = |v: &serde_json::Value| {
+        v.as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| v.to_string())
+    };
+    println!(
+        "node      {} '{}' ({})",
+        str_of(&s["node_id"]),
+        str_of(&s["name"]),
+        str_of(&s["role"])
+    );
+    println!(
+        "events    {} in {} bytes of WAL",
+        s["events"], s["wal_bytes"]
+    );
+    if let Some(have) = s["have"].as_object() {
+        for (origin, ranges) in have {
+            println!("  {origin}  {ranges}");
+        }
+    }
+    let peers = s["peers"].as_array().cloned().unwrap_or_default();
+    println!("peers     {}", peers.len());
+    for p in peers {
+        let last = p["last_sync_unix"]
+            .as_u64()
+            .map(|t| format!("{}s ago", crate::datadir::unix_now().saturating_sub(t)))
+            .unwrap_or_else(|| "never".into());
+        println!(
+            "  {} '{}' {} at {}: last sync {last}, received {}, sent {}{}",
+            str_of(&p["node_id"]),
+            str_of(&p["name"]),
+            str_of(&p["role"]),
+            str_of(&p["addr"]),
+            p["events_received"],
+            p["events_sent"],
+            p["last_error"]
+                .as_str()
+                .map(|e| format!(", last error: {e}"))
+                .unwrap_or_default()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,116 @@
+//! rustls and quinn configuration: TLS 1.3 only, ALPN `ferry/1`, mutual
+//! authentication against the deployment CA and nothing else.
+
+use crate::datadir::Identity;
+use crate::pki::{self, CertInfo, SERVER_NAME};
+use anyhow::{anyhow, bail, Context, Result};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::RootCertStore;
+use std::sync::Arc;
+
+pub use crate::transport::TransportProfile;
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// What a node needs to speak TLS: its certificate, key and the CA.
+#[derive(Clone)]
+pub struct TlsIdentity {
+    chain: Vec<CertificateDer<'static>>,
+    key_der: Vec<u8>,
+    roots: Arc<RootCertStore>,
+}
+
+impl TlsIdentity {
+    pub fn from_identity(id: &Identity) -> Result<Self> {
+        let (Some(cert_pem), Some(ca_pem)) = (&id.cert_pem, &id.ca_pem) else {
+            bail!("this node has no certificate yet: enrol it with `ferry ca enroll` or `ferry csr` / `ferry ca sign` / `ferry cert install`");
+        };
+        let chain = pki::parse_pem_certs(cert_pem)?;
+        let mut roots = RootCertStore::empty();
+        for ca in pki::parse_pem_certs(ca_pem)? {
+            roots
+                .add(ca)
+                .context("ca.crt is not a usable CA certificate")?;
+        }
+        Ok(TlsIdentity {
+            chain,
+            key_der: id.key.serialize_der(),
+            roots: Arc::new(roots),
+        })
+    }
+
+    fn key(&self) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_der.clone()))
+    }
+
+    pub fn server_config(&self) -> Result<rustls::ServerConfig> {
+        let verifier = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider())
+            .build()
+            .context("cannot build the client certificate verifier")?;
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(self.chain.clone(), self.key())?;
+        cfg.alpn_protocols = vec![ferry_proto::ALPN.to_vec()];
+        Ok(cfg)
+    }
+
+    pub fn client_config(&self) -> Result<rustls::ClientConfig> {
+        let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_root_certificates(self.roots.clone())
+            .with_client_auth_cert(self.chain.clone(), self.key())?;
+        cfg.alpn_protocols = vec![ferry_proto::ALPN.to_vec()];
+        Ok(cfg)
+    }
+
+    pub fn quinn_server(&self, profile: &TransportProfile) -> Result<quinn::ServerConfig> {
+        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(self.server_config()?)?;
+        let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        cfg.transport_config(Arc::new(profile.quinn()));
+        Ok(cfg)
+    }
+
+    pub fn quinn_client(&self, profile: &TransportProfile) -> Result<quinn::ClientConfig> {
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(self.client_config()?)?;
+        let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
+        cfg.transport_config(Arc::new(profile.quinn()));
+        Ok(cfg)
+    }
+}
+
+pub fn server_name() -> &'static str {
+    SERVER_NAME
+}
+
+/// Who is on the other end of an established connection. The handshake has
+/// already verified the chain to our CA; this reads what the cert says.
+pub fn peer_cert(conn: &quinn::Connection) -> Result<CertInfo> {
+    let identity = conn
+        .peer_identity()
+        .ok_or_else(|| anyhow!("peer presented no certificate"))?;
+    let certs = identity
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .map_err(|_| anyhow!("peer identity is not an X.509 chain"))?;
+    let leaf = certs
+        .first()
+        .ok_or_else(|| anyhow!("peer presented an empty certificate chain"))?;
+    pki::cert_info(leaf)
+}
+
+/// Checks that `cert` is signed by `ca` (used when installing a certificate).
+pub fn verify_chain(cert: &CertificateDer<'static>, ca: &CertificateDer<'static>) -> Result<()> {
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(ca.clone())
+        .context("the CA certificate in the bundle is not usable")?;
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider()).build()?;
+    verifier
+        .verify_client_cert(cert, &[], UnixTime::now())
+        .map_err(|e| anyhow!("the certificate does not chain to the CA in the bundle: {e}"))?;
+    Ok(())
+}
