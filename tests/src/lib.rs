@@ -1,0 +1,121 @@
+//! Harness for end-to-end tests: a deployment CA, enrolled nodes in temp
+//! directories, nodes started on loopback, and the clinic workload.
+
+use anyhow::{Context, Result};
+use ferry::datadir::{DataDir, Policy};
+use ferry::node::{open_ctx, Node};
+use ferry::pki::{self, Role};
+use ferry::transport::TransportProfile;
+use ferry_proto::{event::encode_event, Origin, Priority};
+use ferry_wal::{NewEvent, Wal};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Logs to the test output when `FERRY_TEST_LOG` is set (e.g. `info`).
+pub fn init_logging() {
+    if let Ok(filter) = std::env::var("FERRY_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+/// A deployment: one CA and the nodes enrolled under it, in a temp dir.
+pub struct Deployment {
+    pub tmp: tempfile::TempDir,
+    pub ca_dir: PathBuf,
+}
+
+impl Deployment {
+    pub fn new(name: &str) -> Result<Self> {
+        let tmp = tempfile::tempdir()?;
+        let ca_dir = tmp.path().join("ca");
+        pki::ca_init(&ca_dir, name)?;
+        Ok(Deployment { tmp, ca_dir })
+    }
+
+    /// `ferry init` and `ferry ca enroll` for a new node.
+    pub fn enroll(&self, name: &str, role: Role) -> Result<DataDir> {
+        let dir = DataDir::new(self.tmp.path().join(name));
+        dir.init(name, true)?;
+        let id = dir.identity()?;
+        let csr = pki::make_csr(&id.key, name)?;
+        dir.install_cert(&pki::ca_sign(&self.ca_dir, &csr, role, None)?)?;
+        Ok(dir)
+    }
+}
+
+/// Opens the data directory and starts its node on an ephemeral loopback port.
+pub async fn start(dir: &DataDir, policy: Option<Policy>) -> Result<Arc<Node>> {
+    let (ctx, tls) = open_ctx(dir, policy)?;
+    Ok(Arc::new(Node::start(
+        ctx,
+        &tls,
+        "127.0.0.1:0".parse()?,
+        &TransportProfile::lan(),
+    )?))
+}
+
+pub fn workload_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("workload/clinic_events.py")
+}
+
+/// Deterministic clinic events (JSON lines) from the shared generator.
+pub fn workload(clinic: &str, count: usize, seed: u64) -> Result<Vec<Vec<u8>>> {
+    let out = std::process::Command::new("python3")
+        .arg(workload_script())
+        .args([
+            "--count",
+            &count.to_string(),
+            "--seed",
+            &seed.to_string(),
+            "--clinic",
+            clinic,
+        ])
+        .output()
+        .context("could not run python3 for the workload generator")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "workload generator failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(out
+        .stdout
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect())
+}
+
+/// Appends payloads as local events in batches, as an application would.
+pub async fn write_events(wal: &Wal, payloads: Vec<Vec<u8>>, priority: Priority) -> Result<()> {
+    let mut it = payloads.into_iter().peekable();
+    while it.peek().is_some() {
+        let batch: Vec<NewEvent> = it
+            .by_ref()
+            .take(500)
+            .map(|payload| NewEvent {
+                topic: "clinic/visit".into(),
+                priority,
+                payload,
+            })
+            .collect();
+        wal.append_local(batch).await?;
+    }
+    Ok(())
+}
+
+/// Every stored event as its canonical bytes, keyed by `(origin, seq)`.
+pub fn all_events(wal: &Wal) -> Result<BTreeMap<(Origin, u64), Vec<u8>>> {
+    let mut out = BTreeMap::new();
+    for (origin, set) in wal.summary().0 {
+        for &(a, b) in set.ranges() {
+            for e in wal.read_range(&origin, a, b, usize::MAX)? {
+                out.insert((e.origin, e.seq), encode_event(&e));
+            }
+        }
+    }
+    Ok(out)
+}
