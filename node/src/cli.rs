@@ -26,7 +26,11 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Command {
     /// Make a CA and three nodes in a temporary directory and show them replicate.
-    Demo,
+    Demo {
+        /// Keep the demo's CA and nodes in this directory to explore afterwards.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Create a node: its key, WAL key and config. Prints the node id.
     Init {
         /// Human name of this node, e.g. `bhu-gasa`.

@@ -20,7 +20,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             .context("no data directory: pass --data-dir DIR or set FERRY_DATA_DIR")
     };
     match cli.command {
-        Command::Demo => crate::demo::run(),
+        Command::Demo { ref dir } => crate::demo::run(dir.clone()),
         Command::Init {
             ref name,
             no_encrypt,

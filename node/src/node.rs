@@ -14,6 +14,7 @@ use std::sync::Arc;
 pub struct Node {
     pub ctx: Arc<NodeCtx>,
     pub endpoint: quinn::Endpoint,
+    connect_timeout: std::time::Duration,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -67,7 +68,11 @@ impl Node {
             })?;
         endpoint.set_default_client_config(tls.quinn_client(profile)?);
         tokio::spawn(accept_loop(ctx.clone(), endpoint.clone()));
-        Ok(Node { ctx, endpoint })
+        Ok(Node {
+            ctx,
+            endpoint,
+            connect_timeout: profile.connect_timeout,
+        })
     }
 
     pub fn local_addr(&self) -> Result<SocketAddr> {
@@ -75,10 +80,15 @@ impl Node {
     }
 
     pub async fn connect(&self, addr: SocketAddr) -> Result<Arc<Link>> {
-        let conn = self
-            .endpoint
-            .connect(addr, tls::server_name())?
+        let connecting = self.endpoint.connect(addr, tls::server_name())?;
+        let conn = tokio::time::timeout(self.connect_timeout, connecting)
             .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "no answer from {addr} within {:?}; is the peer running and the UDP port open?",
+                    self.connect_timeout
+                )
+            })?
             .with_context(|| format!("could not connect to {addr}"))?;
         let peer = tls::peer_cert(&conn)?;
         Ok(Arc::new(Link {

@@ -12,6 +12,8 @@ pub struct TransportProfile {
     pub keep_alive: Duration,
     /// Streams a peer may open at once: bounds the wants in flight.
     pub max_concurrent_bidi: u32,
+    /// How long a handshake may take before the peer counts as unreachable.
+    pub connect_timeout: Duration,
 }
 
 impl TransportProfile {
@@ -23,6 +25,7 @@ impl TransportProfile {
             idle_timeout: Duration::from_secs(120),
             keep_alive: Duration::from_secs(25),
             max_concurrent_bidi: 64,
+            connect_timeout: Duration::from_secs(30),
         }
     }
 
@@ -34,6 +37,7 @@ impl TransportProfile {
             idle_timeout: Duration::from_secs(30),
             keep_alive: Duration::from_secs(5),
             max_concurrent_bidi: 64,
+            connect_timeout: Duration::from_secs(5),
         }
     }
 

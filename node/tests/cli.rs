@@ -1,0 +1,313 @@
+//! The CLI as a newcomer uses it, through the real binary and real daemons.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
+
+fn run(args: &[&str]) -> Output {
+    Command::new(FERRY).args(args).output().unwrap()
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "ferry {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn status(dir: &str) -> serde_json::Value {
+    serde_json::from_str(&ok(&["status", "--data-dir", dir, "--json"])).unwrap()
+}
+
+/// Starts `ferry run` and returns it with the address it listens on.
+fn daemon(dir: &str, extra: &[&str]) -> (Child, String) {
+    let mut child = Command::new(FERRY)
+        .args([
+            "run",
+            "--data-dir",
+            dir,
+            "--listen",
+            "127.0.0.1:0",
+            "--interval",
+            "1",
+        ])
+        .args(extra)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    let addr = line
+        .split("listening on ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    // Keep draining stderr so the daemon never blocks on a full pipe.
+    std::thread::spawn(move || for _ in stderr.lines() {});
+    (child, addr.to_string())
+}
+
+fn stop(mut child: Child) {
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "daemon did not exit cleanly on SIGTERM: {status}"
+    );
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_newcomer_sets_up_two_nodes_and_they_replicate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |n: &str| tmp.path().join(n).to_str().unwrap().to_string();
+    let (ca, a, b) = (p("ca"), p("a"), p("b"));
+
+    ok(&["ca", "init", "--ca-dir", &ca, "--name", "test-deployment"]);
+    let a_id = ok(&["init", "--data-dir", &a, "--name", "clinic-a"])
+        .trim()
+        .to_string();
+    let b_id = ok(&["init", "--data-dir", &b, "--name", "hub"])
+        .trim()
+        .to_string();
+    assert!(
+        a_id.parse::<ferry_proto::NodeId>().is_ok(),
+        "init printed {a_id:?}"
+    );
+
+    // Remote enrolment: CSR out, signed at the CA, bundle back in.
+    ok(&["csr", "--data-dir", &a, "--out", &p("a.csr")]);
+    ok(&[
+        "ca",
+        "sign",
+        "--ca-dir",
+        &ca,
+        "--csr",
+        &p("a.csr"),
+        "--role",
+        "clinic",
+        "--out",
+        &p("a.bundle"),
+    ]);
+    let wrong = run(&[
+        "cert",
+        "install",
+        "--data-dir",
+        &b,
+        "--cert",
+        &p("a.bundle"),
+    ]);
+    assert!(
+        !wrong.status.success(),
+        "installed another node's certificate"
+    );
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("another node"));
+    ok(&[
+        "cert",
+        "install",
+        "--data-dir",
+        &a,
+        "--cert",
+        &p("a.bundle"),
+    ]);
+    // Local one-step enrolment.
+    assert_eq!(
+        ok(&[
+            "--data-dir",
+            &b,
+            "ca",
+            "enroll",
+            "--ca-dir",
+            &ca,
+            "--role",
+            "hub"
+        ])
+        .trim(),
+        b_id
+    );
+
+    // Three ways to push.
+    let first = ok(&[
+        "push",
+        "--data-dir",
+        &a,
+        r#"{"type":"vitals","pulse":80}"#,
+        "--topic",
+        "vitals",
+        "--priority",
+        "urgent",
+    ]);
+    assert!(first.trim().ends_with(":1"), "{first}");
+    std::fs::write(p("payload.json"), br#"{"type":"registration"}"#).unwrap();
+    assert!(
+        ok(&["push", "--data-dir", &a, "--file", &p("payload.json")])
+            .trim()
+            .ends_with(":2")
+    );
+    let mut child = Command::new(FERRY)
+        .args(["push", "--data-dir", &a])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = ferry_tests_support::workload("A", 200, 1).unwrap();
+    {
+        let mut stdin = child.stdin.take().unwrap();
+        for l in &lines {
+            stdin.write_all(l).unwrap();
+            stdin.write_all(b"\n").unwrap();
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let printed: Vec<_> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(printed.len(), 200);
+    assert!(printed[199].ends_with(":202"));
+    ok(&["push", "--data-dir", &b, "hub notice"]);
+
+    let log: Vec<serde_json::Value> = ok(&["log", "--data-dir", &a, "--json", "--limit", "2"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(log.len(), 2);
+    assert_eq!(log[0]["topic"], "vitals");
+    assert_eq!(log[0]["priority"], "urgent");
+    assert_eq!(log[0]["payload"]["pulse"], 80);
+    let after = ok(&["log", "--data-dir", &a, "--json", "--after", "200"]);
+    assert_eq!(after.lines().count(), 2);
+
+    let s = status(&a);
+    assert_eq!(s["node_id"], a_id);
+    assert_eq!(s["role"], "clinic");
+    assert_eq!(s["events"], 202);
+    assert!(s["wal_bytes"].as_u64().unwrap() > 200 * 200);
+    let have = s["have"].as_object().unwrap();
+    assert_eq!(have.len(), 1);
+    assert_eq!(
+        have.values().next().unwrap(),
+        &serde_json::json!([[1, 202]])
+    );
+
+    // B runs as a daemon; A syncs once, then A runs as a daemon too.
+    let (hub, hub_addr) = daemon(&b, &[]);
+    let refused = run(&["push", "--data-dir", &b, "x"]);
+    assert!(
+        !refused.status.success(),
+        "a second writer opened the daemon's WAL"
+    );
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("daemon"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert_eq!(
+        status(&b)["events"],
+        1,
+        "status reads a running daemon's WAL"
+    );
+
+    let sync = run(&["sync", "--data-dir", &a, "--peer", &hub_addr, "--json"]);
+    assert!(
+        sync.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sync.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&sync.stdout).unwrap();
+    assert_eq!(
+        (
+            report["events_sent"].as_u64(),
+            report["events_received"].as_u64()
+        ),
+        (Some(202), Some(1))
+    );
+    assert_eq!(status(&b)["events"], 203);
+    let peers = status(&a)["peers"].as_array().unwrap().clone();
+    assert_eq!(peers.len(), 1);
+    assert_eq!(peers[0]["name"], "hub");
+    assert!(peers[0]["last_sync_unix"].as_u64().is_some());
+
+    // The hub goes away; A's daemon keeps retrying until it is back.
+    stop(hub);
+    let (clinic, _) = daemon(&a, &["--peer", &hub_addr]);
+    ok(&[
+        "push",
+        "--data-dir",
+        &b,
+        "written while the clinic could not reach the hub",
+    ]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let port = hub_addr.rsplit_once(':').unwrap().1;
+    let listen = format!("127.0.0.1:{port}");
+    let mut hub = Command::new(FERRY)
+        .args(["run", "--data-dir", &b, "--listen", &listen])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the clinic daemon to reconnect and pull", || {
+        status(&a)["events"] == 204
+    });
+    assert_eq!(status(&b)["events"], 204);
+    hub.kill().unwrap();
+    hub.wait().unwrap();
+    stop(clinic);
+}
+
+#[test]
+fn every_command_has_help() {
+    for cmd in [
+        vec![],
+        vec!["demo"],
+        vec!["init"],
+        vec!["ca"],
+        vec!["ca", "init"],
+        vec!["ca", "sign"],
+        vec!["ca", "enroll"],
+        vec!["csr"],
+        vec!["cert", "install"],
+        vec!["push"],
+        vec!["log"],
+        vec!["status"],
+        vec!["sync"],
+        vec!["run"],
+        vec!["wal", "rekey"],
+    ] {
+        let mut args = cmd.clone();
+        args.push("--help");
+        let out = ok(&args);
+        assert!(out.contains("Usage"), "{cmd:?}");
+    }
+}
+
+#[test]
+fn commands_without_a_data_dir_say_what_to_do() {
+    let out = Command::new(FERRY)
+        .args(["status"])
+        .env_remove("FERRY_DATA_DIR")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--data-dir"));
+    let tmp = tempfile::tempdir().unwrap();
+    let out = run(&["status", "--data-dir", tmp.path().to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ferry init"));
+}
