@@ -32,7 +32,7 @@ pub async fn run(
     }
     shutdown.await;
     tracing::info!("shutting down");
-    tasks.abort_all();
+    tasks.shutdown().await;
     node.shutdown().await;
     Ok(())
 }
@@ -71,7 +71,10 @@ async fn peer_loop(node: Arc<Node>, peer: String, interval: Duration) {
         };
         attempt = 0;
         tracing::info!(%peer, name = %link.peer.name, "connected");
-        let server = tokio::spawn(session::serve(node.ctx.clone(), link.clone()));
+        let server = node
+            .ctx
+            .tasks
+            .spawn(session::serve(node.ctx.clone(), link.clone()));
         let mut changes = node.ctx.wal.subscribe();
         let mut last_error = None;
         loop {

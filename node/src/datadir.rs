@@ -7,7 +7,8 @@
 //! node.crt      the node's certificate, from the deployment CA
 //! ca.crt        the deployment CA certificate
 //! wal.key       WAL encryption key (0600)
-//! log-epoch     the epoch of this node's own log (see proto::Origin)
+//! log-epoch     the epoch of this node's own log (see proto::Origin), and
+//! log-epoch.id  the file identity it was written with (restore detection)
 //! peers.json    what this node knows of its peers (last sync, counts)
 //! wal/          segments
 //! ```
@@ -102,10 +103,7 @@ impl DataDir {
         if encrypt_wal {
             WalKey::generate().save_new(&self.path("wal.key"))?;
         }
-        std::fs::write(
-            self.path("log-epoch"),
-            format!("{:08x}\n", rand::random::<u32>()),
-        )?;
+        self.set_log_epoch(rand::random())?;
         std::fs::write(self.path("node.csr"), pki::make_csr(&key, name)?)?;
         let cfg = Config {
             name: name.to_string(),
@@ -184,16 +182,35 @@ impl DataDir {
         Ok(info)
     }
 
-    pub fn log_epoch(&self) -> Result<u32> {
+    /// The epoch of this node's own log. With `may_renew`, a data directory
+    /// that was copied or restored from a backup (its `log-epoch` file is not
+    /// the one this node wrote) gets a new epoch before anything is written,
+    /// so no sequence number is ever given out twice.
+    pub fn log_epoch(&self, may_renew: bool) -> Result<u32> {
         let path = self.path("log-epoch");
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("could not read {}", path.display()))?;
-        u32::from_str_radix(text.trim(), 16)
-            .with_context(|| format!("{} must hold 8 hex digits", path.display()))
+        let epoch = u32::from_str_radix(text.trim(), 16)
+            .with_context(|| format!("{} must hold 8 hex digits", path.display()))?;
+        let recorded = std::fs::read_to_string(self.path("log-epoch.id")).unwrap_or_default();
+        if may_renew && recorded.trim() != file_identity(&path)? {
+            let renewed = rand::random();
+            tracing::warn!(
+                old = format!("{epoch:08x}"),
+                new = format!("{renewed:08x}"),
+                "this data directory was copied or restored from a backup; \
+                 starting a new log epoch so no sequence number is reused"
+            );
+            self.set_log_epoch(renewed)?;
+            return Ok(renewed);
+        }
+        Ok(epoch)
     }
 
     pub fn set_log_epoch(&self, epoch: u32) -> Result<()> {
-        atomic_write(&self.path("log-epoch"), format!("{epoch:08x}\n").as_bytes())
+        let path = self.path("log-epoch");
+        atomic_write(&path, format!("{epoch:08x}\n").as_bytes())?;
+        atomic_write(&self.path("log-epoch.id"), file_identity(&path)?.as_bytes())
     }
 
     pub fn wal_key_path(&self, cfg: &Config) -> PathBuf {
@@ -221,7 +238,7 @@ impl DataDir {
         let id = self.identity()?;
         let origin = Origin {
             node: id.node_id,
-            epoch: self.log_epoch()?,
+            epoch: self.log_epoch(!read_only)?,
         };
         let mut opts = WalOptions::new(self.wal_dir(), self.keyring(&cfg)?, origin);
         opts.read_only = read_only;
@@ -262,6 +279,14 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::File::open(&tmp)?.sync_all()?;
     std::fs::rename(&tmp, path).with_context(|| format!("could not replace {}", path.display()))?;
     Ok(())
+}
+
+/// Device and inode: what a restore from a file-level backup changes.
+fn file_identity(path: &Path) -> Result<String> {
+    use std::os::unix::fs::MetadataExt;
+    let m =
+        std::fs::metadata(path).with_context(|| format!("could not stat {}", path.display()))?;
+    Ok(format!("{} {}", m.dev(), m.ino()))
 }
 
 pub fn unix_now() -> u64 {

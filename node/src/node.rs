@@ -50,6 +50,7 @@ pub fn open_ctx(dir: &DataDir, policy: Option<Policy>) -> Result<(Arc<NodeCtx>, 
         policy: policy.unwrap_or(cfg.policy),
         data_dir: Some(dir.clone()),
         totals: Counters::default(),
+        tasks: Default::default(),
     };
     Ok((Arc::new(ctx), tls))
 }
@@ -67,7 +68,7 @@ impl Node {
                 format!("could not listen on {listen} (UDP); is another node using the port?")
             })?;
         endpoint.set_default_client_config(tls.quinn_client(profile)?);
-        tokio::spawn(accept_loop(ctx.clone(), endpoint.clone()));
+        ctx.tasks.spawn(accept_loop(ctx.clone(), endpoint.clone()));
         Ok(Node {
             ctx,
             endpoint,
@@ -102,7 +103,10 @@ impl Node {
     /// One round with the peer at `addr`, then close.
     pub async fn sync_once(&self, addr: SocketAddr) -> Result<SyncReport> {
         let link = self.connect(addr).await?;
-        let server = tokio::spawn(session::serve(self.ctx.clone(), link.clone()));
+        let server = self
+            .ctx
+            .tasks
+            .spawn(session::serve(self.ctx.clone(), link.clone()));
         let result = session::initiate_round(&self.ctx, &link).await;
         let close_code = if result.is_ok() {
             ErrorCode::Done
@@ -129,6 +133,15 @@ impl Node {
             crate::wire::code(ErrorCode::ShuttingDown),
             b"node shutting down",
         );
+        // Connections are closed, so every serving task ends soon; appends
+        // they started finish first.
+        self.ctx.tasks.close();
+        if tokio::time::timeout(std::time::Duration::from_secs(10), self.ctx.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some sessions did not finish within 10 s of shutdown");
+        }
         let _ = tokio::time::timeout(std::time::Duration::from_secs(3), self.endpoint.wait_idle())
             .await;
     }
@@ -176,7 +189,7 @@ pub fn record(ctx: &NodeCtx, link: &Link, error: Option<String>, add_counts: boo
 async fn accept_loop(ctx: Arc<NodeCtx>, endpoint: quinn::Endpoint) {
     while let Some(incoming) = endpoint.accept().await {
         let ctx = ctx.clone();
-        tokio::spawn(async move {
+        ctx.tasks.clone().spawn(async move {
             let addr = incoming.remote_address();
             let conn = match incoming.await {
                 Ok(c) => c,

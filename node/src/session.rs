@@ -53,6 +53,9 @@ pub struct NodeCtx {
     /// Where to persist a new log epoch; `None` in tests without a data dir.
     pub data_dir: Option<DataDir>,
     pub totals: Counters,
+    /// Every task serving this node, so shutdown can wait for all of them
+    /// and the WAL is closed when it returns.
+    pub tasks: tokio_util::task::TaskTracker,
 }
 
 /// One connection to one verified peer.
@@ -154,7 +157,8 @@ pub async fn serve(ctx: Arc<NodeCtx>, link: Arc<Link>) -> quinn::ConnectionError
     loop {
         match link.conn.accept_bi().await {
             Ok((send, recv)) => {
-                tokio::spawn(handle_stream(ctx.clone(), link.clone(), send, recv));
+                ctx.tasks
+                    .spawn(handle_stream(ctx.clone(), link.clone(), send, recv));
             }
             Err(e) => return e,
         }

@@ -311,3 +311,29 @@ fn commands_without_a_data_dir_say_what_to_do() {
     let out = run(&["status", "--data-dir", tmp.path().to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("ferry init"));
 }
+
+#[test]
+fn wal_rekey_keeps_every_event_and_replaces_the_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("n");
+    let d = d.to_str().unwrap();
+    ok(&["init", "--data-dir", d, "--name", "n"]);
+    for i in 0..50 {
+        ok(&["push", "--data-dir", d, &format!(r#"{{"visit":{i}}}"#)]);
+    }
+    let before = ok(&["log", "--data-dir", d, "--json", "--limit", "1000"]);
+    let old_key = std::fs::read(tmp.path().join("n/wal.key")).unwrap();
+    ok(&["wal", "rekey", "--data-dir", d]);
+    assert_ne!(
+        std::fs::read(tmp.path().join("n/wal.key")).unwrap(),
+        old_key
+    );
+    assert!(!tmp.path().join("n/wal.key.next").exists());
+    assert_eq!(
+        ok(&["log", "--data-dir", d, "--json", "--limit", "1000"]),
+        before
+    );
+    assert!(ok(&["push", "--data-dir", d, "after"])
+        .trim()
+        .ends_with(":51"));
+}
