@@ -1,0 +1,207 @@
+//! The field benchmark: a clinic holding workload events syncs to a hub
+//! through netsim, each node its own process. Prints one JSON object.
+//!
+//! `cargo run --release -p ferry-tests --bin field-bench -- --profile bhutan_2g --events 5000`
+//!
+//! The nodes are this same binary re-executed as `field-bench __ferry ARGS`,
+//! which is exactly the `ferry` CLI, so each node's peak RSS is its own.
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use ferry::pki::Role;
+use ferry_netsim::{Config, Netsim, Profile};
+use ferry_proto::Priority;
+use ferry_tests::{workload, Deployment};
+use ferry_wal::NewEvent;
+use serde_json::json;
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Stdio};
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(about = "Measure a clinic-to-hub transfer through netsim")]
+struct Args {
+    /// netsim profile of the link.
+    #[arg(long, default_value = "bhutan_2g")]
+    profile: String,
+    /// Workload events the clinic holds.
+    #[arg(long, default_value_t = 5000)]
+    events: usize,
+    /// Skip the comparison run on urban_3g.
+    #[arg(long)]
+    no_compare: bool,
+}
+
+/// Peak RSS in KiB of a running process. `VmHWM` belongs to the process's
+/// own address space; `ru_maxrss` from wait4 would not do, as Linux carries
+/// the forking parent's high-water mark across exec.
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Samples a child's peak RSS until it exits; returns the last reading.
+fn watch_rss(pid: u32) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let mut peak = 0;
+        while let Some(kib) = peak_rss_kib(pid) {
+            peak = peak.max(kib);
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        peak
+    })
+}
+
+fn wait_status(child: &mut Child) -> Result<i32> {
+    Ok(child.wait()?.code().unwrap_or(-1))
+}
+
+fn node(args: &[&str]) -> Command {
+    let mut c = Command::new(std::env::current_exe().expect("own path"));
+    c.arg("__ferry").args(args);
+    c
+}
+
+fn run(profile_name: &str, events: usize) -> Result<serde_json::Value> {
+    let profile = Profile::by_name(profile_name)
+        .with_context(|| format!("unknown profile {profile_name}"))?;
+    let dep = Deployment::new("bench")?;
+    let hub = dep.enroll("hub", Role::Hub)?;
+    let clinic = dep.enroll("clinic", Role::Clinic)?;
+    let payloads = workload("BHU-BENCH", events, 42)?;
+    {
+        let wal = clinic.open_wal(false)?;
+        for chunk in payloads.chunks(500) {
+            let batch = chunk
+                .iter()
+                .map(|p| NewEvent {
+                    topic: "clinic/visit".into(),
+                    priority: Priority::Normal,
+                    payload: p.clone(),
+                })
+                .collect();
+            wal.append_local_blocking(batch)?;
+        }
+    }
+    let payload_bytes: usize = payloads.iter().map(Vec::len).sum();
+    let stream = payloads.join(&b'\n');
+    let zstd19 = zstd::bulk::compress(&stream, 19)?.len();
+
+    let hub_dir = hub.root.to_str().context("path")?.to_string();
+    let clinic_dir = clinic.root.to_str().context("path")?.to_string();
+    let mut hub_proc = node(&["run", "--data-dir", &hub_dir, "--listen", "127.0.0.1:0"])
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    let mut hub_err = BufReader::new(hub_proc.stderr.take().context("hub stderr")?);
+    hub_err.read_line(&mut line)?;
+    let hub_addr = line
+        .split("listening on ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .with_context(|| format!("hub said {line:?}"))?;
+    std::thread::spawn(move || for _ in hub_err.lines() {});
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let sim = rt.block_on(Netsim::udp(Config::new(
+        "127.0.0.1:0".parse()?,
+        hub_addr.parse()?,
+        profile.clone(),
+    )))?;
+    let t0 = Instant::now();
+    let mut clinic_proc = node(&[
+        "sync",
+        "--data-dir",
+        &clinic_dir,
+        "--peer",
+        &sim.local_addr().to_string(),
+        "--json",
+    ])
+    .stdout(Stdio::piped())
+    .spawn()?;
+    let clinic_watch = watch_rss(clinic_proc.id());
+    let mut out = String::new();
+    clinic_proc
+        .stdout
+        .take()
+        .context("clinic stdout")?
+        .read_to_string(&mut out)?;
+    // Reap only after the watcher saw the exit coming (stdout closed), so the
+    // last sample is from the living process.
+    let clinic_rss = {
+        let pid = clinic_proc.id();
+        let last = peak_rss_kib(pid).unwrap_or(0);
+        let status = wait_status(&mut clinic_proc)?;
+        if status != 0 {
+            bail!("the clinic's sync failed (status {status})");
+        }
+        clinic_watch.join().unwrap_or(0).max(last)
+    };
+    let seconds = t0.elapsed().as_secs_f64();
+    let report: serde_json::Value = serde_json::from_str(&out)?;
+    let hub_rss = peak_rss_kib(hub_proc.id()).unwrap_or(0);
+    unsafe { libc::kill(hub_proc.id() as i32, libc::SIGTERM) };
+    wait_status(&mut hub_proc)?;
+    let held = hub.open_wal(true)?.stats().events;
+    if held != events as u64 {
+        bail!("the hub holds {held} events, expected {events}");
+    }
+    let stats = sim.stats();
+    let ideal = zstd19 as f64 * 8.0 / profile.up.rate_bps.max(1) as f64;
+    Ok(json!({
+        "profile": profile_name,
+        "events": events,
+        "payload_bytes": payload_bytes,
+        "zstd19_bytes": zstd19,
+        "wire_bytes_up": stats.up.offered_bytes,
+        "wire_bytes_down": stats.down.offered_bytes,
+        "packets_up": stats.up.offered_packets,
+        "packets_down": stats.down.offered_packets,
+        "dropped": { "loss": stats.up.dropped_loss + stats.down.dropped_loss, "queue": stats.up.dropped_queue + stats.down.dropped_queue },
+        "wire_bytes_per_event": stats.up.offered_bytes as f64 / events as f64,
+        "seconds": (seconds * 10.0).round() / 10.0,
+        "ideal_seconds": (ideal * 10.0).round() / 10.0,
+        "efficiency": ((ideal / seconds) * 1000.0).round() / 1000.0,
+        "rss_peak_kib": { "hub": hub_rss, "clinic": clinic_rss },
+        "events_sent": report["events_sent"],
+    }))
+}
+
+fn main() -> std::process::ExitCode {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("__ferry") {
+        let cli = <ferry::cli::Cli as Parser>::parse_from(
+            std::iter::once("ferry".to_string()).chain(argv[2..].iter().cloned()),
+        );
+        return match ferry::commands::dispatch(cli) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
+    let args = Args::parse();
+    let mut runs = Vec::new();
+    let mut profiles = vec![args.profile.clone()];
+    if !args.no_compare && args.profile != "urban_3g" {
+        profiles.push("urban_3g".into());
+    }
+    for p in profiles {
+        match run(&p, args.events) {
+            Ok(r) => runs.push(r),
+            Err(e) => {
+                eprintln!("field-bench on {p}: {e:#}");
+                return std::process::ExitCode::FAILURE;
+            }
+        }
+    }
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&json!({ "runs": runs })).unwrap_or_default()
+    );
+    std::process::ExitCode::SUCCESS
+}
