@@ -172,13 +172,7 @@ impl Netsim {
 
     pub fn stats(&self) -> Stats {
         Stats {
-            profile: self
-                .link
-                .profile
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .name
-                .clone(),
+            profile: self.link.profile.lock().unwrap_or_else(|p| p.into_inner()).name.clone(),
             cut: self.link.pipe(true).cut,
             rebinds: self.link.rebinds.load(Relaxed),
             up: self.link.up_counters.snapshot(),

@@ -168,13 +168,8 @@ mod tests {
         }
         let mean = delays.iter().sum::<f64>() / delays.len() as f64;
         let ser = (128.0 * 8.0) / 30_000.0 * 1000.0;
-        assert!(
-            (mean - (300.0 + ser)).abs() < 5.0,
-            "mean one-way delay {mean:.1} ms"
-        );
-        let (lo, hi) = delays
-            .iter()
-            .fold((f64::MAX, 0f64), |(l, h), d| (l.min(*d), h.max(*d)));
+        assert!((mean - (300.0 + ser)).abs() < 5.0, "mean one-way delay {mean:.1} ms");
+        let (lo, hi) = delays.iter().fold((f64::MAX, 0f64), |(l, h), d| (l.min(*d), h.max(*d)));
         assert!(
             lo >= 250.0 + ser - 0.5 && hi <= 350.0 + ser + 0.5,
             "delay range {lo:.1}..{hi:.1}"
@@ -198,10 +193,7 @@ mod tests {
         }
         let bits = (n * (size + 28) * 8) as f64;
         let rate = bits / (last - t0 - Duration::from_millis(300)).as_secs_f64();
-        assert!(
-            (rate - 30_000.0).abs() / 30_000.0 < 0.02,
-            "measured {rate:.0} bps"
-        );
+        assert!((rate - 30_000.0).abs() / 30_000.0 < 0.02, "measured {rate:.0} bps");
     }
 
     #[test]
@@ -212,10 +204,7 @@ mod tests {
         let cap = d.queue_bytes;
         let mut p = Pipe::new(d, 3, t0);
         let verdicts: Vec<_> = (0..100).map(|_| p.offer(t0, 1000)).collect();
-        let accepted = verdicts
-            .iter()
-            .filter(|v| matches!(v, Verdict::Deliver(_)))
-            .count();
+        let accepted = verdicts.iter().filter(|v| matches!(v, Verdict::Deliver(_))).count();
         assert_eq!(accepted, cap / 1000);
         assert!(verdicts[accepted..]
             .iter()
@@ -233,9 +222,7 @@ mod tests {
         let mut p = Pipe::new(Profile::bhutan_2g().up, 4, t0);
         let n = 50_000;
         let lost = (0..n)
-            .filter(|i| {
-                p.offer(t0 + Duration::from_secs(*i as u64), 100) == Verdict::Drop(DropCause::Loss)
-            })
+            .filter(|i| p.offer(t0 + Duration::from_secs(*i as u64), 100) == Verdict::Drop(DropCause::Loss))
             .count();
         let rate = lost as f64 / n as f64;
         assert!((rate - 0.01).abs() < 0.002, "loss {rate:.4}");
@@ -249,9 +236,7 @@ mod tests {
         let mut p = Pipe::new(profile.up, 5, t0);
         let n = 200_000;
         let lost: Vec<bool> = (0..n)
-            .map(|i| {
-                p.offer(t0 + Duration::from_secs(i as u64), 100) == Verdict::Drop(DropCause::Loss)
-            })
+            .map(|i| p.offer(t0 + Duration::from_secs(i as u64), 100) == Verdict::Drop(DropCause::Loss))
             .collect();
         let rate = lost.iter().filter(|l| **l).count() as f64 / n as f64;
         assert!(

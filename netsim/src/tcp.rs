@@ -66,8 +66,7 @@ async fn pump(
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let at = link.pipe(up).offer_reliable(Instant::now(), n);
-        link.counters(up)
-            .record(n, &crate::pipe::Verdict::Deliver(at));
+        link.counters(up).record(n, &crate::pipe::Verdict::Deliver(at));
         if tx.send((at, buf[..n].to_vec())).await.is_err() {
             break;
         }

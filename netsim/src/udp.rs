@@ -21,10 +21,7 @@ struct Session {
 
 impl Session {
     fn outward(&self) -> Arc<UdpSocket> {
-        self.outward
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.outward.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -95,11 +92,7 @@ impl UdpRelay {
                 let Ok((n, client)) = socket.recv_from(&mut buf).await else {
                     continue;
                 };
-                let existing = sessions
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get(&client)
-                    .cloned();
+                let existing = sessions.lock().unwrap_or_else(|p| p.into_inner()).get(&client).cloned();
                 let session = match existing {
                     Some(s) => s,
                     None => match ctx.new_session(client).await {
@@ -150,12 +143,7 @@ impl UdpRelay {
             let socket = Arc::new(UdpSocket::bind((factory.bind_ip, 0)).await?);
             *s.outward.lock().unwrap_or_else(|p| p.into_inner()) = socket.clone();
             let reader = factory.spawn_reader(s.clone(), socket);
-            if let Some(old) = s
-                .reader
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .replace(reader)
-            {
+            if let Some(old) = s.reader.lock().unwrap_or_else(|p| p.into_inner()).replace(reader) {
                 old.abort();
             }
         }

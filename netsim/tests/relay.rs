@@ -38,13 +38,9 @@ fn link(delay_ms: u64, kbps: u64, loss: f64) -> Profile {
 #[tokio::test]
 async fn round_trips_take_the_configured_delay() {
     let (target, _) = echo().await;
-    let sim = Netsim::udp(Config::new(
-        "127.0.0.1:0".parse().unwrap(),
-        target,
-        link(50, 0, 0.0),
-    ))
-    .await
-    .unwrap();
+    let sim = Netsim::udp(Config::new("127.0.0.1:0".parse().unwrap(), target, link(50, 0, 0.0)))
+        .await
+        .unwrap();
     let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let mut rtts = Vec::new();
     let mut buf = [0u8; 64];
@@ -59,19 +55,11 @@ async fn round_trips_take_the_configured_delay() {
     let median = rtts[rtts.len() / 2];
     // Propagation is a floor the simulator must never undercut; the ceiling
     // allows for timer granularity on a busy machine.
-    assert!(
-        rtts[0] >= Duration::from_millis(100),
-        "min RTT {:?}",
-        rtts[0]
-    );
+    assert!(rtts[0] >= Duration::from_millis(100), "min RTT {:?}", rtts[0]);
     assert!(median < Duration::from_millis(160), "median RTT {median:?}");
     let s = sim.stats();
     assert_eq!(
-        (
-            s.up.offered_packets,
-            s.up.delivered_packets,
-            s.down.delivered_packets
-        ),
+        (s.up.offered_packets, s.up.delivered_packets, s.down.delivered_packets),
         (30, 30, 30)
     );
     assert_eq!(s.up.offered_bytes, 30 * 32);
@@ -80,13 +68,9 @@ async fn round_trips_take_the_configured_delay() {
 #[tokio::test]
 async fn rebind_changes_the_source_port_and_address_seen_by_the_target() {
     let (target, seen) = echo().await;
-    let sim = Netsim::udp(Config::new(
-        "127.0.0.1:0".parse().unwrap(),
-        target,
-        Profile::ideal(),
-    ))
-    .await
-    .unwrap();
+    let sim = Netsim::udp(Config::new("127.0.0.1:0".parse().unwrap(), target, Profile::ideal()))
+        .await
+        .unwrap();
     let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     async fn ping(client: &UdpSocket, to: SocketAddr) {
         let mut buf = [0u8; 16];
@@ -99,32 +83,22 @@ async fn rebind_changes_the_source_port_and_address_seen_by_the_target() {
     ping(&client, sim.local_addr()).await;
     sim.rebind(None).await.unwrap();
     ping(&client, sim.local_addr()).await;
-    sim.rebind(Some("127.0.0.2".parse().unwrap()))
-        .await
-        .unwrap();
+    sim.rebind(Some("127.0.0.2".parse().unwrap())).await.unwrap();
     ping(&client, sim.local_addr()).await;
     let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 3);
     assert_eq!(seen[0].ip(), seen[1].ip());
     assert_ne!(seen[0].port(), seen[1].port(), "rebind kept the port");
-    assert_eq!(
-        seen[2].ip().to_string(),
-        "127.0.0.2",
-        "rebind kept the address"
-    );
+    assert_eq!(seen[2].ip().to_string(), "127.0.0.2", "rebind kept the address");
     assert_eq!(sim.stats().rebinds, 2);
 }
 
 #[tokio::test]
 async fn a_cut_drops_and_counts_until_restored() {
     let (target, _) = echo().await;
-    let sim = Netsim::udp(Config::new(
-        "127.0.0.1:0".parse().unwrap(),
-        target,
-        Profile::ideal(),
-    ))
-    .await
-    .unwrap();
+    let sim = Netsim::udp(Config::new("127.0.0.1:0".parse().unwrap(), target, Profile::ideal()))
+        .await
+        .unwrap();
     let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     sim.cut();
     for _ in 0..10 {
@@ -145,11 +119,7 @@ async fn a_cut_drops_and_counts_until_restored() {
         .unwrap();
     let s = sim.stats();
     assert_eq!(
-        (
-            s.up.dropped_cut,
-            s.up.dropped_cut_bytes,
-            s.up.delivered_packets
-        ),
+        (s.up.dropped_cut, s.up.dropped_cut_bytes, s.up.delivered_packets),
         (10, 1000, 1)
     );
 }
@@ -163,25 +133,15 @@ async fn tcp_stream_is_intact_and_no_faster_than_the_link() {
     let receiver = tokio::spawn(async move {
         let (mut s, _) = server.accept().await.unwrap();
         let mut got = Vec::new();
-        tokio::io::AsyncReadExt::read_to_end(&mut s, &mut got)
-            .await
-            .unwrap();
+        tokio::io::AsyncReadExt::read_to_end(&mut s, &mut got).await.unwrap();
         got
     });
-    let sim = Netsim::tcp(Config::new(
-        "127.0.0.1:0".parse().unwrap(),
-        target,
-        link(20, 1000, 0.3),
-    ))
-    .await
-    .unwrap();
+    let sim = Netsim::tcp(Config::new("127.0.0.1:0".parse().unwrap(), target, link(20, 1000, 0.3)))
+        .await
+        .unwrap();
     let t = Instant::now();
-    let mut c = tokio::net::TcpStream::connect(sim.local_addr())
-        .await
-        .unwrap();
-    tokio::io::AsyncWriteExt::write_all(&mut c, &data)
-        .await
-        .unwrap();
+    let mut c = tokio::net::TcpStream::connect(sim.local_addr()).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut c, &data).await.unwrap();
     tokio::io::AsyncWriteExt::shutdown(&mut c).await.unwrap();
     let got = receiver.await.unwrap();
     let elapsed = t.elapsed();
@@ -238,10 +198,7 @@ fn the_binary_is_controlled_from_another_process() {
     assert_eq!(ask("cut")["cut"], true);
     assert_eq!(ask("restore")["cut"], false);
     assert_eq!(ask("profile edge_lossy")["profile"], "edge_lossy");
-    assert!(ask("bogus")["error"]
-        .as_str()
-        .unwrap()
-        .contains("unknown command"));
+    assert!(ask("bogus")["error"].as_str().unwrap().contains("unknown command"));
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let out = child.wait_with_output().unwrap();
     let stats: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stats JSON on exit");

@@ -21,10 +21,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
     };
     match cli.command {
         Command::Demo { ref dir } => crate::demo::run(dir.clone()),
-        Command::Init {
-            ref name,
-            no_encrypt,
-        } => {
+        Command::Init { ref name, no_encrypt } => {
             let dir = data_dir()?;
             let id = dir.init(name, !no_encrypt)?;
             println!("{id}");
@@ -52,11 +49,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Push(ref args) => push(&data_dir()?, args),
         Command::Log(ref args) => log(&data_dir()?, args),
         Command::Status { json } => crate::status::print(&data_dir()?, json),
-        Command::Sync {
-            ref peer,
-            policy,
-            json,
-        } => {
+        Command::Sync { ref peer, policy, json } => {
             let dir = data_dir()?;
             runtime()?.block_on(async {
                 let (ctx, tls) = open_ctx(&dir, policy).map_err(locked_hint)?;
@@ -66,20 +59,21 @@ pub fn dispatch(cli: Cli) -> Result<()> {
                     .next()
                     .with_context(|| format!("{peer} resolved to no address"))?;
                 let result = node.sync_once(addr).await;
-                node.shutdown().await;
-                let report = result?;
-                if json {
-                    println!("{}", serde_json::to_string_pretty(&report)?);
-                } else {
-                    println!(
-                        "synced with {} ({}, {}): received {} events, sent {}",
-                        report.peer_name,
-                        report.peer_role,
-                        report.addr,
-                        report.events_received,
-                        report.events_sent
-                    );
+                // Report as soon as the session is done; the clean close
+                // below may take a few round trips on a slow link.
+                if let Ok(report) = &result {
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(report)?);
+                    } else {
+                        println!(
+                            "synced with {} ({}, {}): received {} events, sent {}",
+                            report.peer_name, report.peer_role, report.addr, report.events_received, report.events_sent
+                        );
+                    }
+                    std::io::stdout().flush()?;
                 }
+                node.shutdown().await;
+                result?;
                 Ok(())
             })
         }
@@ -89,9 +83,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
 
 /// Turns "WAL locked" into what to do about it.
@@ -113,9 +105,7 @@ fn read_input(path: &std::path::Path) -> Result<String> {
 
 fn write_out(out: Option<&PathBuf>, text: &str) -> Result<()> {
     match out {
-        Some(p) => {
-            std::fs::write(p, text).with_context(|| format!("could not write {}", p.display()))
-        }
+        Some(p) => std::fs::write(p, text).with_context(|| format!("could not write {}", p.display())),
         None => {
             print!("{text}");
             Ok(())
@@ -176,8 +166,7 @@ fn push(dir: &DataDir, args: &PushArgs) -> Result<()> {
         return print(wal.append_local_blocking(vec![one(p.clone().into_bytes())])?);
     }
     if let Some(f) = &args.file {
-        let payload =
-            std::fs::read(f).with_context(|| format!("could not read {}", f.display()))?;
+        let payload = std::fs::read(f).with_context(|| format!("could not read {}", f.display()))?;
         return print(wal.append_local_blocking(vec![one(payload)])?);
     }
     // Lines on stdin: whatever has arrived while the last batch was being
@@ -213,9 +202,7 @@ fn push(dir: &DataDir, args: &PushArgs) -> Result<()> {
 /// The WAL for reading: our own, or, if a daemon holds it, a read-only view.
 pub fn open_for_reading(dir: &DataDir) -> Result<Wal> {
     match dir.open_wal(false) {
-        Err(e) if matches!(e.downcast_ref::<WalError>(), Some(WalError::Locked { .. })) => {
-            dir.open_wal(true)
-        }
+        Err(e) if matches!(e.downcast_ref::<WalError>(), Some(WalError::Locked { .. })) => dir.open_wal(true),
         other => other,
     }
 }
@@ -258,8 +245,9 @@ fn log(dir: &DataDir, args: &LogArgs) -> Result<()> {
 
 pub fn event_json(e: &Event) -> serde_json::Value {
     let payload = match std::str::from_utf8(&e.payload) {
-        Ok(s) => serde_json::from_str::<serde_json::Value>(s)
-            .unwrap_or_else(|_| serde_json::Value::String(s.to_string())),
+        Ok(s) => {
+            serde_json::from_str::<serde_json::Value>(s).unwrap_or_else(|_| serde_json::Value::String(s.to_string()))
+        }
         Err(_) => {
             serde_json::json!({ "hex": e.payload.iter().map(|b| format!("{b:02x}")).collect::<String>() })
         }
@@ -280,8 +268,7 @@ fn run(dir: &DataDir, args: &RunArgs) -> Result<()> {
     let listen = args.listen.clone().unwrap_or(cfg.listen.clone());
     let mut peers = cfg.peers.clone();
     peers.extend(args.peer.iter().cloned());
-    let interval =
-        std::time::Duration::from_secs(args.interval.unwrap_or(cfg.sync_interval_secs).max(1));
+    let interval = std::time::Duration::from_secs(args.interval.unwrap_or(cfg.sync_interval_secs).max(1));
     runtime()?.block_on(async {
         let (ctx, tls) = open_ctx(dir, args.policy).map_err(locked_hint)?;
         let addr = listen

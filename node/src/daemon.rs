@@ -16,16 +16,11 @@ pub struct DaemonOptions {
 /// Capped, jittered exponential backoff: 1 s, 2 s, 4 s ... up to 60 s, each
 /// drawn from the upper half so a fleet of clinics does not retry in step.
 pub fn backoff(attempt: u32) -> Duration {
-    let cap =
-        Duration::from_secs(60).min(Duration::from_secs(1) * 2u32.saturating_pow(attempt.min(6)));
+    let cap = Duration::from_secs(60).min(Duration::from_secs(1) * 2u32.saturating_pow(attempt.min(6)));
     cap / 2 + cap.mul_f64(rand::random::<f64>() / 2.0)
 }
 
-pub async fn run(
-    node: Arc<Node>,
-    opts: DaemonOptions,
-    shutdown: impl std::future::Future<Output = ()>,
-) -> Result<()> {
+pub async fn run(node: Arc<Node>, opts: DaemonOptions, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
     for peer in opts.peers {
         tasks.spawn(peer_loop(node.clone(), peer, opts.interval));
@@ -38,10 +33,7 @@ pub async fn run(
 }
 
 async fn resolve(peer: &str) -> Result<SocketAddr> {
-    let with_port = if peer
-        .rsplit_once(':')
-        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-    {
+    let with_port = if peer.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
         peer.to_string()
     } else {
         format!("{peer}:{}", crate::datadir::DEFAULT_PORT)
@@ -71,10 +63,7 @@ async fn peer_loop(node: Arc<Node>, peer: String, interval: Duration) {
         };
         attempt = 0;
         tracing::info!(%peer, name = %link.peer.name, "connected");
-        let server = node
-            .ctx
-            .tasks
-            .spawn(session::serve(node.ctx.clone(), link.clone()));
+        let server = node.ctx.tasks.spawn(session::serve(node.ctx.clone(), link.clone()));
         let mut changes = node.ctx.wal.subscribe();
         let mut last_error = None;
         loop {
@@ -100,10 +89,8 @@ async fn peer_loop(node: Arc<Node>, peer: String, interval: Duration) {
             }
         }
         record(&node.ctx, &link, last_error, true);
-        link.conn.close(
-            crate::wire::code(ferry_proto::ErrorCode::Done),
-            b"reconnecting",
-        );
+        link.conn
+            .close(crate::wire::code(ferry_proto::ErrorCode::Done), b"reconnecting");
         server.abort();
         tokio::time::sleep(backoff(0)).await;
     }

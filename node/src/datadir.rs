@@ -91,13 +91,9 @@ impl DataDir {
     /// `ferry init`: makes the node key, WAL key and config. Returns the node id.
     pub fn init(&self, name: &str, encrypt_wal: bool) -> Result<NodeId> {
         if self.path("config.toml").exists() {
-            bail!(
-                "{} is already initialised (config.toml exists)",
-                self.root.display()
-            );
+            bail!("{} is already initialised (config.toml exists)", self.root.display());
         }
-        std::fs::create_dir_all(&self.root)
-            .with_context(|| format!("could not create {}", self.root.display()))?;
+        std::fs::create_dir_all(&self.root).with_context(|| format!("could not create {}", self.root.display()))?;
         let key = KeyPair::generate()?;
         pki::write_secret(&self.path("node.key"), &key.serialize_pem())?;
         if encrypt_wal {
@@ -121,21 +117,22 @@ impl DataDir {
     pub fn config(&self) -> Result<Config> {
         let path = self.path("config.toml");
         let text = std::fs::read_to_string(&path).with_context(|| {
-            format!("{} is not a ferry data directory (no config.toml); run `ferry init --data-dir {} --name NAME` first", self.root.display(), self.root.display())
+            format!(
+                "{} is not a ferry data directory (no config.toml); run `ferry init --data-dir {} --name NAME` first",
+                self.root.display(),
+                self.root.display()
+            )
         })?;
         toml::from_str(&text).with_context(|| format!("{} is not valid", path.display()))
     }
 
     pub fn save_config(&self, cfg: &Config) -> Result<()> {
-        atomic_write(
-            &self.path("config.toml"),
-            toml::to_string_pretty(cfg)?.as_bytes(),
-        )
+        atomic_write(&self.path("config.toml"), toml::to_string_pretty(cfg)?.as_bytes())
     }
 
     pub fn identity(&self) -> Result<Identity> {
-        let key = KeyPair::from_pem(&pki::read(&self.path("node.key"))?)
-            .context("node.key is not a valid private key")?;
+        let key =
+            KeyPair::from_pem(&pki::read(&self.path("node.key"))?).context("node.key is not a valid private key")?;
         let node_id = pki::node_id_of_key(&key);
         let cert_pem = std::fs::read_to_string(self.path("node.crt")).ok();
         let ca_pem = std::fs::read_to_string(self.path("ca.crt")).ok();
@@ -153,10 +150,7 @@ impl DataDir {
     }
 
     pub fn role(&self) -> Option<Role> {
-        self.identity()
-            .ok()
-            .and_then(|i| i.cert)
-            .and_then(|c| c.role)
+        self.identity().ok().and_then(|i| i.cert).and_then(|c| c.role)
     }
 
     /// `ferry cert install`: checks the certificate is for this node's key
@@ -169,7 +163,11 @@ impl DataDir {
         let id = self.identity()?;
         let info = pki::cert_info(&certs[0])?;
         if info.node_id != id.node_id {
-            bail!("this certificate is for node {}, but this node's key is {}; was the CSR from another node?", info.node_id, id.node_id);
+            bail!(
+                "this certificate is for node {}, but this node's key is {}; was the CSR from another node?",
+                info.node_id,
+                id.node_id
+            );
         }
         crate::tls::verify_chain(&certs[0], &certs[certs.len() - 1])?;
         let pems: Vec<String> = bundle_pem
@@ -188,8 +186,7 @@ impl DataDir {
     /// so no sequence number is ever given out twice.
     pub fn log_epoch(&self, may_renew: bool) -> Result<u32> {
         let path = self.path("log-epoch");
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("could not read {}", path.display()))?;
+        let text = std::fs::read_to_string(&path).with_context(|| format!("could not read {}", path.display()))?;
         let epoch = u32::from_str_radix(text.trim(), 16)
             .with_context(|| format!("{} must hold 8 hex digits", path.display()))?;
         let recorded = std::fs::read_to_string(self.path("log-epoch.id")).unwrap_or_default();
@@ -214,9 +211,7 @@ impl DataDir {
     }
 
     pub fn wal_key_path(&self, cfg: &Config) -> PathBuf {
-        cfg.wal_key_file
-            .clone()
-            .unwrap_or_else(|| self.path("wal.key"))
+        cfg.wal_key_file.clone().unwrap_or_else(|| self.path("wal.key"))
     }
 
     pub fn keyring(&self, cfg: &Config) -> Result<Keyring> {
@@ -255,10 +250,7 @@ impl DataDir {
     pub fn record_peer(&self, node_id: NodeId, update: impl FnOnce(&mut PeerRecord)) -> Result<()> {
         let mut peers = self.peers();
         update(peers.entry(node_id.to_string()).or_default());
-        atomic_write(
-            &self.path("peers.json"),
-            &serde_json::to_vec_pretty(&peers)?,
-        )
+        atomic_write(&self.path("peers.json"), &serde_json::to_vec_pretty(&peers)?)
     }
 }
 
@@ -284,8 +276,7 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Device and inode: what a restore from a file-level backup changes.
 fn file_identity(path: &Path) -> Result<String> {
     use std::os::unix::fs::MetadataExt;
-    let m =
-        std::fs::metadata(path).with_context(|| format!("could not stat {}", path.display()))?;
+    let m = std::fs::metadata(path).with_context(|| format!("could not stat {}", path.display()))?;
     Ok(format!("{} {}", m.dev(), m.ino()))
 }
 

@@ -50,47 +50,79 @@ pub fn run(dir: Option<PathBuf>) -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let root = dir.unwrap_or_else(|| tmp.path().to_path_buf());
     std::fs::create_dir_all(&root)?;
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async {
-        println!("ferry demo in {}\n", root.display());
-        let ca = root.join("ca");
-        pki::ca_init(&ca, "demo")?;
-        println!("1.  made a deployment CA, and enrolled a hub and two clinics under it");
-        let mut nodes = Vec::new();
-        for (name, role) in [("hub", Role::Hub), ("bhu-gasa", Role::Clinic), ("bhu-laya", Role::Clinic)] {
-            let (ctx, tls) = open_ctx(&enroll(&root, &ca, name, role)?, None)?;
-            let node = Arc::new(Node::start(ctx, &tls, "127.0.0.1:0".parse()?, &TransportProfile::lan())?);
-            println!("    {name:<9} {:<6} node {}  listening on {}", role.to_string(), node.ctx.node_id, node.local_addr()?);
-            nodes.push(node);
-        }
-        let (hub, gasa, laya) = (&nodes[0], &nodes[1], &nodes[2]);
-        write(gasa, GASA).await?;
-        write(laya, LAYA).await?;
-        println!("\n2.  each clinic wrote 150 events locally (no network needed)");
-        show(&[("hub", hub), ("bhu-gasa", gasa), ("bhu-laya", laya)]);
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(async {
+            println!("ferry demo in {}\n", root.display());
+            let ca = root.join("ca");
+            pki::ca_init(&ca, "demo")?;
+            println!("1.  made a deployment CA, and enrolled a hub and two clinics under it");
+            let mut nodes = Vec::new();
+            for (name, role) in [
+                ("hub", Role::Hub),
+                ("bhu-gasa", Role::Clinic),
+                ("bhu-laya", Role::Clinic),
+            ] {
+                let (ctx, tls) = open_ctx(&enroll(&root, &ca, name, role)?, None)?;
+                let node = Arc::new(Node::start(
+                    ctx,
+                    &tls,
+                    "127.0.0.1:0".parse()?,
+                    &TransportProfile::lan(),
+                )?);
+                println!(
+                    "    {name:<9} {:<6} node {}  listening on {}",
+                    role.to_string(),
+                    node.ctx.node_id,
+                    node.local_addr()?
+                );
+                nodes.push(node);
+            }
+            let (hub, gasa, laya) = (&nodes[0], &nodes[1], &nodes[2]);
+            write(gasa, GASA).await?;
+            write(laya, LAYA).await?;
+            println!("\n2.  each clinic wrote 150 events locally (no network needed)");
+            show(&[("hub", hub), ("bhu-gasa", gasa), ("bhu-laya", laya)]);
 
-        println!("\n3.  the clinics sync with the hub (QUIC, mutual TLS, pulls of exactly the missing ranges)");
-        for (label, clinic) in [("bhu-gasa", gasa), ("bhu-laya", laya), ("bhu-gasa", gasa)] {
-            let r = clinic.sync_once(hub.local_addr()?).await?;
+            println!("\n3.  the clinics sync with the hub (QUIC, mutual TLS, pulls of exactly the missing ranges)");
+            for (label, clinic) in [("bhu-gasa", gasa), ("bhu-laya", laya), ("bhu-gasa", gasa)] {
+                let r = clinic.sync_once(hub.local_addr()?).await?;
+                println!(
+                    "    {label:<9} <-> hub: sent {:>3}, received {:>3} events, {:>6} bytes on the wire",
+                    r.events_sent,
+                    r.events_received,
+                    r.udp_tx_bytes + r.udp_rx_bytes
+                );
+            }
+            show(&[("hub", hub), ("bhu-gasa", gasa), ("bhu-laya", laya)]);
+
+            let r = gasa.sync_once(hub.local_addr()?).await?;
             println!(
-                "    {label:<9} <-> hub: sent {:>3}, received {:>3} events, {:>6} bytes on the wire",
-                r.events_sent,
-                r.events_received,
-                r.udp_tx_bytes + r.udp_rx_bytes
+                "\n4.  syncing again moves nothing: sent {}, received {}",
+                r.events_sent, r.events_received
             );
-        }
-        show(&[("hub", hub), ("bhu-gasa", gasa), ("bhu-laya", laya)]);
-
-        let r = gasa.sync_once(hub.local_addr()?).await?;
-        println!("\n4.  syncing again moves nothing: sent {}, received {}", r.events_sent, r.events_received);
-        let same = hub.ctx.wal.summary() == gasa.ctx.wal.summary() && gasa.ctx.wal.summary() == laya.ctx.wal.summary();
-        println!("\n{}", if same { "all three nodes hold the same 300 events." } else { "the nodes did NOT converge" });
-        for n in &nodes {
-            n.shutdown().await;
-        }
-        if tmp.path() != root {
-            println!("\nexplore: ferry status --data-dir {}/bhu-gasa ; ferry log --data-dir {}/hub --limit 3", root.display(), root.display());
-        }
-        anyhow::ensure!(same, "demo nodes did not converge");
-        Ok(())
-    })
+            let same =
+                hub.ctx.wal.summary() == gasa.ctx.wal.summary() && gasa.ctx.wal.summary() == laya.ctx.wal.summary();
+            println!(
+                "\n{}",
+                if same {
+                    "all three nodes hold the same 300 events."
+                } else {
+                    "the nodes did NOT converge"
+                }
+            );
+            for n in &nodes {
+                n.shutdown().await;
+            }
+            if tmp.path() != root {
+                println!(
+                    "\nexplore: ferry status --data-dir {}/bhu-gasa ; ferry log --data-dir {}/hub --limit 3",
+                    root.display(),
+                    root.display()
+                );
+            }
+            anyhow::ensure!(same, "demo nodes did not converge");
+            Ok(())
+        })
 }

@@ -57,16 +57,9 @@ pub fn open_ctx(dir: &DataDir, policy: Option<Policy>) -> Result<(Arc<NodeCtx>, 
 
 impl Node {
     /// Binds the endpoint and starts accepting peers. Needs a tokio runtime.
-    pub fn start(
-        ctx: Arc<NodeCtx>,
-        tls: &TlsIdentity,
-        listen: SocketAddr,
-        profile: &TransportProfile,
-    ) -> Result<Node> {
+    pub fn start(ctx: Arc<NodeCtx>, tls: &TlsIdentity, listen: SocketAddr, profile: &TransportProfile) -> Result<Node> {
         let mut endpoint = quinn::Endpoint::server(tls.quinn_server(profile)?, listen)
-            .with_context(|| {
-                format!("could not listen on {listen} (UDP); is another node using the port?")
-            })?;
+            .with_context(|| format!("could not listen on {listen} (UDP); is another node using the port?"))?;
         endpoint.set_default_client_config(tls.quinn_client(profile)?);
         ctx.tasks.spawn(accept_loop(ctx.clone(), endpoint.clone()));
         Ok(Node {
@@ -103,36 +96,25 @@ impl Node {
     /// One round with the peer at `addr`, then close.
     pub async fn sync_once(&self, addr: SocketAddr) -> Result<SyncReport> {
         let link = self.connect(addr).await?;
-        let server = self
-            .ctx
-            .tasks
-            .spawn(session::serve(self.ctx.clone(), link.clone()));
+        let server = self.ctx.tasks.spawn(session::serve(self.ctx.clone(), link.clone()));
         let result = session::initiate_round(&self.ctx, &link).await;
         let close_code = if result.is_ok() {
             ErrorCode::Done
         } else {
             ErrorCode::Internal
         };
-        link.conn
-            .close(crate::wire::code(close_code), b"sync finished");
+        link.conn.close(crate::wire::code(close_code), b"sync finished");
         let _ = server.await;
         let report = report(&link, result.as_ref().ok().copied().unwrap_or_default());
-        record(
-            &self.ctx,
-            &link,
-            result.as_ref().err().map(|e| format!("{e:#}")),
-            true,
-        );
+        record(&self.ctx, &link, result.as_ref().err().map(|e| format!("{e:#}")), true);
         result.with_context(|| format!("sync with {addr} did not complete"))?;
         Ok(report)
     }
 
     /// Closes every connection and waits until peers were told.
     pub async fn shutdown(&self) {
-        self.endpoint.close(
-            crate::wire::code(ErrorCode::ShuttingDown),
-            b"node shutting down",
-        );
+        self.endpoint
+            .close(crate::wire::code(ErrorCode::ShuttingDown), b"node shutting down");
         // Connections are closed, so every serving task ends soon; appends
         // they started finish first.
         self.ctx.tasks.close();
@@ -142,8 +124,7 @@ impl Node {
         {
             tracing::warn!("some sessions did not finish within 10 s of shutdown");
         }
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(3), self.endpoint.wait_idle())
-            .await;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(3), self.endpoint.wait_idle()).await;
     }
 }
 
@@ -201,10 +182,7 @@ async fn accept_loop(ctx: Arc<NodeCtx>, endpoint: quinn::Endpoint) {
             let peer = match tls::peer_cert(&conn) {
                 Ok(p) => p,
                 Err(e) => {
-                    conn.close(
-                        crate::wire::code(ErrorCode::Protocol),
-                        b"unreadable certificate",
-                    );
+                    conn.close(crate::wire::code(ErrorCode::Protocol), b"unreadable certificate");
                     tracing::warn!(%addr, "refused a connection: {e:#}");
                     return;
                 }
@@ -218,9 +196,7 @@ async fn accept_loop(ctx: Arc<NodeCtx>, endpoint: quinn::Endpoint) {
             });
             let why = session::serve(ctx.clone(), link.clone()).await;
             let error = match &why {
-                quinn::ConnectionError::ApplicationClosed(c)
-                    if c.error_code == crate::wire::code(ErrorCode::Done) =>
-                {
+                quinn::ConnectionError::ApplicationClosed(c) if c.error_code == crate::wire::code(ErrorCode::Done) => {
                     None
                 }
                 quinn::ConnectionError::LocallyClosed => None,

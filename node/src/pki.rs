@@ -4,8 +4,8 @@
 use anyhow::{bail, Context, Result};
 use ferry_proto::NodeId;
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
@@ -56,8 +56,7 @@ pub struct CertInfo {
 
 /// Reads node id, name and role from a DER certificate.
 pub fn cert_info(der: &[u8]) -> Result<CertInfo> {
-    let (_, cert) =
-        x509_parser::parse_x509_certificate(der).context("certificate is not valid X.509")?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der).context("certificate is not valid X.509")?;
     let node_id = NodeId::from_spki(cert.public_key().raw);
     let subject = cert.subject();
     let name = subject
@@ -71,11 +70,7 @@ pub fn cert_info(der: &[u8]) -> Result<CertInfo> {
         .next()
         .and_then(|a| a.as_str().ok())
         .and_then(|r| r.parse().ok());
-    Ok(CertInfo {
-        node_id,
-        name,
-        role,
-    })
+    Ok(CertInfo { node_id, name, role })
 }
 
 pub fn node_id_of_key(key: &KeyPair) -> NodeId {
@@ -98,12 +93,7 @@ pub fn write_secret(path: &Path, contents: &str) -> Result<()> {
         .create_new(true)
         .mode(0o600)
         .open(path)
-        .with_context(|| {
-            format!(
-                "could not create {} (does it already exist?)",
-                path.display()
-            )
-        })?;
+        .with_context(|| format!("could not create {} (does it already exist?)", path.display()))?;
     f.write_all(contents.as_bytes())?;
     f.sync_all()?;
     Ok(())
@@ -117,10 +107,7 @@ pub fn read(path: &Path) -> Result<String> {
 pub fn ca_init(dir: &Path, deployment: &str) -> Result<CertInfo> {
     std::fs::create_dir_all(dir).with_context(|| format!("could not create {}", dir.display()))?;
     if dir.join("ca.key").exists() {
-        bail!(
-            "{} already holds a CA; refusing to overwrite it",
-            dir.display()
-        );
+        bail!("{} already holds a CA; refusing to overwrite it", dir.display());
     }
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(Vec::<String>::new())?;
@@ -152,12 +139,11 @@ pub fn make_csr(key: &KeyPair, name: &str) -> Result<String> {
 /// Signs a node's CSR; returns the certificate followed by the CA certificate
 /// (PEM), ready for `ferry cert install`.
 pub fn ca_sign(ca_dir: &Path, csr_pem: &str, role: Role, name: Option<&str>) -> Result<String> {
-    let ca_key = KeyPair::from_pem(&read(&ca_dir.join("ca.key"))?)
-        .context("ca.key is not a valid private key")?;
+    let ca_key = KeyPair::from_pem(&read(&ca_dir.join("ca.key"))?).context("ca.key is not a valid private key")?;
     let ca_pem = read(&ca_dir.join("ca.crt"))?;
     let ca_cert = CertificateParams::from_ca_cert_pem(&ca_pem)?.self_signed(&ca_key)?;
-    let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)
-        .context("not a valid certificate signing request")?;
+    let mut csr =
+        CertificateSigningRequestParams::from_pem(csr_pem).context("not a valid certificate signing request")?;
     let requested = csr
         .params
         .distinguished_name
@@ -182,10 +168,7 @@ pub fn ca_sign(ca_dir: &Path, csr_pem: &str, role: Role, name: Option<&str>) -> 
         .push(DnType::OrganizationalUnitName, role.to_string());
     params.subject_alt_names = vec![SanType::DnsName(SERVER_NAME.try_into()?)];
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
     set_validity(&mut params);
     csr.params = params;
     let cert = csr.signed_by(&ca_cert, &ca_key)?;

@@ -11,6 +11,7 @@ use crate::datadir::{DataDir, Policy};
 use crate::pki::{CertInfo, Role};
 use crate::wire::{code, read_frame, write_frame, WireError};
 use anyhow::{anyhow, Context, Result};
+use ferry_proto::batch::{StreamCompressor, StreamDecompressor};
 use ferry_proto::summary::Gap;
 use ferry_proto::{ErrorCode, Frame, Hello, NodeId, Origin, Summary, Want, PROTOCOL_VERSION};
 use ferry_wal::Wal;
@@ -129,12 +130,7 @@ impl NodeCtx {
     fn check_restored(&self, theirs: &Summary) -> Result<()> {
         let local = self.wal.local_origin();
         let their_last = theirs.get(&local).and_then(|r| r.last()).unwrap_or(0);
-        let our_last = self
-            .wal
-            .summary()
-            .get(&local)
-            .and_then(|r| r.last())
-            .unwrap_or(0);
+        let our_last = self.wal.summary().get(&local).and_then(|r| r.last()).unwrap_or(0);
         if their_last > our_last {
             let epoch = rand::random::<u32>();
             tracing::warn!(%local, our_last, their_last, new_epoch = format!("{epoch:08x}"),
@@ -157,20 +153,14 @@ pub async fn serve(ctx: Arc<NodeCtx>, link: Arc<Link>) -> quinn::ConnectionError
     loop {
         match link.conn.accept_bi().await {
             Ok((send, recv)) => {
-                ctx.tasks
-                    .spawn(handle_stream(ctx.clone(), link.clone(), send, recv));
+                ctx.tasks.spawn(handle_stream(ctx.clone(), link.clone(), send, recv));
             }
             Err(e) => return e,
         }
     }
 }
 
-async fn handle_stream(
-    ctx: Arc<NodeCtx>,
-    link: Arc<Link>,
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
-) {
+async fn handle_stream(ctx: Arc<NodeCtx>, link: Arc<Link>, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
     let peer = link.peer.node_id.short();
     let result = match read_frame(&mut recv).await {
         Ok(Some(Frame::Want(want))) => serve_want(&ctx, &link, want, &mut send).await,
@@ -191,10 +181,7 @@ async fn handle_stream(
         }
         Ok(Some(other)) => Err(fault(
             ErrorCode::Protocol,
-            format!(
-                "a stream must start with Want or Hello, not {:?}",
-                kind(&other)
-            ),
+            format!("a stream must start with Want or Hello, not {:?}", kind(&other)),
         )),
         Ok(None) => Ok(()),
         Err(e) => Err(e.into()),
@@ -204,9 +191,7 @@ async fn handle_stream(
         tracing::warn!(%peer, code = ?c, "closing stream: {e:#}");
         let _ = send.reset(code(c));
         let _ = recv.stop(code(c));
-        if c != ErrorCode::Internal
-            && link.counters.bad_streams.fetch_add(1, Relaxed) + 1 >= MAX_BAD_STREAMS
-        {
+        if c != ErrorCode::Internal && link.counters.bad_streams.fetch_add(1, Relaxed) + 1 >= MAX_BAD_STREAMS {
             link.conn.close(code(c), b"too many malformed streams");
         }
     }
@@ -218,17 +203,13 @@ fn kind(f: &Frame) -> &'static str {
         Frame::Summary(_) => "Summary",
         Frame::Want(_) => "Want",
         Frame::Events(_) => "Events",
+        Frame::EventChunk(_) => "EventChunk",
         Frame::RoundDone { .. } => "RoundDone",
         Frame::Error { .. } => "Error",
     }
 }
 
-async fn serve_want(
-    ctx: &NodeCtx,
-    link: &Link,
-    want: Want,
-    send: &mut quinn::SendStream,
-) -> Result<()> {
+async fn serve_want(ctx: &NodeCtx, link: &Link, want: Want, send: &mut quinn::SendStream) -> Result<()> {
     if !ctx.allows(&link.peer, &want.origin) {
         let message = format!(
             "policy does not let {} receive events of {}",
@@ -245,15 +226,14 @@ async fn serve_want(
         send.finish()?;
         return Ok(());
     }
+    let mut deflate = StreamCompressor::new();
     let mut next = want.first;
     while next <= want.last {
-        let batch = ctx
-            .wal
-            .read_range(&want.origin, next, want.last, BATCH_EVENTS)?;
+        let batch = ctx.wal.read_range(&want.origin, next, want.last, BATCH_EVENTS)?;
         let Some(last) = batch.last() else { break };
         next = last.seq + 1;
         let n = batch.len() as u64;
-        write_frame(send, &Frame::Events(batch)).await?;
+        write_frame(send, &Frame::EventChunk(deflate.compress(&batch))).await?;
         link.counters.add(|c| &c.events_sent, n, &ctx.totals);
     }
     send.finish()?;
@@ -284,9 +264,7 @@ fn check_hello(hello: &Hello, link: &Link) -> Result<()> {
 
 async fn expect(recv: &mut quinn::RecvStream, what: &str) -> Result<Frame> {
     match read_frame(recv).await? {
-        Some(Frame::Error { code, message }) => {
-            Err(anyhow!("peer reported error {code}: {message}"))
-        }
+        Some(Frame::Error { code, message }) => Err(anyhow!("peer reported error {code}: {message}")),
         Some(f) => Ok(f),
         None => Err(fault(
             ErrorCode::Protocol,
@@ -308,11 +286,7 @@ async fn expect_summary(recv: &mut quinn::RecvStream) -> Result<Summary> {
 /// Opens a round: the daemon does this on a timer and on new local events,
 /// `ferry sync` once.
 pub async fn initiate_round(ctx: &Arc<NodeCtx>, link: &Arc<Link>) -> Result<RoundReport> {
-    let (mut send, mut recv) = link
-        .conn
-        .open_bi()
-        .await
-        .context("could not open a control stream")?;
+    let (mut send, mut recv) = link.conn.open_bi().await.context("could not open a control stream")?;
     write_frame(&mut send, &ctx.hello()).await?;
     write_frame(&mut send, &Frame::Summary(ctx.summary_for(&link.peer))).await?;
     let hello = match expect(&mut recv, "Hello").await? {
@@ -397,11 +371,7 @@ async fn pull_all(ctx: &Arc<NodeCtx>, link: &Arc<Link>, gaps: Vec<Gap>) -> Resul
 
 /// Pulls one gap: one stream, one `Want`, events appended as they arrive.
 async fn pull(ctx: Arc<NodeCtx>, link: Arc<Link>, gap: Gap) -> Result<(u64, u64)> {
-    let (mut send, mut recv) = link
-        .conn
-        .open_bi()
-        .await
-        .context("could not open a want stream")?;
+    let (mut send, mut recv) = link.conn.open_bi().await.context("could not open a want stream")?;
     write_frame(
         &mut send,
         &Frame::Want(Want {
@@ -413,9 +383,17 @@ async fn pull(ctx: Arc<NodeCtx>, link: Arc<Link>, gap: Gap) -> Result<(u64, u64)
     .await?;
     send.finish()?;
     let (mut received, mut duplicates) = (0, 0);
+    let mut inflate = StreamDecompressor::new();
     while let Some(frame) = read_frame(&mut recv).await? {
         match frame {
-            Frame::Events(events) => {
+            Frame::Events(_) | Frame::EventChunk(_) => {
+                let events = match frame {
+                    Frame::EventChunk(chunk) => inflate
+                        .decompress(&chunk)
+                        .map_err(|e| fault(ErrorCode::Malformed, e.to_string()))?,
+                    Frame::Events(events) => events,
+                    _ => unreachable!("matched above"),
+                };
                 if let Some(bad) = events
                     .iter()
                     .find(|e| e.origin != gap.origin || e.seq < gap.first || e.seq > gap.last)
@@ -430,8 +408,7 @@ async fn pull(ctx: Arc<NodeCtx>, link: Arc<Link>, gap: Gap) -> Result<(u64, u64)
                     ));
                 }
                 let report = ctx.wal.append_replicated(events).await?;
-                link.counters
-                    .add(|c| &c.events_received, report.stored, &ctx.totals);
+                link.counters.add(|c| &c.events_received, report.stored, &ctx.totals);
                 link.counters
                     .add(|c| &c.duplicates_received, report.duplicates, &ctx.totals);
                 received += report.stored;

@@ -54,21 +54,14 @@ pub fn print(dir: &DataDir, as_json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&s)?);
         return Ok(());
     }
-    let str_of = |v: &serde_json::Value| {
-        v.as_str()
-            .map(str::to_string)
-            .unwrap_or_else(|| v.to_string())
-    };
+    let str_of = |v: &serde_json::Value| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
     println!(
         "node      {} '{}' ({})",
         str_of(&s["node_id"]),
         str_of(&s["name"]),
         str_of(&s["role"])
     );
-    println!(
-        "events    {} in {} bytes of WAL",
-        s["events"], s["wal_bytes"]
-    );
+    println!("events    {} in {} bytes of WAL", s["events"], s["wal_bytes"]);
     if let Some(have) = s["have"].as_object() {
         for (origin, ranges) in have {
             println!("  {origin}  {ranges}");

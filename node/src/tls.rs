@@ -31,9 +31,7 @@ impl TlsIdentity {
         let chain = pki::parse_pem_certs(cert_pem)?;
         let mut roots = RootCertStore::empty();
         for ca in pki::parse_pem_certs(ca_pem)? {
-            roots
-                .add(ca)
-                .context("ca.crt is not a usable CA certificate")?;
+            roots.add(ca).context("ca.crt is not a usable CA certificate")?;
         }
         Ok(TlsIdentity {
             chain,
@@ -107,8 +105,7 @@ pub fn verify_chain(cert: &CertificateDer<'static>, ca: &CertificateDer<'static>
     roots
         .add(ca.clone())
         .context("the CA certificate in the bundle is not usable")?;
-    let verifier =
-        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider()).build()?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider()).build()?;
     verifier
         .verify_client_cert(cert, &[], UnixTime::now())
         .map_err(|e| anyhow!("the certificate does not chain to the CA in the bundle: {e}"))?;

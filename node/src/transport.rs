@@ -45,11 +45,7 @@ impl TransportProfile {
         let mut t = quinn::TransportConfig::default();
         t.initial_rtt(self.initial_rtt);
         // The idle timeout is a constant well inside quinn's VarInt range.
-        t.max_idle_timeout(Some(
-            self.idle_timeout
-                .try_into()
-                .expect("idle timeout fits a VarInt"),
-        ));
+        t.max_idle_timeout(Some(self.idle_timeout.try_into().expect("idle timeout fits a VarInt")));
         t.keep_alive_interval(Some(self.keep_alive));
         t.max_concurrent_bidi_streams(self.max_concurrent_bidi.into());
         t.max_concurrent_uni_streams(0u32.into());

@@ -27,15 +27,7 @@ fn status(dir: &str) -> serde_json::Value {
 /// Starts `ferry run` and returns it with the address it listens on.
 fn daemon(dir: &str, extra: &[&str]) -> (Child, String) {
     let mut child = Command::new(FERRY)
-        .args([
-            "run",
-            "--data-dir",
-            dir,
-            "--listen",
-            "127.0.0.1:0",
-            "--interval",
-            "1",
-        ])
+        .args(["run", "--data-dir", dir, "--listen", "127.0.0.1:0", "--interval", "1"])
         .args(extra)
         .stderr(Stdio::piped())
         .spawn()
@@ -56,10 +48,7 @@ fn daemon(dir: &str, extra: &[&str]) -> (Child, String) {
 fn stop(mut child: Child) {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().unwrap();
-    assert!(
-        status.success(),
-        "daemon did not exit cleanly on SIGTERM: {status}"
-    );
+    assert!(status.success(), "daemon did not exit cleanly on SIGTERM: {status}");
 }
 
 fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
@@ -80,16 +69,9 @@ fn a_newcomer_sets_up_two_nodes_and_they_replicate() {
     let (ca, a, b) = (p("ca"), p("a"), p("b"));
 
     ok(&["ca", "init", "--ca-dir", &ca, "--name", "test-deployment"]);
-    let a_id = ok(&["init", "--data-dir", &a, "--name", "clinic-a"])
-        .trim()
-        .to_string();
-    let b_id = ok(&["init", "--data-dir", &b, "--name", "hub"])
-        .trim()
-        .to_string();
-    assert!(
-        a_id.parse::<ferry_proto::NodeId>().is_ok(),
-        "init printed {a_id:?}"
-    );
+    let a_id = ok(&["init", "--data-dir", &a, "--name", "clinic-a"]).trim().to_string();
+    let b_id = ok(&["init", "--data-dir", &b, "--name", "hub"]).trim().to_string();
+    assert!(a_id.parse::<ferry_proto::NodeId>().is_ok(), "init printed {a_id:?}");
 
     // Remote enrolment: CSR out, signed at the CA, bundle back in.
     ok(&["csr", "--data-dir", &a, "--out", &p("a.csr")]);
@@ -105,40 +87,13 @@ fn a_newcomer_sets_up_two_nodes_and_they_replicate() {
         "--out",
         &p("a.bundle"),
     ]);
-    let wrong = run(&[
-        "cert",
-        "install",
-        "--data-dir",
-        &b,
-        "--cert",
-        &p("a.bundle"),
-    ]);
-    assert!(
-        !wrong.status.success(),
-        "installed another node's certificate"
-    );
+    let wrong = run(&["cert", "install", "--data-dir", &b, "--cert", &p("a.bundle")]);
+    assert!(!wrong.status.success(), "installed another node's certificate");
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("another node"));
-    ok(&[
-        "cert",
-        "install",
-        "--data-dir",
-        &a,
-        "--cert",
-        &p("a.bundle"),
-    ]);
+    ok(&["cert", "install", "--data-dir", &a, "--cert", &p("a.bundle")]);
     // Local one-step enrolment.
     assert_eq!(
-        ok(&[
-            "--data-dir",
-            &b,
-            "ca",
-            "enroll",
-            "--ca-dir",
-            &ca,
-            "--role",
-            "hub"
-        ])
-        .trim(),
+        ok(&["--data-dir", &b, "ca", "enroll", "--ca-dir", &ca, "--role", "hub"]).trim(),
         b_id
     );
 
@@ -155,11 +110,9 @@ fn a_newcomer_sets_up_two_nodes_and_they_replicate() {
     ]);
     assert!(first.trim().ends_with(":1"), "{first}");
     std::fs::write(p("payload.json"), br#"{"type":"registration"}"#).unwrap();
-    assert!(
-        ok(&["push", "--data-dir", &a, "--file", &p("payload.json")])
-            .trim()
-            .ends_with(":2")
-    );
+    assert!(ok(&["push", "--data-dir", &a, "--file", &p("payload.json")])
+        .trim()
+        .ends_with(":2"));
     let mut child = Command::new(FERRY)
         .args(["push", "--data-dir", &a])
         .stdin(Stdio::piped())
@@ -203,41 +156,24 @@ fn a_newcomer_sets_up_two_nodes_and_they_replicate() {
     assert!(s["wal_bytes"].as_u64().unwrap() > 200 * 200);
     let have = s["have"].as_object().unwrap();
     assert_eq!(have.len(), 1);
-    assert_eq!(
-        have.values().next().unwrap(),
-        &serde_json::json!([[1, 202]])
-    );
+    assert_eq!(have.values().next().unwrap(), &serde_json::json!([[1, 202]]));
 
     // B runs as a daemon; A syncs once, then A runs as a daemon too.
     let (hub, hub_addr) = daemon(&b, &[]);
     let refused = run(&["push", "--data-dir", &b, "x"]);
-    assert!(
-        !refused.status.success(),
-        "a second writer opened the daemon's WAL"
-    );
+    assert!(!refused.status.success(), "a second writer opened the daemon's WAL");
     assert!(
         String::from_utf8_lossy(&refused.stderr).contains("daemon"),
         "{}",
         String::from_utf8_lossy(&refused.stderr)
     );
-    assert_eq!(
-        status(&b)["events"],
-        1,
-        "status reads a running daemon's WAL"
-    );
+    assert_eq!(status(&b)["events"], 1, "status reads a running daemon's WAL");
 
     let sync = run(&["sync", "--data-dir", &a, "--peer", &hub_addr, "--json"]);
-    assert!(
-        sync.status.success(),
-        "{}",
-        String::from_utf8_lossy(&sync.stderr)
-    );
+    assert!(sync.status.success(), "{}", String::from_utf8_lossy(&sync.stderr));
     let report: serde_json::Value = serde_json::from_slice(&sync.stdout).unwrap();
     assert_eq!(
-        (
-            report["events_sent"].as_u64(),
-            report["events_received"].as_u64()
-        ),
+        (report["events_sent"].as_u64(), report["events_received"].as_u64()),
         (Some(202), Some(1))
     );
     assert_eq!(status(&b)["events"], 203);
@@ -324,16 +260,8 @@ fn wal_rekey_keeps_every_event_and_replaces_the_key() {
     let before = ok(&["log", "--data-dir", d, "--json", "--limit", "1000"]);
     let old_key = std::fs::read(tmp.path().join("n/wal.key")).unwrap();
     ok(&["wal", "rekey", "--data-dir", d]);
-    assert_ne!(
-        std::fs::read(tmp.path().join("n/wal.key")).unwrap(),
-        old_key
-    );
+    assert_ne!(std::fs::read(tmp.path().join("n/wal.key")).unwrap(), old_key);
     assert!(!tmp.path().join("n/wal.key.next").exists());
-    assert_eq!(
-        ok(&["log", "--data-dir", d, "--json", "--limit", "1000"]),
-        before
-    );
-    assert!(ok(&["push", "--data-dir", d, "after"])
-        .trim()
-        .ends_with(":51"));
+    assert_eq!(ok(&["log", "--data-dir", d, "--json", "--limit", "1000"]), before);
+    assert!(ok(&["push", "--data-dir", d, "after"]).trim().ends_with(":51"));
 }

@@ -44,11 +44,7 @@ fn sigkill_during_appends_loses_nothing_acknowledged() {
         let writer = std::thread::spawn(move || {
             for line in feed.iter().cycle().take(20_000) {
                 sent_w.lock().unwrap().push(line.clone());
-                if stdin
-                    .write_all(line)
-                    .and_then(|_| stdin.write_all(b"\n"))
-                    .is_err()
-                {
+                if stdin.write_all(line).and_then(|_| stdin.write_all(b"\n")).is_err() {
                     break;
                 }
             }
@@ -60,10 +56,7 @@ fn sigkill_during_appends_loses_nothing_acknowledged() {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 let (o, s) = line.rsplit_once(':').unwrap();
-                acked_r
-                    .lock()
-                    .unwrap()
-                    .push((o.parse().unwrap(), s.parse().unwrap()));
+                acked_r.lock().unwrap().push((o.parse().unwrap(), s.parse().unwrap()));
             }
         });
         std::thread::sleep(Duration::from_millis(rand::random::<u64>() % 400 + 30));

@@ -5,9 +5,7 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// Priority class of an event. Lower value crosses a thin link first.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
 #[serde(into = "u8", try_from = "u8")]
 pub enum Priority {
     Urgent = 0,
@@ -41,9 +39,7 @@ impl std::str::FromStr for Priority {
             "urgent" => Ok(Priority::Urgent),
             "normal" => Ok(Priority::Normal),
             "bulk" => Ok(Priority::Bulk),
-            _ => Err(format!(
-                "unknown priority '{s}': use urgent, normal or bulk"
-            )),
+            _ => Err(format!("unknown priority '{s}': use urgent, normal or bulk")),
         }
     }
 }
@@ -130,14 +126,7 @@ pub(crate) struct EventRepr(
 
 impl From<&Event> for EventRepr {
     fn from(e: &Event) -> Self {
-        EventRepr(
-            e.origin,
-            e.seq,
-            e.hlc,
-            e.topic.clone(),
-            e.priority,
-            e.payload.clone(),
-        )
+        EventRepr(e.origin, e.seq, e.hlc, e.topic.clone(), e.priority, e.payload.clone())
     }
 }
 
@@ -171,10 +160,7 @@ pub(crate) mod tests {
             proptest::collection::vec(any::<u8>(), 0..300),
         )
             .prop_map(|(n, epoch, seq, hlc, topic, p, payload)| Event {
-                origin: Origin {
-                    node: NodeId(n),
-                    epoch,
-                },
+                origin: Origin { node: NodeId(n), epoch },
                 seq,
                 hlc: Hlc(hlc),
                 topic,

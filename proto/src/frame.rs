@@ -69,6 +69,9 @@ pub enum Frame {
     Summary(Summary),
     Want(Want),
     Events(Vec<Event>),
+    /// The next piece of a want stream's compressed events; decoded with the
+    /// stream's `batch::StreamDecompressor`.
+    EventChunk(Vec<u8>),
     /// The sender has pulled everything it wanted in this round.
     RoundDone {
         received: u64,
@@ -106,6 +109,7 @@ const T_WANT: u8 = 3;
 const T_EVENTS: u8 = 4;
 const T_ROUND_DONE: u8 = 5;
 const T_ERROR: u8 = 6;
+const T_EVENT_CHUNK: u8 = 7;
 
 const CODEC_ZSTD: u8 = 1;
 
@@ -150,6 +154,10 @@ impl Frame {
                 let z = zstd::bulk::compress(&raw, BATCH_ZSTD_LEVEL).expect("zstd compress");
                 out.extend_from_slice(&z);
             }
+            Frame::EventChunk(bytes) => {
+                out.push(T_EVENT_CHUNK);
+                out.extend_from_slice(bytes);
+            }
             Frame::RoundDone { received } => {
                 out.push(T_ROUND_DONE);
                 cbor(received, &mut out);
@@ -193,6 +201,7 @@ impl Frame {
                 Frame::Want(w)
             }
             T_EVENTS => Frame::Events(decode_events(rest)?),
+            T_EVENT_CHUNK => Frame::EventChunk(rest.to_vec()),
             T_ROUND_DONE => Frame::RoundDone {
                 received: uncbor("round-done", rest)?,
             },
@@ -218,18 +227,14 @@ impl Frame {
 }
 
 fn decode_events(rest: &[u8]) -> Result<Vec<Event>, FrameError> {
-    let malformed = |detail: String| FrameError::Malformed {
-        kind: "events",
-        detail,
-    };
+    let malformed = |detail: String| FrameError::Malformed { kind: "events", detail };
     let (&codec, z) = rest
         .split_first()
         .ok_or_else(|| malformed("missing codec byte".into()))?;
     if codec != CODEC_ZSTD {
         return Err(malformed(format!("unknown codec {codec}")));
     }
-    let raw =
-        zstd::bulk::decompress(z, MAX_BATCH_DECOMPRESSED).map_err(|e| malformed(e.to_string()))?;
+    let raw = zstd::bulk::decompress(z, MAX_BATCH_DECOMPRESSED).map_err(|e| malformed(e.to_string()))?;
     let reprs: Vec<EventRepr> = uncbor("events", &raw)?;
     let events: Vec<Event> = reprs.into_iter().map(Event::from).collect();
     for e in &events {
@@ -248,34 +253,28 @@ mod tests {
 
     fn arb_frame() -> impl Strategy<Value = Frame> {
         prop_oneof![
-            (any::<[u8; 16]>(), "[a-z]{0,8}", "[ -~]{0,20}", any::<u32>()).prop_map(
-                |(n, role, name, version)| Frame::Hello(Hello {
+            (any::<[u8; 16]>(), "[a-z]{0,8}", "[ -~]{0,20}", any::<u32>()).prop_map(|(n, role, name, version)| {
+                Frame::Hello(Hello {
                     node: NodeId(n),
                     role,
                     name,
-                    version
+                    version,
                 })
-            ),
+            }),
             proptest::collection::btree_map(
-                (any::<[u8; 16]>(), any::<u32>()).prop_map(|(n, epoch)| Origin {
-                    node: NodeId(n),
-                    epoch
-                }),
+                (any::<[u8; 16]>(), any::<u32>()).prop_map(|(n, epoch)| Origin { node: NodeId(n), epoch }),
                 proptest::collection::vec((1u64..1000, 0u64..50), 0..5)
                     .prop_map(|v| RangeSet::from_ranges(v.into_iter().map(|(a, l)| (a, a + l)))),
                 0..4
             )
             .prop_map(|m| Frame::Summary(Summary(m))),
-            (any::<[u8; 16]>(), any::<u32>(), 1u64..1000, 0u64..1000).prop_map(
-                |(n, epoch, first, len)| Frame::Want(Want {
-                    origin: Origin {
-                        node: NodeId(n),
-                        epoch
-                    },
+            (any::<[u8; 16]>(), any::<u32>(), 1u64..1000, 0u64..1000).prop_map(|(n, epoch, first, len)| Frame::Want(
+                Want {
+                    origin: Origin { node: NodeId(n), epoch },
                     first,
                     last: first + len
-                })
-            ),
+                }
+            )),
             proptest::collection::vec(arb_event(), 0..8).prop_map(|mut v| {
                 for e in &mut v {
                     e.topic.truncate(crate::event::MAX_TOPIC_LEN);
@@ -283,8 +282,8 @@ mod tests {
                 Frame::Events(v)
             }),
             any::<u64>().prop_map(|received| Frame::RoundDone { received }),
-            (any::<u16>(), "[ -~]{0,40}")
-                .prop_map(|(code, message)| Frame::Error { code, message }),
+            proptest::collection::vec(any::<u8>(), 0..64).prop_map(Frame::EventChunk),
+            (any::<u16>(), "[ -~]{0,40}").prop_map(|(code, message)| Frame::Error { code, message }),
         ]
     }
 
@@ -319,10 +318,7 @@ mod tests {
     #[test]
     fn oversized_frames_are_refused_before_reading() {
         let prefix = ((MAX_FRAME_LEN + 1) as u32).to_be_bytes();
-        assert_eq!(
-            Frame::body_len(prefix),
-            Err(FrameError::TooLarge(MAX_FRAME_LEN + 1))
-        );
+        assert_eq!(Frame::body_len(prefix), Err(FrameError::TooLarge(MAX_FRAME_LEN + 1)));
     }
 
     #[test]
@@ -330,10 +326,7 @@ mod tests {
         let raw = vec![0u8; MAX_BATCH_DECOMPRESSED + 1];
         let mut body = vec![T_EVENTS, CODEC_ZSTD];
         body.extend(zstd::bulk::compress(&raw, 3).unwrap()); // in-memory compress of zeros
-        assert!(matches!(
-            Frame::decode_body(&body),
-            Err(FrameError::Malformed { .. })
-        ));
+        assert!(matches!(Frame::decode_body(&body), Err(FrameError::Malformed { .. })));
     }
 
     #[test]

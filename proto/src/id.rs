@@ -73,11 +73,7 @@ impl fmt::Display for NodeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let digits = self.digits();
         let check = (32 - luhn32(&digits, false)) % 32;
-        for (i, d) in digits
-            .iter()
-            .chain(std::iter::once(&(check as u8)))
-            .enumerate()
-        {
+        for (i, d) in digits.iter().chain(std::iter::once(&(check as u8))).enumerate() {
             if i > 0 && i % 4 == 0 {
                 f.write_str("-")?;
             }
@@ -99,10 +95,7 @@ impl std::str::FromStr for NodeId {
         let mut digits = Vec::with_capacity(27);
         for c in s.chars().filter(|c| *c != '-') {
             let lc = c.to_ascii_lowercase() as u8;
-            let v = ALPHABET
-                .iter()
-                .position(|a| *a == lc)
-                .ok_or(ParseIdError::Char(c))?;
+            let v = ALPHABET.iter().position(|a| *a == lc).ok_or(ParseIdError::Char(c))?;
             digits.push(v as u8);
         }
         if digits.len() != 27 {

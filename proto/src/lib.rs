@@ -4,6 +4,7 @@
 //! readings, so it is tested with plain unit and property tests (the
 //! quinn-proto / rustls "sans-I/O" style).
 
+pub mod batch;
 pub mod event;
 pub mod frame;
 pub mod hlc;

@@ -13,9 +13,7 @@ pub struct RangeSet {
 
 impl std::fmt::Debug for RangeSet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list()
-            .entries(self.ranges.iter().map(|(a, b)| a..=b))
-            .finish()
+        f.debug_list().entries(self.ranges.iter().map(|(a, b)| a..=b)).finish()
     }
 }
 
@@ -69,12 +67,8 @@ impl RangeSet {
             }
         }
         // Ranges that overlap or touch [first, last] form a contiguous run [lo, hi).
-        let lo = self
-            .ranges
-            .partition_point(|r| r.1.saturating_add(1) < first);
-        let hi = self
-            .ranges
-            .partition_point(|r| r.0 <= last.saturating_add(1));
+        let lo = self.ranges.partition_point(|r| r.1.saturating_add(1) < first);
+        let hi = self.ranges.partition_point(|r| r.0 <= last.saturating_add(1));
         let (mut a, mut b) = (first, last);
         if lo < hi {
             a = a.min(self.ranges[lo].0);
@@ -158,9 +152,7 @@ impl<'de> Deserialize<'de> for RangeSet {
         use serde::de::Error;
         let flat: Vec<u64> = Deserialize::deserialize(d)?;
         if !flat.len().is_multiple_of(2) {
-            return Err(D::Error::custom(
-                "range set needs an even number of integers",
-            ));
+            return Err(D::Error::custom("range set needs an even number of integers"));
         }
         let mut ranges = Vec::with_capacity(flat.len() / 2);
         let mut prev_end: Option<u64> = None;

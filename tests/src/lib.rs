@@ -53,43 +53,23 @@ pub async fn start(dir: &DataDir, policy: Option<Policy>) -> Result<Arc<Node>> {
 }
 
 /// As `start`, with a transport profile (`wan` for nodes behind netsim).
-pub async fn start_with(
-    dir: &DataDir,
-    policy: Option<Policy>,
-    profile: &TransportProfile,
-) -> Result<Arc<Node>> {
+pub async fn start_with(dir: &DataDir, policy: Option<Policy>, profile: &TransportProfile) -> Result<Arc<Node>> {
     let (ctx, tls) = open_ctx(dir, policy)?;
-    Ok(Arc::new(Node::start(
-        ctx,
-        &tls,
-        "127.0.0.1:0".parse()?,
-        profile,
-    )?))
+    Ok(Arc::new(Node::start(ctx, &tls, "127.0.0.1:0".parse()?, profile)?))
 }
 
 /// A netsim UDP relay in front of `node`, with the given profile.
-pub async fn link_to(
-    node: &Node,
-    profile: ferry_netsim::Profile,
-    seed: u64,
-) -> Result<ferry_netsim::Netsim> {
+pub async fn link_to(node: &Node, profile: ferry_netsim::Profile, seed: u64) -> Result<ferry_netsim::Netsim> {
     let mut cfg = ferry_netsim::Config::new("127.0.0.1:0".parse()?, node.local_addr()?, profile);
     cfg.seed = seed;
     ferry_netsim::Netsim::udp(cfg).await
 }
 
 /// Polls `cond` every 100 ms until it holds; fails after `limit`.
-pub async fn eventually(
-    what: &str,
-    limit: std::time::Duration,
-    mut cond: impl FnMut() -> bool,
-) -> Result<()> {
+pub async fn eventually(what: &str, limit: std::time::Duration, mut cond: impl FnMut() -> bool) -> Result<()> {
     let start = std::time::Instant::now();
     while !cond() {
-        anyhow::ensure!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
+        anyhow::ensure!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     Ok(())

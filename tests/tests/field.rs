@@ -7,9 +7,7 @@ use ferry::pki::Role;
 use ferry::transport::TransportProfile;
 use ferry_netsim::Profile;
 use ferry_proto::Priority;
-use ferry_tests::{
-    all_events, eventually, init_logging, link_to, start_with, workload, write_events, Deployment,
-};
+use ferry_tests::{all_events, eventually, init_logging, link_to, start_with, workload, write_events, Deployment};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
@@ -27,13 +25,9 @@ async fn cut_mid_transfer_resumes_with_nothing_received_twice() {
     let clinic = start_with(&dep.enroll("clinic", Role::Clinic).unwrap(), None, &wan())
         .await
         .unwrap();
-    write_events(
-        &clinic.ctx.wal,
-        workload("CUT", 5000, 1).unwrap(),
-        Priority::Normal,
-    )
-    .await
-    .unwrap();
+    write_events(&clinic.ctx.wal, workload("CUT", 5000, 1).unwrap(), Priority::Normal)
+        .await
+        .unwrap();
     let sim = link_to(&hub, Profile::bhutan_2g(), 1).await.unwrap();
 
     let t0 = Instant::now();
@@ -41,11 +35,9 @@ async fn cut_mid_transfer_resumes_with_nothing_received_twice() {
         let (clinic, addr) = (clinic.clone(), sim.local_addr());
         tokio::spawn(async move { clinic.sync_once(addr).await })
     };
-    eventually(
-        "a third of the events at the hub",
-        Duration::from_secs(600),
-        || hub.ctx.wal.stats().events >= 5000 / 3,
-    )
+    eventually("a third of the events at the hub", Duration::from_secs(600), || {
+        hub.ctx.wal.stats().events >= 5000 / 3
+    })
     .await
     .unwrap();
     sim.cut();
@@ -64,10 +56,7 @@ async fn cut_mid_transfer_resumes_with_nothing_received_twice() {
         report.events_sent, hub.ctx.wal.stats().events, hub.ctx.totals.duplicates_received.load(Relaxed)
     );
     assert_eq!(hub.ctx.wal.stats().events, 5000);
-    assert_eq!(
-        all_events(&hub.ctx.wal).unwrap(),
-        all_events(&clinic.ctx.wal).unwrap()
-    );
+    assert_eq!(all_events(&hub.ctx.wal).unwrap(), all_events(&clinic.ctx.wal).unwrap());
     assert_eq!(
         hub.ctx.totals.duplicates_received.load(Relaxed),
         0,
@@ -86,13 +75,9 @@ async fn cut_mid_transfer_resumes_with_nothing_received_twice() {
 async fn four_clinics_at_once_over_2g() {
     init_logging();
     let dep = Deployment::new("field").unwrap();
-    let hub = start_with(
-        &dep.enroll("hub", Role::Hub).unwrap(),
-        Some(Policy::Own),
-        &wan(),
-    )
-    .await
-    .unwrap();
+    let hub = start_with(&dep.enroll("hub", Role::Hub).unwrap(), Some(Policy::Own), &wan())
+        .await
+        .unwrap();
     let mut syncs = Vec::new();
     let mut clinics = Vec::new();
     for i in 0..4u64 {
@@ -145,13 +130,9 @@ async fn two_minute_outage_while_both_sides_write_converges_by_itself() {
     let clinic = start_with(&dep.enroll("clinic", Role::Clinic).unwrap(), None, &wan())
         .await
         .unwrap();
-    write_events(
-        &clinic.ctx.wal,
-        workload("OUT", 200, 1).unwrap(),
-        Priority::Normal,
-    )
-    .await
-    .unwrap();
+    write_events(&clinic.ctx.wal, workload("OUT", 200, 1).unwrap(), Priority::Normal)
+        .await
+        .unwrap();
     let sim = link_to(&hub, Profile::bhutan_2g(), 3).await.unwrap();
     let opts = DaemonOptions {
         peers: vec![sim.local_addr().to_string()],
@@ -185,13 +166,9 @@ async fn two_minute_outage_while_both_sides_write_converges_by_itself() {
     assert_ne!(hub.ctx.wal.summary(), clinic.ctx.wal.summary());
     sim.restore();
     let t = Instant::now();
-    eventually(
-        "convergence after the outage",
-        Duration::from_secs(600),
-        same,
-    )
-    .await
-    .unwrap();
+    eventually("convergence after the outage", Duration::from_secs(600), same)
+        .await
+        .unwrap();
     println!(
         "converged {:.0} s after a 120 s outage; clinic sent {} events, hub sent {}",
         t.elapsed().as_secs_f64(),
@@ -199,10 +176,7 @@ async fn two_minute_outage_while_both_sides_write_converges_by_itself() {
         hub.ctx.totals.events_sent.load(Relaxed)
     );
     assert_eq!(hub.ctx.wal.stats().events, 200 + 240 + 12);
-    assert_eq!(
-        all_events(&hub.ctx.wal).unwrap(),
-        all_events(&clinic.ctx.wal).unwrap()
-    );
+    assert_eq!(all_events(&hub.ctx.wal).unwrap(), all_events(&clinic.ctx.wal).unwrap());
     for n in [&hub, &clinic] {
         assert_eq!(
             n.ctx.totals.duplicates_received.load(Relaxed),
@@ -225,13 +199,9 @@ async fn lossy_bursty_link_completes_and_converges() {
     let clinic = start_with(&dep.enroll("clinic", Role::Clinic).unwrap(), None, &wan())
         .await
         .unwrap();
-    write_events(
-        &clinic.ctx.wal,
-        workload("LOSSY", 2000, 4).unwrap(),
-        Priority::Normal,
-    )
-    .await
-    .unwrap();
+    write_events(&clinic.ctx.wal, workload("LOSSY", 2000, 4).unwrap(), Priority::Normal)
+        .await
+        .unwrap();
     let sim = link_to(&hub, Profile::edge_lossy(), 4).await.unwrap();
     let t = Instant::now();
     let report = tokio::time::timeout(Duration::from_secs(900), clinic.sync_once(sim.local_addr()))
@@ -246,14 +216,8 @@ async fn lossy_bursty_link_completes_and_converges() {
         s.down.dropped_loss
     );
     assert_eq!(report.events_sent, 2000);
-    assert!(
-        s.up.dropped_loss + s.down.dropped_loss > 0,
-        "the link lost nothing"
-    );
-    assert_eq!(
-        all_events(&hub.ctx.wal).unwrap(),
-        all_events(&clinic.ctx.wal).unwrap()
-    );
+    assert!(s.up.dropped_loss + s.down.dropped_loss > 0, "the link lost nothing");
+    assert_eq!(all_events(&hub.ctx.wal).unwrap(), all_events(&clinic.ctx.wal).unwrap());
     assert_eq!(hub.ctx.totals.duplicates_received.load(Relaxed), 0);
     hub.shutdown().await;
     clinic.shutdown().await;

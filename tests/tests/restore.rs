@@ -25,9 +25,7 @@ fn copy_dir(from: &Path, to: &Path) {
 async fn restore_scenario(restore: impl Fn(&Path, &Path), sync_before_writing: bool) {
     init_logging();
     let dep = Deployment::new("test").unwrap();
-    let hub = start(&dep.enroll("hub", Role::Hub).unwrap(), None)
-        .await
-        .unwrap();
+    let hub = start(&dep.enroll("hub", Role::Hub).unwrap(), None).await.unwrap();
     let dir = dep.enroll("clinic", Role::Clinic).unwrap();
     let backup = dep.tmp.path().join("backup");
     let events = workload("C", 25, 1).unwrap();
@@ -58,10 +56,7 @@ async fn restore_scenario(restore: impl Fn(&Path, &Path), sync_before_writing: b
         .await
         .unwrap();
     let new_origin = clinic.ctx.wal.local_origin();
-    assert_ne!(
-        new_origin, old_origin,
-        "the restored node kept writing its old log"
-    );
+    assert_ne!(new_origin, old_origin, "the restored node kept writing its old log");
     assert_eq!(new_origin.node, old_origin.node);
     clinic.sync_once(hub.local_addr().unwrap()).await.unwrap();
 
@@ -71,11 +66,7 @@ async fn restore_scenario(restore: impl Fn(&Path, &Path), sync_before_writing: b
         assert_eq!(s.get(&new_origin).unwrap().ranges(), &[(1, 5)]);
     }
     let stored = all_events(&hub.ctx.wal).unwrap();
-    let payload = |o, s| {
-        ferry_proto::event::decode_event(&stored[&(o, s)])
-            .unwrap()
-            .payload
-    };
+    let payload = |o, s| ferry_proto::event::decode_event(&stored[&(o, s)]).unwrap().payload;
     for (i, e) in events.iter().enumerate() {
         let got = if i < 20 {
             payload(old_origin, i as u64 + 1)

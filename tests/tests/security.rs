@@ -12,9 +12,7 @@ use std::time::Duration;
 fn make_self_signed(dir: &ferry::datadir::DataDir) {
     let id = dir.identity().unwrap();
     let mut params = rcgen::CertificateParams::new(vec![SERVER_NAME.to_string()]).unwrap();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "impostor");
+    params.distinguished_name.push(rcgen::DnType::CommonName, "impostor");
     params
         .distinguished_name
         .push(rcgen::DnType::OrganizationalUnitName, "hub");
@@ -27,16 +25,10 @@ fn make_self_signed(dir: &ferry::datadir::DataDir) {
 async fn foreign_and_self_signed_nodes_cannot_sync_and_change_nothing() {
     init_logging();
     let dep = Deployment::new("ours").unwrap();
-    let target = start(&dep.enroll("hub", Role::Hub).unwrap(), None)
+    let target = start(&dep.enroll("hub", Role::Hub).unwrap(), None).await.unwrap();
+    write_events(&target.ctx.wal, workload("HUB", 50, 1).unwrap(), Priority::Normal)
         .await
         .unwrap();
-    write_events(
-        &target.ctx.wal,
-        workload("HUB", 50, 1).unwrap(),
-        Priority::Normal,
-    )
-    .await
-    .unwrap();
     let before = all_events(&target.ctx.wal).unwrap();
 
     let other = Deployment::new("theirs").unwrap();
@@ -46,24 +38,14 @@ async fn foreign_and_self_signed_nodes_cannot_sync_and_change_nothing() {
 
     for (what, dir) in [("other CA", &foreign_dir), ("self-signed", &impostor_dir)] {
         let intruder = start(dir, None).await.unwrap();
-        write_events(
-            &intruder.ctx.wal,
-            workload("EVIL", 20, 2).unwrap(),
-            Priority::Normal,
-        )
-        .await
-        .unwrap();
-        // Intruder dials us: our server refuses its client certificate.
-        let err = intruder
-            .sync_once(target.local_addr().unwrap())
+        write_events(&intruder.ctx.wal, workload("EVIL", 20, 2).unwrap(), Priority::Normal)
             .await
-            .expect_err(what);
+            .unwrap();
+        // Intruder dials us: our server refuses its client certificate.
+        let err = intruder.sync_once(target.local_addr().unwrap()).await.expect_err(what);
         println!("{what} dialing: {err:#}");
         // We dial the intruder: our client refuses its server certificate.
-        let err = target
-            .sync_once(intruder.local_addr().unwrap())
-            .await
-            .expect_err(what);
+        let err = target.sync_once(intruder.local_addr().unwrap()).await.expect_err(what);
         println!("{what} dialed: {err:#}");
         assert!(
             format!("{err:#}").to_lowercase().contains("certificate"),
@@ -76,11 +58,7 @@ async fn foreign_and_self_signed_nodes_cannot_sync_and_change_nothing() {
         );
         intruder.shutdown().await;
     }
-    assert_eq!(
-        all_events(&target.ctx.wal).unwrap(),
-        before,
-        "target changed"
-    );
+    assert_eq!(all_events(&target.ctx.wal).unwrap(), before, "target changed");
     assert_eq!(target.ctx.totals.events_sent.load(Relaxed), 0);
     assert!(
         target.ctx.data_dir.as_ref().unwrap().peers().is_empty(),
@@ -119,16 +97,10 @@ async fn reset_code(conn: &quinn::Connection, bytes: &[u8]) -> Option<u64> {
 async fn malformed_frames_end_the_stream_and_the_node_keeps_serving() {
     init_logging();
     let dep = Deployment::new("test").unwrap();
-    let node = start(&dep.enroll("hub", Role::Hub).unwrap(), None)
+    let node = start(&dep.enroll("hub", Role::Hub).unwrap(), None).await.unwrap();
+    write_events(&node.ctx.wal, workload("HUB", 300, 1).unwrap(), Priority::Normal)
         .await
         .unwrap();
-    write_events(
-        &node.ctx.wal,
-        workload("HUB", 300, 1).unwrap(),
-        Priority::Normal,
-    )
-    .await
-    .unwrap();
     let before = all_events(&node.ctx.wal).unwrap();
     let addr = node.local_addr().unwrap();
     let rogue_dir = dep.enroll("rogue", Role::Clinic).unwrap();
@@ -141,11 +113,7 @@ async fn malformed_frames_end_the_stream_and_the_node_keeps_serving() {
     rng_bytes[1] = 0;
     rng_bytes[2] = 0;
     rng_bytes[3] = 60;
-    assert_eq!(
-        reset_code(&conn, &rng_bytes).await,
-        Some(malformed),
-        "random body"
-    );
+    assert_eq!(reset_code(&conn, &rng_bytes).await, Some(malformed), "random body");
     assert_eq!(
         reset_code(&conn, &[0xff, 0xff, 0xff, 0xff, 1, 2, 3]).await,
         Some(ErrorCode::TooLarge as u64),
@@ -174,9 +142,7 @@ async fn malformed_frames_end_the_stream_and_the_node_keeps_serving() {
     );
 
     // Meanwhile a well-behaved peer is served as usual.
-    let good = start(&dep.enroll("clinic", Role::Clinic).unwrap(), None)
-        .await
-        .unwrap();
+    let good = start(&dep.enroll("clinic", Role::Clinic).unwrap(), None).await.unwrap();
     let report = good.sync_once(addr).await.unwrap();
     assert_eq!(report.events_received, 300);
 
@@ -196,7 +162,12 @@ async fn malformed_frames_end_the_stream_and_the_node_keeps_serving() {
     send.finish().unwrap();
     let bytes = recv.read_to_end(1 << 20).await.unwrap();
     match Frame::decode(&bytes).unwrap() {
-        Some((Frame::Events(events), _)) => assert_eq!(events.len(), 10),
+        Some((Frame::EventChunk(chunk), _)) => {
+            let events = ferry_proto::batch::StreamDecompressor::new()
+                .decompress(&chunk)
+                .unwrap();
+            assert_eq!(events.len(), 10);
+        }
         other => panic!("expected events, got {other:?}"),
     }
 
@@ -210,9 +181,7 @@ async fn malformed_frames_end_the_stream_and_the_node_keeps_serving() {
         version: PROTOCOL_VERSION,
     };
     send.write_all(&Frame::Hello(hello).encode()).await.unwrap();
-    send.write_all(&[0, 0, 0, 5, 2, 0xff, 0xff, 0xff, 0xff])
-        .await
-        .unwrap();
+    send.write_all(&[0, 0, 0, 5, 2, 0xff, 0xff, 0xff, 0xff]).await.unwrap();
     match tokio::time::timeout(Duration::from_secs(10), conn2.closed())
         .await
         .expect("connection stayed open")
@@ -243,16 +212,10 @@ async fn malformed_frames_end_the_stream_and_the_node_keeps_serving() {
             .is_ok(),
         "abusive connection stayed open"
     );
-    assert_eq!(
-        all_events(&node.ctx.wal).unwrap(),
-        before,
-        "bad input changed the WAL"
-    );
+    assert_eq!(all_events(&node.ctx.wal).unwrap(), before, "bad input changed the WAL");
 
     // And the node still serves after all of that.
-    let late = start(&dep.enroll("late", Role::Clinic).unwrap(), None)
-        .await
-        .unwrap();
+    let late = start(&dep.enroll("late", Role::Clinic).unwrap(), None).await.unwrap();
     assert_eq!(late.sync_once(addr).await.unwrap().events_received, 300);
     for n in [&node, &good, &late] {
         n.shutdown().await;

@@ -39,9 +39,7 @@ pub struct Index {
 
 impl Index {
     pub fn contains(&self, origin: &Origin, seq: u64) -> bool {
-        self.origins
-            .get(origin)
-            .is_some_and(|o| o.have.contains(seq))
+        self.origins.get(origin).is_some_and(|o| o.have.contains(seq))
     }
 
     pub fn add(&mut self, origin: Origin, seq: u64, segment: u32, start: u64, end: u64) {
@@ -90,12 +88,7 @@ impl Index {
     }
 
     pub fn summary(&self) -> Summary {
-        Summary(
-            self.origins
-                .iter()
-                .map(|(o, i)| (*o, i.have.clone()))
-                .collect(),
-        )
+        Summary(self.origins.iter().map(|(o, i)| (*o, i.have.clone())).collect())
     }
 
     pub fn chunk_count(&self) -> usize {

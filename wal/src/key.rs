@@ -54,13 +54,10 @@ impl WalKey {
 
     pub fn load(path: &Path) -> Result<Self, WalError> {
         let data = std::fs::read(path).map_err(|e| WalError::io("read key file", path, e))?;
-        let bytes: [u8; 32] = data
-            .as_slice()
-            .try_into()
-            .map_err(|_| WalError::BadKeyFile {
-                path: path.to_path_buf(),
-                len: data.len(),
-            })?;
+        let bytes: [u8; 32] = data.as_slice().try_into().map_err(|_| WalError::BadKeyFile {
+            path: path.to_path_buf(),
+            len: data.len(),
+        })?;
         Ok(Self::from_bytes(bytes))
     }
 
@@ -75,8 +72,7 @@ impl WalKey {
             .map_err(|e| WalError::io("create key file", path, e))?;
         f.write_all(&self.bytes)
             .map_err(|e| WalError::io("write key file", path, e))?;
-        f.sync_all()
-            .map_err(|e| WalError::io("sync key file", path, e))?;
+        f.sync_all().map_err(|e| WalError::io("sync key file", path, e))?;
         Ok(())
     }
 

@@ -38,7 +38,9 @@ pub enum WalError {
     },
     #[error("disk full while writing {path}: nothing from the failed append was kept and nothing acknowledged was lost; free space and retry")]
     DiskFull { path: PathBuf },
-    #[error("{path} is in use by another ferry process (a running `ferry run`?); stop it or send the command through it")]
+    #[error(
+        "{path} is in use by another ferry process (a running `ferry run`?); stop it or send the command through it"
+    )]
     Locked { path: PathBuf },
     #[error("{path} was written with the key {found}, which is not the key given ({given}); point ferry at the right key file. Nothing was changed")]
     WrongKey {
@@ -47,11 +49,7 @@ pub enum WalError {
         given: String,
     },
     #[error("{path} is damaged at offset {offset}: {reason}. Nothing was changed; restore this file from a backup or a peer")]
-    Corrupt {
-        path: PathBuf,
-        offset: u64,
-        reason: String,
-    },
+    Corrupt { path: PathBuf, offset: u64, reason: String },
     #[error("key file {path} holds {len} bytes; a WAL key is exactly 32")]
     BadKeyFile { path: PathBuf, len: usize },
     #[error("invalid event: {0}")]
@@ -174,25 +172,19 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), WalError> {
         .map_err(|e| WalError::io("sync directory", dir, e))
 }
 
-pub(crate) fn key_for<'a>(
-    keys: &'a Keyring,
-    path: &Path,
-    h: &SegmentHeader,
-) -> Result<Option<&'a WalKey>, WalError> {
+pub(crate) fn key_for<'a>(keys: &'a Keyring, path: &Path, h: &SegmentHeader) -> Result<Option<&'a WalKey>, WalError> {
     if h.cipher == record::CIPHER_NONE {
         return Ok(None);
     }
-    keys.find(&h.fingerprint)
-        .map(Some)
-        .ok_or_else(|| WalError::WrongKey {
-            path: path.to_path_buf(),
-            found: key::hex(&h.fingerprint),
-            given: keys
-                .current
-                .as_ref()
-                .map(|k| key::hex(&k.fingerprint()))
-                .unwrap_or_else(|| "no key".into()),
-        })
+    keys.find(&h.fingerprint).map(Some).ok_or_else(|| WalError::WrongKey {
+        path: path.to_path_buf(),
+        found: key::hex(&h.fingerprint),
+        given: keys
+            .current
+            .as_ref()
+            .map(|k| key::hex(&k.fingerprint()))
+            .unwrap_or_else(|| "no key".into()),
+    })
 }
 
 /// Takes the WAL directory's lock, so two writers never open one WAL.
@@ -216,8 +208,7 @@ pub(crate) fn lock_dir(dir: &Path) -> Result<File, WalError> {
 impl Wal {
     pub fn open(opts: WalOptions) -> Result<Wal, WalError> {
         if !opts.read_only {
-            std::fs::create_dir_all(&opts.dir)
-                .map_err(|e| WalError::io("create WAL directory", &opts.dir, e))?;
+            std::fs::create_dir_all(&opts.dir).map_err(|e| WalError::io("create WAL directory", &opts.dir, e))?;
         }
         let lock = if opts.read_only {
             None
@@ -237,10 +228,7 @@ impl Wal {
                         return Err(WalError::Corrupt {
                             path: path.clone(),
                             offset: 12,
-                            reason: format!(
-                                "header says segment {} but the file name says {n}",
-                                seg.header.number
-                            ),
+                            reason: format!("header says segment {} but the file name says {n}", seg.header.number),
                         });
                     }
                     if let Some(t) = &seg.torn {
@@ -257,8 +245,7 @@ impl Wal {
                 None if is_last => {
                     tracing::warn!(path = %path.display(), "removing a segment whose creation was cut short (it held no data)");
                     if !opts.read_only {
-                        std::fs::remove_file(path)
-                            .map_err(|e| WalError::io("remove empty segment", path, e))?;
+                        std::fs::remove_file(path).map_err(|e| WalError::io("remove empty segment", path, e))?;
                     }
                 }
                 None => {
@@ -285,8 +272,7 @@ impl Wal {
                         .map_err(|e| WalError::io("open segment", path, e))?;
                     f.set_len(seg.durable_len)
                         .map_err(|e| WalError::io("truncate torn tail", path, e))?;
-                    f.sync_all()
-                        .map_err(|e| WalError::io("sync segment", path, e))?;
+                    f.sync_all().map_err(|e| WalError::io("sync segment", path, e))?;
                 }
             }
             let n = seg.header.number;
@@ -436,23 +422,13 @@ impl Wal {
     }
 
     /// Stored events of `origin` in `first..=last`, ascending, at most `limit`.
-    pub fn read_range(
-        &self,
-        origin: &Origin,
-        first: u64,
-        last: u64,
-        limit: usize,
-    ) -> Result<Vec<Event>, WalError> {
+    pub fn read_range(&self, origin: &Origin, first: u64, last: u64, limit: usize) -> Result<Vec<Event>, WalError> {
         let chunks = self.index().chunks_for(origin, first, last);
         let mut out = Vec::new();
         let mut buf = Vec::new();
         for (_, chunk) in chunks {
             let (path, file, key) = {
-                let segs = self
-                    .shared
-                    .segments
-                    .read()
-                    .unwrap_or_else(|p| p.into_inner());
+                let segs = self.shared.segments.read().unwrap_or_else(|p| p.into_inner());
                 let Some(s) = segs.get(&chunk.segment) else {
                     return Err(WalError::Corrupt {
                         path: segment_path(&self.shared.dir, chunk.segment),
@@ -493,12 +469,7 @@ impl Wal {
         WalStats {
             events: index.events,
             bytes: self.shared.bytes.load(Ordering::Relaxed),
-            segments: self
-                .shared
-                .segments
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .len(),
+            segments: self.shared.segments.read().unwrap_or_else(|p| p.into_inner()).len(),
             index_chunks: index.chunk_count(),
             commits: self.shared.commits.load(Ordering::Relaxed),
         }

@@ -87,12 +87,7 @@ impl SegmentHeader {
 }
 
 #[derive(Serialize, Deserialize)]
-struct Sealed(
-    Hlc,
-    String,
-    Priority,
-    #[serde(with = "serde_bytes")] Vec<u8>,
-);
+struct Sealed(Hlc, String, Priority, #[serde(with = "serde_bytes")] Vec<u8>);
 
 fn aad(origin: &Origin, seq: u64) -> [u8; 28] {
     let mut a = [0u8; 28];
@@ -165,11 +160,7 @@ pub struct RecordMeta {
 #[derive(Debug, Clone, Copy)]
 pub enum Record {
     Event(RecordMeta),
-    Commit {
-        group_start: u64,
-        group_crc: u32,
-        len: u64,
-    },
+    Commit { group_start: u64, group_crc: u32, len: u64 },
 }
 
 impl Record {
@@ -226,9 +217,7 @@ pub fn parse_record(buf: &[u8]) -> Result<Record, Parse> {
                 len: total,
             }))
         }
-        kind => Err(Parse::Bad(format!(
-            "unknown record kind {kind} with length {len}"
-        ))),
+        kind => Err(Parse::Bad(format!("unknown record kind {kind} with length {len}"))),
     }
 }
 

@@ -5,9 +5,7 @@
 //! valid. An interrupted rekey leaves every segment whole under either key;
 //! opening with both keys reads it, and running rekey again finishes it.
 
-use crate::record::{
-    decode_record, encode_commit, encode_record, parse_record, Record, SegmentHeader, HEADER_LEN,
-};
+use crate::record::{decode_record, encode_commit, encode_record, parse_record, Record, SegmentHeader, HEADER_LEN};
 use crate::{key_for, list_segments, lock_dir, sync_dir, Keyring, WalError, WalKey};
 use std::path::Path;
 
@@ -41,11 +39,8 @@ pub fn rekey(dir: &Path, old: &Keyring, new_key: &WalKey) -> Result<usize, WalEr
                 reason,
             };
             // Rekey runs on a WAL that opened cleanly, so its tail is whole.
-            let rec = parse_record(&data[pos..]).map_err(|e| {
-                corrupt(format!(
-                    "{e:?}; open the WAL once to recover it, then rekey"
-                ))
-            })?;
+            let rec = parse_record(&data[pos..])
+                .map_err(|e| corrupt(format!("{e:?}; open the WAL once to recover it, then rekey")))?;
             match rec {
                 Record::Event(meta) => {
                     let event = decode_record(&data[pos..], &meta, key).map_err(corrupt)?;
@@ -60,8 +55,7 @@ pub fn rekey(dir: &Path, old: &Keyring, new_key: &WalKey) -> Result<usize, WalEr
             pos += rec.len() as usize;
         }
         let tmp = path.with_extension("seg.rekey");
-        std::fs::write(&tmp, &out)
-            .map_err(|e| WalError::io("write re-encrypted segment", &tmp, e))?;
+        std::fs::write(&tmp, &out).map_err(|e| WalError::io("write re-encrypted segment", &tmp, e))?;
         std::fs::File::open(&tmp)
             .and_then(|f| f.sync_all())
             .map_err(|e| WalError::io("sync re-encrypted segment", &tmp, e))?;

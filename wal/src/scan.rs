@@ -1,8 +1,6 @@
 //! Reading a segment at open: verify every group, find the durable end.
 
-use crate::record::{
-    parse_record, Parse, Record, RecordMeta, SegmentHeader, HEADER_LEN, KIND_COMMIT, RECORD_PREFIX,
-};
+use crate::record::{parse_record, Parse, Record, RecordMeta, SegmentHeader, HEADER_LEN, KIND_COMMIT, RECORD_PREFIX};
 use crate::WalError;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::Path;

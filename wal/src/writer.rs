@@ -6,9 +6,7 @@
 
 use crate::index::Index;
 use crate::record::{encode_commit, encode_record, SegmentHeader, HEADER_LEN};
-use crate::{
-    segment_path, sync_dir, AppendReport, NewEvent, SegmentFile, Shared, WalError, WalKey,
-};
+use crate::{segment_path, sync_dir, AppendReport, NewEvent, SegmentFile, Shared, WalError, WalKey};
 use ferry_proto::event::check_limits;
 use ferry_proto::{Clock, Event, Hlc, Origin};
 use std::collections::HashSet;
@@ -93,11 +91,7 @@ pub(crate) fn start(
     Ok((tx, handle))
 }
 
-fn create_segment(
-    shared: &Shared,
-    n: u32,
-    key: Option<&WalKey>,
-) -> Result<(File, u32, u64), WalError> {
+fn create_segment(shared: &Shared, n: u32, key: Option<&WalKey>) -> Result<(File, u32, u64), WalError> {
     let path = segment_path(&shared.dir, n);
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -107,23 +101,18 @@ fn create_segment(
         .map_err(|e| WalError::io("create segment", &path, e))?;
     file.write_all_at(&SegmentHeader::for_key(n, key).encode(), 0)
         .map_err(|e| WalError::io("write segment header", &path, e))?;
-    file.sync_all()
-        .map_err(|e| WalError::io("sync segment", &path, e))?;
+    file.sync_all().map_err(|e| WalError::io("sync segment", &path, e))?;
     sync_dir(&shared.dir)?;
     shared.bytes.fetch_add(HEADER_LEN, Ordering::Relaxed);
     let reader = File::open(&path).map_err(|e| WalError::io("open segment", &path, e))?;
-    shared
-        .segments
-        .write()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(
-            n,
-            SegmentFile {
-                path,
-                file: Arc::new(reader),
-                key: key.cloned(),
-            },
-        );
+    shared.segments.write().unwrap_or_else(|p| p.into_inner()).insert(
+        n,
+        SegmentFile {
+            path,
+            file: Arc::new(reader),
+            key: key.cloned(),
+        },
+    );
     Ok((file, n, HEADER_LEN))
 }
 
@@ -148,12 +137,8 @@ impl Writer {
                 match rx.try_recv() {
                     Ok(cmd) => {
                         approx += match &cmd {
-                            Command::Local(v, _) => {
-                                v.iter().map(|e| e.payload.len() + 64).sum::<usize>()
-                            }
-                            Command::Replicated(v, _) => {
-                                v.iter().map(|e| e.payload.len() + 64).sum::<usize>()
-                            }
+                            Command::Local(v, _) => v.iter().map(|e| e.payload.len() + 64).sum::<usize>(),
+                            Command::Replicated(v, _) => v.iter().map(|e| e.payload.len() + 64).sum::<usize>(),
                         };
                         group.push(cmd);
                     }
@@ -186,23 +171,11 @@ impl Writer {
         {
             let shared = self.shared.clone();
             let index = shared.index.read().unwrap_or_else(|p| p.into_inner());
-            let mut next_local = index
-                .origins
-                .get(&origin)
-                .and_then(|o| o.have.last())
-                .unwrap_or(0)
-                + 1;
+            let mut next_local = index.origins.get(&origin).and_then(|o| o.have.last()).unwrap_or(0) + 1;
             for cmd in group {
                 match cmd {
                     Command::Local(items, tx) => {
-                        let result = self.encode_local(
-                            items,
-                            origin,
-                            &mut next_local,
-                            wall,
-                            &mut buf,
-                            &mut entries,
-                        );
+                        let result = self.encode_local(items, origin, &mut next_local, wall, &mut buf, &mut entries);
                         pending.push(Pending::Local { tx, result });
                     }
                     Command::Replicated(events, tx) => {
@@ -227,9 +200,7 @@ impl Writer {
                 let msg = e.to_string();
                 let mut first = Some(e);
                 for p in pending {
-                    let err = first
-                        .take()
-                        .unwrap_or_else(|| WalError::WriterStopped(msg.clone()));
+                    let err = first.take().unwrap_or_else(|| WalError::WriterStopped(msg.clone()));
                     match p {
                         Pending::Local { tx, .. } => drop(tx.send(Err(err))),
                         Pending::Replicated { tx, .. } => drop(tx.send(Err(err))),
@@ -258,8 +229,7 @@ impl Writer {
         entries: &mut Vec<(Origin, u64, u64, u64)>,
     ) -> Result<Vec<Event>, WalError> {
         for item in &items {
-            check_limits(&item.topic, &item.payload)
-                .map_err(|e| WalError::InvalidEvent(e.to_string()))?;
+            check_limits(&item.topic, &item.payload).map_err(|e| WalError::InvalidEvent(e.to_string()))?;
         }
         let mut out = Vec::with_capacity(items.len());
         for item in items {
@@ -316,11 +286,7 @@ impl Writer {
         Ok(report)
     }
 
-    fn write_group(
-        &mut self,
-        buf: &mut Vec<u8>,
-        entries: &mut [(Origin, u64, u64, u64)],
-    ) -> Result<(), WalError> {
+    fn write_group(&mut self, buf: &mut Vec<u8>, entries: &mut [(Origin, u64, u64, u64)]) -> Result<(), WalError> {
         if self.len > HEADER_LEN && self.len + buf.len() as u64 > self.segment_bytes {
             let (file, n, len) = create_segment(&self.shared, self.segment + 1, self.key.as_ref())?;
             (self.file, self.segment, self.len) = (file, n, len);
@@ -336,15 +302,8 @@ impl Writer {
             let err = WalError::io("append to", &path, e);
             // Cut off whatever part of the group reached the file, so the next
             // group starts at the durable end.
-            if let Err(cut) = self
-                .file
-                .set_len(self.len)
-                .and_then(|_| self.file.sync_data())
-            {
-                self.stopped = Some(format!(
-                    "could not undo a failed write to {}: {cut}",
-                    path.display()
-                ));
+            if let Err(cut) = self.file.set_len(self.len).and_then(|_| self.file.sync_data()) {
+                self.stopped = Some(format!("could not undo a failed write to {}: {cut}", path.display()));
             }
             return Err(err);
         }
@@ -357,9 +316,7 @@ impl Writer {
             self.shared.appended.send_replace(index.events);
         }
         self.len += buf.len() as u64;
-        self.shared
-            .bytes
-            .fetch_add(buf.len() as u64, Ordering::Relaxed);
+        self.shared.bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
         self.shared.commits.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }

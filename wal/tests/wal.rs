@@ -87,10 +87,7 @@ fn appends_survive_reopen_and_are_encrypted_on_disk() {
     );
     let more = wal.append_local_blocking(vec![new_event(501)]).unwrap();
     assert_eq!(more[0].seq, 501, "sequence continues after reopen");
-    assert!(
-        more[0].hlc > written[499].hlc,
-        "clock continues after reopen"
-    );
+    assert!(more[0].hlc > written[499].hlc, "clock continues after reopen");
 
     for (_, bytes) in snapshot(dir.path()) {
         assert!(
@@ -131,9 +128,7 @@ fn replicated_appends_are_idempotent_and_may_arrive_out_of_order() {
         priority: Priority::Bulk,
         payload: format!("remote {seq}").into_bytes(),
     };
-    let r = wal
-        .append_replicated_blocking((50..=60).map(ev).collect())
-        .unwrap();
+    let r = wal.append_replicated_blocking((50..=60).map(ev).collect()).unwrap();
     assert_eq!((r.stored, r.duplicates), (11, 0));
     let r = wal
         .append_replicated_blocking((1..=55).chain(55..=56).map(ev).collect())
@@ -162,8 +157,7 @@ fn concurrent_appends_share_fsyncs() {
             let wal = wal.clone();
             std::thread::spawn(move || {
                 for i in 0..100 {
-                    wal.append_local_blocking(vec![new_event(t * 1000 + i)])
-                        .unwrap();
+                    wal.append_local_blocking(vec![new_event(t * 1000 + i)]).unwrap();
                 }
             })
         })
@@ -194,8 +188,7 @@ fn torn_tails_are_truncated_at_every_byte() {
                 .unwrap();
         }
         let before_last_two = wal.stats().bytes;
-        wal.append_local_blocking(vec![new_event(100), new_event(101)])
-            .unwrap();
+        wal.append_local_blocking(vec![new_event(100), new_event(101)]).unwrap();
         wal.append_local_blocking(vec![new_event(102)]).unwrap();
         (all_events(&wal), wal.stats().bytes, before_last_two)
     };
@@ -205,11 +198,7 @@ fn torn_tails_are_truncated_at_every_byte() {
         std::fs::write(dir.path().join(&seg.0), &seg.1[..cut as usize]).unwrap();
         let wal = open(dir.path(), &key);
         let got = all_events(&wal);
-        assert!(
-            got.len() >= 20 && got.len() <= 23,
-            "cut at {cut}: {} events",
-            got.len()
-        );
+        assert!(got.len() >= 20 && got.len() <= 23, "cut at {cut}: {} events", got.len());
         assert_eq!(got[..], committed[..got.len()], "cut at {cut}");
         let after = wal.append_local_blocking(vec![new_event(999)]).unwrap();
         assert_eq!(after[0].seq, got.len() as u64 + 1);
@@ -300,10 +289,7 @@ fn second_opener_is_refused() {
     assert!(matches!(err, WalError::Locked { .. }), "{err}");
     let mut ro = opts(dir.path(), Keyring::single(key));
     ro.read_only = true;
-    assert!(
-        Wal::open(ro).is_ok(),
-        "read-only opens alongside the writer"
-    );
+    assert!(Wal::open(ro).is_ok(), "read-only opens alongside the writer");
 }
 
 #[test]
@@ -339,11 +325,7 @@ fn rekey_keeps_every_event_in_order_even_when_interrupted() {
         previous: vec![k1.clone()],
     };
     let wal = Wal::open(opts(dir.path(), both.clone())).unwrap();
-    assert_eq!(
-        all_events(&wal),
-        before,
-        "half-rekeyed WAL reads with both keys"
-    );
+    assert_eq!(all_events(&wal), before, "half-rekeyed WAL reads with both keys");
     drop(wal);
 
     let n = ferry_wal::rekey(dir.path(), &both, &k2).unwrap();

@@ -121,16 +121,12 @@ async fn command(sim: &Netsim, line: &str) -> Result<serde_json::Value> {
         (Some("cut"), None) => sim.cut(),
         (Some("restore"), None) => sim.restore(),
         (Some("rebind"), ip) => {
-            sim.rebind(
-                ip.map(str::parse)
-                    .transpose()
-                    .context("rebind takes an IP address")?,
-            )
-            .await?
+            sim.rebind(ip.map(str::parse).transpose().context("rebind takes an IP address")?)
+                .await?
         }
-        (Some("profile"), Some(name)) => sim.set_profile(
-            Profile::by_name(name).with_context(|| format!("unknown profile {name}"))?,
-        ),
+        (Some("profile"), Some(name)) => {
+            sim.set_profile(Profile::by_name(name).with_context(|| format!("unknown profile {name}"))?)
+        }
         (Some("stats"), None) => {}
         _ => bail!("unknown command '{line}': use cut, restore, rebind [IP], profile NAME, stats"),
     }
@@ -139,9 +135,7 @@ async fn command(sim: &Netsim, line: &str) -> Result<serde_json::Value> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .init();
+    tracing_subscriber::fmt().with_writer(std::io::stderr).init();
     let args = Args::parse();
     let cfg = Config {
         listen: args.listen,

@@ -14,7 +14,7 @@ use ferry_proto::Priority;
 use ferry_tests::{workload, Deployment};
 use ferry_wal::NewEvent;
 use serde_json::json;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
@@ -64,8 +64,7 @@ fn node(args: &[&str]) -> Command {
 }
 
 fn run(profile_name: &str, events: usize) -> Result<serde_json::Value> {
-    let profile = Profile::by_name(profile_name)
-        .with_context(|| format!("unknown profile {profile_name}"))?;
+    let profile = Profile::by_name(profile_name).with_context(|| format!("unknown profile {profile_name}"))?;
     let dep = Deployment::new("bench")?;
     let hub = dep.enroll("hub", Role::Hub)?;
     let clinic = dep.enroll("clinic", Role::Clinic)?;
@@ -103,9 +102,7 @@ fn run(profile_name: &str, events: usize) -> Result<serde_json::Value> {
         .with_context(|| format!("hub said {line:?}"))?;
     std::thread::spawn(move || for _ in hub_err.lines() {});
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let sim = rt.block_on(Netsim::udp(Config::new(
         "127.0.0.1:0".parse()?,
         hub_addr.parse()?,
@@ -123,12 +120,19 @@ fn run(profile_name: &str, events: usize) -> Result<serde_json::Value> {
     .stdout(Stdio::piped())
     .spawn()?;
     let clinic_watch = watch_rss(clinic_proc.id());
+    // Converged when the clinic prints its report (the JSON ends with a lone
+    // "}"); the clean close after that is not transfer time.
     let mut out = String::new();
-    clinic_proc
-        .stdout
-        .take()
-        .context("clinic stdout")?
-        .read_to_string(&mut out)?;
+    let mut lines = BufReader::new(clinic_proc.stdout.take().context("clinic stdout")?).lines();
+    for line in lines.by_ref() {
+        let line = line?;
+        out.push_str(&line);
+        if line == "}" {
+            break;
+        }
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    for _ in lines {}
     // Reap only after the watcher saw the exit coming (stdout closed), so the
     // last sample is from the living process.
     let clinic_rss = {
@@ -140,7 +144,6 @@ fn run(profile_name: &str, events: usize) -> Result<serde_json::Value> {
         }
         clinic_watch.join().unwrap_or(0).max(last)
     };
-    let seconds = t0.elapsed().as_secs_f64();
     let report: serde_json::Value = serde_json::from_str(&out)?;
     let hub_rss = peak_rss_kib(hub_proc.id()).unwrap_or(0);
     unsafe { libc::kill(hub_proc.id() as i32, libc::SIGTERM) };
