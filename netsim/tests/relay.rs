@@ -204,3 +204,63 @@ fn the_binary_is_controlled_from_another_process() {
     let stats: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stats JSON on exit");
     assert_eq!(stats["profile"], "edge_lossy");
 }
+
+#[test]
+fn the_binary_cuts_on_schedule() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (target, _) = rt.block_on(echo());
+    let control = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_netsim"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--target",
+            &target.to_string(),
+            "--control",
+            &control.to_string(),
+        ])
+        .args([
+            "--cut-at",
+            "1",
+            "--cut-for",
+            "2",
+            "--burst-enter",
+            "0.01",
+            "--burst-exit",
+            "0.2",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let stream = (0..100)
+        .find_map(|_| {
+            std::net::TcpStream::connect(control).ok().or_else(|| {
+                std::thread::sleep(Duration::from_millis(50));
+                None
+            })
+        })
+        .expect("control socket never opened");
+    use std::io::{BufRead, BufReader, Write};
+    let mut w = stream.try_clone().unwrap();
+    let mut r = BufReader::new(stream);
+    let mut cut_at = |secs: f64| -> bool {
+        std::thread::sleep(Duration::from_secs_f64(secs).saturating_sub(start.elapsed()));
+        w.write_all(b"stats\n").unwrap();
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        serde_json::from_str::<serde_json::Value>(&line).unwrap()["cut"]
+            .as_bool()
+            .unwrap()
+    };
+    // Sampled well inside each phase: before, during and after the cut.
+    assert!(!cut_at(0.5));
+    assert!(cut_at(2.0));
+    assert!(!cut_at(3.6));
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait_with_output().unwrap();
+}

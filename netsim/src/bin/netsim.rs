@@ -6,7 +6,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use ferry_netsim::{Config, Netsim, Profile, PROFILE_NAMES};
+use ferry_netsim::{Config, GilbertElliott, Netsim, Profile, PROFILE_NAMES};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,6 +46,15 @@ struct Args {
     /// Queue size in bytes before tail drop.
     #[arg(long)]
     queue_bytes: Option<usize>,
+    /// Bursty loss (Gilbert-Elliott): chance per packet of entering a burst.
+    #[arg(long, requires = "burst_exit")]
+    burst_enter: Option<f64>,
+    /// Bursty loss: chance per packet of leaving a burst (1 / mean burst length).
+    #[arg(long, requires = "burst_enter")]
+    burst_exit: Option<f64>,
+    /// Bursty loss: loss rate inside a burst.
+    #[arg(long, default_value_t = 1.0)]
+    burst_loss: f64,
     /// Seed for loss and jitter.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -86,6 +95,23 @@ fn profile(args: &Args) -> Result<Profile> {
         }
         if let Some(q) = args.queue_bytes {
             d.queue_bytes = q;
+        }
+        if let (Some(enter), Some(exit)) = (args.burst_enter, args.burst_exit) {
+            for (name, v) in [
+                ("--burst-enter", enter),
+                ("--burst-exit", exit),
+                ("--burst-loss", args.burst_loss),
+            ] {
+                if !(0.0..=1.0).contains(&v) {
+                    bail!("{name} must be between 0 and 1");
+                }
+            }
+            d.bursty = Some(GilbertElliott {
+                p_good_to_bad: enter,
+                p_bad_to_good: exit,
+                loss_in_good: 0.0,
+                loss_in_bad: args.burst_loss,
+            });
         }
     }
     Ok(p)
