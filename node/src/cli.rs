@@ -68,6 +68,9 @@ pub enum Command {
         peer: String,
         #[arg(long, value_enum)]
         policy: Option<Policy>,
+        /// Cap in kbit/s on what this node sends (default from config: none).
+        #[arg(long)]
+        bandwidth_kbps: Option<u64>,
         #[arg(long)]
         json: bool,
     },
@@ -168,4 +171,7 @@ pub struct RunArgs {
     /// Seconds between rounds with a connected peer.
     #[arg(long, env = "FERRY_SYNC_INTERVAL")]
     pub interval: Option<u64>,
+    /// Cap in kbit/s on what this node sends to peers (default from config: none).
+    #[arg(long, env = "FERRY_BANDWIDTH_KBPS")]
+    pub bandwidth_kbps: Option<u64>,
 }

@@ -2,7 +2,7 @@
 
 use crate::cli::{CaCommand, CertCommand, Cli, Command, LogArgs, PushArgs, RunArgs, WalCommand};
 use crate::datadir::DataDir;
-use crate::node::{open_ctx, Node};
+use crate::node::{open_ctx_with, Node, Overrides};
 use crate::pki;
 use crate::tls::TransportProfile;
 use anyhow::{bail, Context, Result};
@@ -49,10 +49,15 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Push(ref args) => push(&data_dir()?, args),
         Command::Log(ref args) => log(&data_dir()?, args),
         Command::Status { json } => crate::status::print(&data_dir()?, json),
-        Command::Sync { ref peer, policy, json } => {
+        Command::Sync {
+            ref peer,
+            policy,
+            bandwidth_kbps,
+            json,
+        } => {
             let dir = data_dir()?;
             runtime()?.block_on(async {
-                let (ctx, tls) = open_ctx(&dir, policy).map_err(locked_hint)?;
+                let (ctx, tls) = open_ctx_with(&dir, Overrides { policy, bandwidth_kbps }).map_err(locked_hint)?;
                 let node = Node::start(ctx, &tls, "0.0.0.0:0".parse()?, &TransportProfile::wan())?;
                 let addr = tokio::net::lookup_host(peer)
                     .await?
@@ -270,7 +275,11 @@ fn run(dir: &DataDir, args: &RunArgs) -> Result<()> {
     peers.extend(args.peer.iter().cloned());
     let interval = std::time::Duration::from_secs(args.interval.unwrap_or(cfg.sync_interval_secs).max(1));
     runtime()?.block_on(async {
-        let (ctx, tls) = open_ctx(dir, args.policy).map_err(locked_hint)?;
+        let overrides = Overrides {
+            policy: args.policy,
+            bandwidth_kbps: args.bandwidth_kbps,
+        };
+        let (ctx, tls) = open_ctx_with(dir, overrides).map_err(locked_hint)?;
         let addr = listen
             .parse()
             .with_context(|| format!("--listen {listen} is not an IP:PORT"))?;

@@ -50,6 +50,9 @@ pub struct Config {
     pub wal_key_file: Option<PathBuf>,
     #[serde(default = "default_interval")]
     pub sync_interval_secs: u64,
+    /// Cap in kbit/s on what this node sends to peers (unset: no cap).
+    #[serde(default)]
+    pub bandwidth_kbps: Option<u64>,
 }
 
 fn default_listen() -> String {
@@ -109,6 +112,7 @@ impl DataDir {
             encrypt_wal,
             wal_key_file: None,
             sync_interval_secs: default_interval(),
+            bandwidth_kbps: None,
         };
         self.save_config(&cfg)?;
         Ok(pki::node_id_of_key(&key))

@@ -1,8 +1,10 @@
 //! The ferry node: identity and PKI, QUIC endpoint, sync sessions, daemon
 //! and CLI. The binary is a thin `main` over this library, which tests use.
 
+pub mod budget;
 pub mod cli;
 pub mod commands;
+pub mod congestion;
 pub mod daemon;
 pub mod datadir;
 pub mod demo;

@@ -32,7 +32,25 @@ pub struct SyncReport {
 }
 
 /// Opens the WAL and identity of an enrolled data directory.
+/// Settings given on the command line, over the data directory's config.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Overrides {
+    pub policy: Option<Policy>,
+    pub bandwidth_kbps: Option<u64>,
+}
+
 pub fn open_ctx(dir: &DataDir, policy: Option<Policy>) -> Result<(Arc<NodeCtx>, TlsIdentity)> {
+    open_ctx_with(
+        dir,
+        Overrides {
+            policy,
+            ..Default::default()
+        },
+    )
+}
+
+pub fn open_ctx_with(dir: &DataDir, overrides: Overrides) -> Result<(Arc<NodeCtx>, TlsIdentity)> {
+    let policy = overrides.policy;
     let cfg = dir.config()?;
     let id = dir.identity()?;
     let tls = TlsIdentity::from_identity(&id)?;
@@ -45,12 +63,16 @@ pub fn open_ctx(dir: &DataDir, policy: Option<Policy>) -> Result<(Arc<NodeCtx>, 
     let ctx = NodeCtx {
         wal: Arc::new(wal),
         node_id: id.node_id,
-        name: cfg.name,
+        name: cfg.name.clone(),
         role,
         policy: policy.unwrap_or(cfg.policy),
         data_dir: Some(dir.clone()),
         totals: Counters::default(),
         tasks: Default::default(),
+        budget: overrides
+            .bandwidth_kbps
+            .or(cfg.bandwidth_kbps)
+            .map(crate::budget::Budget::new),
     };
     Ok((Arc::new(ctx), tls))
 }
@@ -188,6 +210,7 @@ async fn accept_loop(ctx: Arc<NodeCtx>, endpoint: quinn::Endpoint) {
                 }
             };
             tracing::info!(%addr, peer = %peer.node_id.short(), name = %peer.name, "peer connected");
+            ctx.totals.connections_accepted.fetch_add(1, Relaxed);
             let link = Arc::new(Link {
                 conn,
                 peer,

@@ -13,7 +13,7 @@ use crate::wire::{code, read_frame, write_frame, WireError};
 use anyhow::{anyhow, Context, Result};
 use ferry_proto::batch::{StreamCompressor, StreamDecompressor};
 use ferry_proto::summary::Gap;
-use ferry_proto::{ErrorCode, Frame, Hello, NodeId, Origin, Summary, Want, PROTOCOL_VERSION};
+use ferry_proto::{Classes, ErrorCode, Frame, Hello, NodeId, Origin, Priority, Summary, Want, PROTOCOL_VERSION};
 use ferry_wal::Wal;
 use serde::Serialize;
 use std::net::SocketAddr;
@@ -35,6 +35,8 @@ pub struct Counters {
     pub events_received: AtomicU64,
     pub duplicates_received: AtomicU64,
     pub bad_streams: AtomicU64,
+    /// Handshakes completed with peers that dialed us.
+    pub connections_accepted: AtomicU64,
 }
 
 impl Counters {
@@ -57,6 +59,8 @@ pub struct NodeCtx {
     /// Every task serving this node, so shutdown can wait for all of them
     /// and the WAL is closed when it returns.
     pub tasks: tokio_util::task::TaskTracker,
+    /// Cap on what this node sends, shared by all its peers.
+    pub budget: Option<crate::budget::Budget>,
 }
 
 /// One connection to one verified peer.
@@ -120,8 +124,9 @@ impl NodeCtx {
     }
 
     /// What we hold, cut down to what policy lets this peer receive.
-    fn summary_for(&self, peer: &CertInfo) -> Summary {
-        self.wal.summary().filtered(|o| self.allows(peer, o))
+    fn summary_for(&self, peer: &CertInfo) -> Frame {
+        let allow = |o: &Origin| self.allows(peer, o);
+        Frame::Summary(self.wal.summary().filtered(allow), self.wal.classes().filtered(allow))
     }
 
     /// A peer holding more of our own current log than we do means our data
@@ -200,7 +205,7 @@ async fn handle_stream(ctx: Arc<NodeCtx>, link: Arc<Link>, mut send: quinn::Send
 fn kind(f: &Frame) -> &'static str {
     match f {
         Frame::Hello(_) => "Hello",
-        Frame::Summary(_) => "Summary",
+        Frame::Summary(..) => "Summary",
         Frame::Want(_) => "Want",
         Frame::Events(_) => "Events",
         Frame::EventChunk(_) => "EventChunk",
@@ -226,6 +231,12 @@ async fn serve_want(ctx: &NodeCtx, link: &Link, want: Want, send: &mut quinn::Se
         send.finish()?;
         return Ok(());
     }
+    // Urgent ranges cross a thin link before the backlog.
+    let _ = send.set_priority(match want.priority {
+        Priority::Urgent => 2,
+        Priority::Normal => 1,
+        Priority::Bulk => 0,
+    });
     let mut deflate = StreamCompressor::new();
     let mut next = want.first;
     while next <= want.last {
@@ -233,7 +244,11 @@ async fn serve_want(ctx: &NodeCtx, link: &Link, want: Want, send: &mut quinn::Se
         let Some(last) = batch.last() else { break };
         next = last.seq + 1;
         let n = batch.len() as u64;
-        write_frame(send, &Frame::EventChunk(deflate.compress(&batch))).await?;
+        let frame = Frame::EventChunk(deflate.compress(&batch)).encode();
+        if let Some(budget) = &ctx.budget {
+            budget.spend(frame.len()).await;
+        }
+        send.write_all(&frame).await?;
         link.counters.add(|c| &c.events_sent, n, &ctx.totals);
     }
     send.finish()?;
@@ -273,9 +288,9 @@ async fn expect(recv: &mut quinn::RecvStream, what: &str) -> Result<Frame> {
     }
 }
 
-async fn expect_summary(recv: &mut quinn::RecvStream) -> Result<Summary> {
+async fn expect_summary(recv: &mut quinn::RecvStream) -> Result<(Summary, Classes)> {
     match expect(recv, "Summary").await? {
-        Frame::Summary(s) => Ok(s),
+        Frame::Summary(s, c) => Ok((s, c)),
         other => Err(fault(
             ErrorCode::Protocol,
             format!("expected Summary, got {}", kind(&other)),
@@ -288,7 +303,7 @@ async fn expect_summary(recv: &mut quinn::RecvStream) -> Result<Summary> {
 pub async fn initiate_round(ctx: &Arc<NodeCtx>, link: &Arc<Link>) -> Result<RoundReport> {
     let (mut send, mut recv) = link.conn.open_bi().await.context("could not open a control stream")?;
     write_frame(&mut send, &ctx.hello()).await?;
-    write_frame(&mut send, &Frame::Summary(ctx.summary_for(&link.peer))).await?;
+    write_frame(&mut send, &ctx.summary_for(&link.peer)).await?;
     let hello = match expect(&mut recv, "Hello").await? {
         Frame::Hello(h) => h,
         other => {
@@ -316,7 +331,7 @@ async fn respond_round(
     check_hello(&hello, link)?;
     let theirs = expect_summary(recv).await?;
     write_frame(send, &ctx.hello()).await?;
-    write_frame(send, &Frame::Summary(ctx.summary_for(&link.peer))).await?;
+    write_frame(send, &ctx.summary_for(&link.peer)).await?;
     finish_round(ctx, link, send, recv, theirs).await
 }
 
@@ -325,10 +340,11 @@ async fn finish_round(
     link: &Arc<Link>,
     send: &mut quinn::SendStream,
     recv: &mut quinn::RecvStream,
-    theirs: Summary,
+    (theirs, classes): (Summary, Classes),
 ) -> Result<RoundReport> {
     ctx.check_restored(&theirs)?;
-    let gaps = ctx.wal.summary().gaps(&theirs, |_| true);
+    // Urgent gaps come first and are started first.
+    let gaps = ctx.wal.summary().gaps(&theirs, &classes, |_| true);
     let mut report = RoundReport {
         wants: gaps.len(),
         ..Default::default()
@@ -378,6 +394,7 @@ async fn pull(ctx: Arc<NodeCtx>, link: Arc<Link>, gap: Gap) -> Result<(u64, u64)
             origin: gap.origin,
             first: gap.first,
             last: gap.last,
+            priority: gap.priority,
         }),
     )
     .await?;

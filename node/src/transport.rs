@@ -49,6 +49,40 @@ impl TransportProfile {
         t.keep_alive_interval(Some(self.keep_alive));
         t.max_concurrent_bidi_streams(self.max_concurrent_bidi.into());
         t.max_concurrent_uni_streams(0u32.into());
+        // Temporary measurement knobs (FERRY_EXP_*), removed once chosen.
+        let env = |k: &str| std::env::var(k).ok();
+        let iw = env("FERRY_EXP_IW").and_then(|v| v.parse::<u64>().ok());
+        let inner: std::sync::Arc<dyn quinn::congestion::ControllerFactory + Send + Sync> =
+            match env("FERRY_EXP_CC").as_deref() {
+                Some("bbr") => {
+                    let mut c = quinn::congestion::BbrConfig::default();
+                    if let Some(w) = iw {
+                        c.initial_window(w);
+                    }
+                    std::sync::Arc::new(c)
+                }
+                Some("newreno") => {
+                    let mut c = quinn::congestion::NewRenoConfig::default();
+                    if let Some(w) = iw {
+                        c.initial_window(w);
+                    }
+                    std::sync::Arc::new(c)
+                }
+                _ => {
+                    let mut c = quinn::congestion::CubicConfig::default();
+                    if let Some(w) = iw {
+                        c.initial_window(w);
+                    }
+                    std::sync::Arc::new(c)
+                }
+            };
+        let max_window = env("FERRY_EXP_MAXWIN").and_then(|v| v.parse().ok());
+        let bdp_gain = env("FERRY_EXP_BDP").and_then(|v| v.parse().ok());
+        t.congestion_controller_factory(std::sync::Arc::new(crate::congestion::CappedFactory {
+            inner,
+            max_window,
+            bdp_gain,
+        }));
         t
     }
 }

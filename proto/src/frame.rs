@@ -5,7 +5,7 @@
 //! array. Every size is bounded before memory is committed to it.
 
 use crate::event::EventRepr;
-use crate::{Event, NodeId, Origin, Summary};
+use crate::{Classes, Event, NodeId, Origin, Priority, Summary};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// Largest frame accepted, compressed (a batch of events or a summary).
@@ -29,6 +29,9 @@ pub struct Want {
     pub origin: Origin,
     pub first: u64,
     pub last: u64,
+    /// The class of every event in the range: the server sends urgent
+    /// streams first.
+    pub priority: Priority,
 }
 
 /// Stable error codes, used in `Error` frames, stream resets and connection
@@ -66,7 +69,8 @@ impl ErrorCode {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Frame {
     Hello(Hello),
-    Summary(Summary),
+    /// What the sender holds, and which of it is urgent or bulk.
+    Summary(Summary, Classes),
     Want(Want),
     Events(Vec<Event>),
     /// The next piece of a want stream's compressed events; decoded with the
@@ -135,9 +139,9 @@ impl Frame {
                 out.push(T_HELLO);
                 cbor(h, &mut out);
             }
-            Frame::Summary(s) => {
+            Frame::Summary(s, c) => {
                 out.push(T_SUMMARY);
-                cbor(s, &mut out);
+                cbor(&(s, c), &mut out);
             }
             Frame::Want(w) => {
                 out.push(T_WANT);
@@ -189,7 +193,10 @@ impl Frame {
         let (&ty, rest) = body.split_first().ok_or(FrameError::Empty)?;
         Ok(match ty {
             T_HELLO => Frame::Hello(uncbor("hello", rest)?),
-            T_SUMMARY => Frame::Summary(uncbor("summary", rest)?),
+            T_SUMMARY => {
+                let (s, c) = uncbor("summary", rest)?;
+                Frame::Summary(s, c)
+            }
             T_WANT => {
                 let w: Want = uncbor("want", rest)?;
                 if w.first == 0 || w.first > w.last {
@@ -267,12 +274,22 @@ mod tests {
                     .prop_map(|v| RangeSet::from_ranges(v.into_iter().map(|(a, l)| (a, a + l)))),
                 0..4
             )
-            .prop_map(|m| Frame::Summary(Summary(m))),
+            .prop_map(|m| {
+                let urgent = m.iter().take(1).map(|(o, r)| (*o, r.clone())).collect();
+                Frame::Summary(
+                    Summary(m),
+                    Classes {
+                        urgent,
+                        bulk: Default::default(),
+                    },
+                )
+            }),
             (any::<[u8; 16]>(), any::<u32>(), 1u64..1000, 0u64..1000).prop_map(|(n, epoch, first, len)| Frame::Want(
                 Want {
                     origin: Origin { node: NodeId(n), epoch },
                     first,
-                    last: first + len
+                    last: first + len,
+                    priority: Priority::Bulk,
                 }
             )),
             proptest::collection::vec(arb_event(), 0..8).prop_map(|mut v| {
@@ -339,6 +356,7 @@ mod tests {
             origin,
             first: 5,
             last: 4,
+            priority: Priority::Normal,
         })
         .encode();
         assert!(Frame::decode(&bytes).is_err());

@@ -17,7 +17,7 @@ pub use frame::{ErrorCode, Frame, FrameError, Hello, Want};
 pub use hlc::{Clock, Hlc};
 pub use id::{NodeId, Origin, ParseIdError};
 pub use rangeset::RangeSet;
-pub use summary::{Gap, Summary};
+pub use summary::{Classes, Gap, Summary};
 
 /// ALPN protocol id and the version carried in `Hello`.
 pub const ALPN: &[u8] = b"ferry/1";

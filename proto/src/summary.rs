@@ -1,6 +1,6 @@
 //! Version summaries (what a node holds, per origin) and gap computation.
 
-use crate::{Origin, RangeSet};
+use crate::{Origin, Priority, RangeSet};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -9,12 +9,53 @@ use std::collections::BTreeMap;
 #[serde(transparent)]
 pub struct Summary(pub BTreeMap<Origin, RangeSet>);
 
-/// One range this node lacks and the peer has.
+/// Which held events are not of normal priority. Most events are normal,
+/// so only the exceptions travel: for a log of normal events this is empty.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Classes {
+    pub urgent: BTreeMap<Origin, RangeSet>,
+    pub bulk: BTreeMap<Origin, RangeSet>,
+}
+
+impl Classes {
+    pub fn filtered(&self, allow: impl Fn(&Origin) -> bool) -> Classes {
+        let keep = |m: &BTreeMap<Origin, RangeSet>| {
+            m.iter()
+                .filter(|(o, _)| allow(o))
+                .map(|(o, r)| (*o, r.clone()))
+                .collect()
+        };
+        Classes {
+            urgent: keep(&self.urgent),
+            bulk: keep(&self.bulk),
+        }
+    }
+
+    /// Splits `lacking` (of `origin`) by priority class.
+    fn split(&self, origin: &Origin, lacking: &RangeSet) -> [(Priority, RangeSet); 3] {
+        let empty = RangeSet::new();
+        let urgent = lacking.intersection(self.urgent.get(origin).unwrap_or(&empty));
+        // A seq a (confused or dishonest) peer lists in both classes is
+        // urgent: every lacking seq lands in exactly one gap.
+        let bulk = lacking
+            .intersection(self.bulk.get(origin).unwrap_or(&empty))
+            .difference(&urgent);
+        let normal = lacking.difference(&urgent).difference(&bulk);
+        [
+            (Priority::Urgent, urgent),
+            (Priority::Normal, normal),
+            (Priority::Bulk, bulk),
+        ]
+    }
+}
+
+/// One range this node lacks and the peer has, all of one priority class.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Gap {
     pub origin: Origin,
     pub first: u64,
     pub last: u64,
+    pub priority: Priority,
 }
 
 impl Gap {
@@ -48,23 +89,28 @@ impl Summary {
     }
 
     /// The ranges `theirs` holds that `self` lacks, for origins `want` accepts,
-    /// in origin order and ascending sequence within an origin.
-    pub fn gaps(&self, theirs: &Summary, want: impl Fn(&Origin) -> bool) -> Vec<Gap> {
+    /// split by the priority classes the peer reported: urgent gaps first,
+    /// then normal, then bulk; by origin and ascending sequence within each.
+    pub fn gaps(&self, theirs: &Summary, classes: &Classes, want: impl Fn(&Origin) -> bool) -> Vec<Gap> {
         let empty = RangeSet::new();
         let mut out = Vec::new();
         for (origin, their_set) in &theirs.0 {
             if !want(origin) {
                 continue;
             }
-            let mine = self.0.get(origin).unwrap_or(&empty);
-            for &(first, last) in their_set.difference(mine).ranges() {
-                out.push(Gap {
-                    origin: *origin,
-                    first,
-                    last,
-                });
+            let lacking = their_set.difference(self.0.get(origin).unwrap_or(&empty));
+            for (priority, set) in classes.split(origin, &lacking) {
+                for &(first, last) in set.ranges() {
+                    out.push(Gap {
+                        origin: *origin,
+                        first,
+                        last,
+                        priority,
+                    });
+                }
             }
         }
+        out.sort_by_key(|g| (g.priority, g.origin, g.first));
         out
     }
 }
@@ -98,7 +144,7 @@ mod tests {
         #[test]
         fn pulling_all_gaps_converges(mine in arb_summary(), theirs in arb_summary()) {
             let allow = |o: &Origin| o.node.0[0] != 3;
-            let gaps = mine.gaps(&theirs, allow);
+            let gaps = mine.gaps(&theirs, &Classes::default(), allow);
             let mut after = mine.clone();
             for g in &gaps {
                 let held = mine.get(&g.origin).cloned().unwrap_or_default();
@@ -112,7 +158,34 @@ mod tests {
                     prop_assert!(theirs_set.difference(&have).is_empty());
                 }
             }
-            prop_assert!(after.gaps(&theirs, allow).is_empty());
+            prop_assert!(after.gaps(&theirs, &Classes::default(), allow).is_empty());
+        }
+
+        /// Split by class, the gaps cover exactly what is lacking, each with
+        /// the class the peer reported, urgent ones first.
+        #[test]
+        fn gaps_carry_priority_classes(mine in arb_summary(), theirs in arb_summary(), urgent in arb_summary(), bulk in arb_summary()) {
+            let classes = Classes { urgent: urgent.0, bulk: bulk.0 };
+            let plain = mine.gaps(&theirs, &Classes::default(), |_| true);
+            let split = mine.gaps(&theirs, &classes, |_| true);
+            let cover = |gaps: &[Gap]| {
+                let mut m: BTreeMap<Origin, RangeSet> = BTreeMap::new();
+                for g in gaps { m.entry(g.origin).or_default().insert_range(g.first, g.last); }
+                m
+            };
+            prop_assert_eq!(cover(&plain), cover(&split));
+            prop_assert!(split.windows(2).all(|w| w[0].priority <= w[1].priority));
+            let empty = RangeSet::new();
+            for g in &split {
+                let r = RangeSet::from_range(g.first, g.last);
+                let in_urgent = !r.intersection(classes.urgent.get(&g.origin).unwrap_or(&empty)).is_empty();
+                let in_bulk = !r.difference(classes.urgent.get(&g.origin).unwrap_or(&empty)).intersection(classes.bulk.get(&g.origin).unwrap_or(&empty)).is_empty();
+                match g.priority {
+                    Priority::Urgent => prop_assert!(r.difference(classes.urgent.get(&g.origin).unwrap_or(&empty)).is_empty()),
+                    Priority::Bulk => prop_assert!(!in_urgent && r.difference(classes.bulk.get(&g.origin).unwrap_or(&empty)).is_empty()),
+                    Priority::Normal => prop_assert!(!in_urgent && !in_bulk),
+                }
+            }
         }
     }
 

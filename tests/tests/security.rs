@@ -154,6 +154,7 @@ async fn malformed_frames_end_the_stream_and_the_node_keeps_serving() {
             origin,
             first: 1,
             last: 10,
+            priority: Priority::Normal,
         })
         .encode(),
     )

@@ -7,7 +7,7 @@
 //! first seq finds the chunks of any range. Logs that arrive in order cost one
 //! chunk per 128 events: a hub with ten million events keeps about 3 MB.
 
-use ferry_proto::{Origin, RangeSet, Summary};
+use ferry_proto::{Classes, Origin, Priority, RangeSet, Summary};
 use std::collections::BTreeMap;
 
 pub const CHUNK_MAX: u32 = 128;
@@ -26,6 +26,9 @@ pub struct Chunk {
 #[derive(Debug, Default)]
 pub struct OriginIndex {
     pub have: RangeSet,
+    /// The held events that are not of normal priority (few, usually none).
+    pub urgent: RangeSet,
+    pub bulk: RangeSet,
     pub chunks: BTreeMap<u64, Chunk>,
     /// First seq of the chunk that may still grow.
     open_chunk: Option<u64>,
@@ -42,9 +45,14 @@ impl Index {
         self.origins.get(origin).is_some_and(|o| o.have.contains(seq))
     }
 
-    pub fn add(&mut self, origin: Origin, seq: u64, segment: u32, start: u64, end: u64) {
+    pub fn add(&mut self, origin: Origin, seq: u64, priority: Priority, segment: u32, start: u64, end: u64) {
         let o = self.origins.entry(origin).or_default();
         o.have.insert(seq);
+        match priority {
+            Priority::Urgent => o.urgent.insert(seq),
+            Priority::Bulk => o.bulk.insert(seq),
+            Priority::Normal => {}
+        }
         self.events += 1;
         if let Some(first) = o.open_chunk {
             if let Some(c) = o.chunks.get_mut(&first) {
@@ -91,6 +99,20 @@ impl Index {
         Summary(self.origins.iter().map(|(o, i)| (*o, i.have.clone())).collect())
     }
 
+    pub fn classes(&self) -> Classes {
+        let pick = |f: fn(&OriginIndex) -> &RangeSet| {
+            self.origins
+                .iter()
+                .filter(|(_, i)| !f(i).is_empty())
+                .map(|(o, i)| (*o, f(i).clone()))
+                .collect()
+        };
+        Classes {
+            urgent: pick(|i| &i.urgent),
+            bulk: pick(|i| &i.bulk),
+        }
+    }
+
     pub fn chunk_count(&self) -> usize {
         self.origins.values().map(|o| o.chunks.len()).sum()
     }
@@ -109,7 +131,7 @@ mod tests {
         };
         let mut idx = Index::default();
         for seq in 1..=1000u64 {
-            idx.add(o, seq, 1, seq * 100, seq * 100 + 100);
+            idx.add(o, seq, Priority::Normal, 1, seq * 100, seq * 100 + 100);
         }
         assert_eq!(idx.chunk_count(), 1000usize.div_ceil(CHUNK_MAX as usize));
         let found = idx.chunks_for(&o, 130, 300);
@@ -126,9 +148,9 @@ mod tests {
             epoch: 0,
         };
         let mut idx = Index::default();
-        idx.add(o, 5, 1, 0, 10);
-        idx.add(o, 1, 1, 10, 20);
-        idx.add(o, 2, 1, 20, 30);
+        idx.add(o, 5, Priority::Normal, 1, 0, 10);
+        idx.add(o, 1, Priority::Normal, 1, 10, 20);
+        idx.add(o, 2, Priority::Normal, 1, 20, 30);
         assert_eq!(idx.chunks_for(&o, 1, 5).len(), 2);
         assert_eq!(idx.chunks_for(&o, 5, 5).len(), 1);
         assert_eq!(idx.origins[&o].have.ranges(), &[(1, 2), (5, 5)]);

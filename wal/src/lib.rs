@@ -284,7 +284,7 @@ impl Wal {
                         reason: format!("event {}:{} is stored twice", meta.origin, meta.seq),
                     });
                 }
-                index.add(meta.origin, meta.seq, n, *off, off + meta.len);
+                index.add(meta.origin, meta.seq, meta.priority, n, *off, off + meta.len);
             }
             bytes += seg.durable_len;
             let file = File::open(path).map_err(|e| WalError::io("open segment", path, e))?;
@@ -415,6 +415,11 @@ impl Wal {
 
     pub fn summary(&self) -> Summary {
         self.index().summary()
+    }
+
+    /// Which held events are urgent or bulk.
+    pub fn classes(&self) -> ferry_proto::Classes {
+        self.index().classes()
     }
 
     pub fn contains(&self, origin: &Origin, seq: u64) -> bool {

@@ -22,7 +22,9 @@ pub const HEADER_LEN: u64 = 32;
 pub const CIPHER_NONE: u8 = 0;
 pub const CIPHER_CHACHA: u8 = 1;
 pub const RECORD_PREFIX: usize = 8;
-pub const BODY_FIXED: usize = 20 + 8 + NONCE_LEN;
+/// origin, seq, priority, nonce: the clear part of an event record.
+const CLEAR_LEN: usize = 20 + 8 + 1;
+pub const BODY_FIXED: usize = CLEAR_LEN + NONCE_LEN;
 /// Generous bound: the largest event plus topic and CBOR overhead.
 pub const MAX_BODY_LEN: usize = BODY_FIXED + TAG_LEN + ferry_proto::event::MAX_PAYLOAD_LEN + 4096;
 
@@ -87,12 +89,13 @@ impl SegmentHeader {
 }
 
 #[derive(Serialize, Deserialize)]
-struct Sealed(Hlc, String, Priority, #[serde(with = "serde_bytes")] Vec<u8>);
+struct Sealed(Hlc, String, #[serde(with = "serde_bytes")] Vec<u8>);
 
-fn aad(origin: &Origin, seq: u64) -> [u8; 28] {
-    let mut a = [0u8; 28];
+fn aad(origin: &Origin, seq: u64, priority: Priority) -> [u8; CLEAR_LEN] {
+    let mut a = [0u8; CLEAR_LEN];
+    a[28] = priority as u8;
     a[..20].copy_from_slice(&origin.to_bytes());
-    a[20..].copy_from_slice(&seq.to_be_bytes());
+    a[20..28].copy_from_slice(&seq.to_be_bytes());
     a
 }
 
@@ -104,12 +107,8 @@ const COMMIT_LEN: usize = 1 + 8 + 4;
 pub fn encode_record(e: &Event, key: Option<&WalKey>, out: &mut Vec<u8>) {
     let mut plain = Vec::with_capacity(32 + e.payload.len());
     // Serialising into a Vec cannot fail.
-    ciborium::into_writer(
-        &Sealed(e.hlc, e.topic.clone(), e.priority, e.payload.clone()),
-        &mut plain,
-    )
-    .expect("CBOR into Vec");
-    let aad = aad(&e.origin, e.seq);
+    ciborium::into_writer(&Sealed(e.hlc, e.topic.clone(), e.payload.clone()), &mut plain).expect("CBOR into Vec");
+    let aad = aad(&e.origin, e.seq, e.priority);
     let (nonce, sealed) = match key {
         Some(k) => {
             let n = random_nonce();
@@ -153,6 +152,7 @@ fn finish(out: &mut [u8], start: usize) {
 pub struct RecordMeta {
     pub origin: Origin,
     pub seq: u64,
+    pub priority: Priority,
     /// Total bytes including the prefix.
     pub len: u64,
 }
@@ -208,12 +208,16 @@ pub fn parse_record(buf: &[u8]) -> Result<Record, Parse> {
             // len > BODY_FIXED guarantees the fixed fields are present.
             let origin = Origin::from_bytes(&body[..20]).expect("20-byte origin slice");
             let seq = u64::from_be_bytes(body[20..28].try_into().expect("8-byte seq slice"));
+            let Ok(priority) = Priority::try_from(body[28]) else {
+                return Err(Parse::Bad(format!("unknown priority class {}", body[28])));
+            };
             if seq == 0 {
                 return Err(Parse::Bad("sequence number 0".into()));
             }
             Ok(Record::Event(RecordMeta {
                 origin,
                 seq,
+                priority,
                 len: total,
             }))
         }
@@ -224,22 +228,22 @@ pub fn parse_record(buf: &[u8]) -> Result<Record, Parse> {
 /// Decrypts and decodes an event record that `parse_record` accepted.
 pub fn decode_record(buf: &[u8], meta: &RecordMeta, key: Option<&WalKey>) -> Result<Event, String> {
     let body = &buf[RECORD_PREFIX + 1..meta.len as usize];
-    let nonce = &body[28..28 + NONCE_LEN];
+    let nonce = &body[CLEAR_LEN..BODY_FIXED];
     let sealed = &body[BODY_FIXED..];
     let plain = match key {
         Some(k) => k
-            .open(nonce, &body[..28], sealed)
+            .open(nonce, &body[..CLEAR_LEN], sealed)
             .ok_or("authentication failed: the record was altered or the key is wrong")?,
         None => sealed.to_vec(),
     };
-    let Sealed(hlc, topic, priority, payload) =
+    let Sealed(hlc, topic, payload) =
         ciborium::from_reader(plain.as_slice()).map_err(|e| format!("undecodable event: {e}"))?;
     Ok(Event {
         origin: meta.origin,
         seq: meta.seq,
         hlc,
         topic,
-        priority,
+        priority: meta.priority,
         payload,
     })
 }

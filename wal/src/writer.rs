@@ -116,6 +116,9 @@ fn create_segment(shared: &Shared, n: u32, key: Option<&WalKey>) -> Result<(File
     Ok((file, n, HEADER_LEN))
 }
 
+/// A record written in this group: origin, seq, priority, start, end.
+type Entry = (Origin, u64, ferry_proto::Priority, u64, u64);
+
 /// One command's share of a group.
 enum Pending {
     Local {
@@ -165,7 +168,7 @@ impl Writer {
         let origin = *self.local_origin.read().unwrap_or_else(|p| p.into_inner());
         let clock_before = self.clock.clone();
         let mut buf = Vec::new();
-        let mut entries: Vec<(Origin, u64, u64, u64)> = Vec::new();
+        let mut entries: Vec<Entry> = Vec::new();
         let mut seen: HashSet<(Origin, u64)> = HashSet::new();
         let mut pending = Vec::with_capacity(group.len());
         {
@@ -226,7 +229,7 @@ impl Writer {
         next_local: &mut u64,
         wall: u64,
         buf: &mut Vec<u8>,
-        entries: &mut Vec<(Origin, u64, u64, u64)>,
+        entries: &mut Vec<Entry>,
     ) -> Result<Vec<Event>, WalError> {
         for item in &items {
             check_limits(&item.topic, &item.payload).map_err(|e| WalError::InvalidEvent(e.to_string()))?;
@@ -244,7 +247,7 @@ impl Writer {
             *next_local += 1;
             let start = buf.len() as u64;
             encode_record(&e, self.key.as_ref(), buf);
-            entries.push((e.origin, e.seq, start, buf.len() as u64));
+            entries.push((e.origin, e.seq, e.priority, start, buf.len() as u64));
             out.push(e);
         }
         Ok(out)
@@ -260,7 +263,7 @@ impl Writer {
         next_local: &mut u64,
         wall: u64,
         buf: &mut Vec<u8>,
-        entries: &mut Vec<(Origin, u64, u64, u64)>,
+        entries: &mut Vec<Entry>,
     ) -> Result<AppendReport, WalError> {
         for e in &events {
             e.validate()
@@ -280,13 +283,13 @@ impl Writer {
             self.clock.observe(e.hlc, wall);
             let start = buf.len() as u64;
             encode_record(&e, self.key.as_ref(), buf);
-            entries.push((e.origin, e.seq, start, buf.len() as u64));
+            entries.push((e.origin, e.seq, e.priority, start, buf.len() as u64));
             report.stored += 1;
         }
         Ok(report)
     }
 
-    fn write_group(&mut self, buf: &mut Vec<u8>, entries: &mut [(Origin, u64, u64, u64)]) -> Result<(), WalError> {
+    fn write_group(&mut self, buf: &mut Vec<u8>, entries: &mut [Entry]) -> Result<(), WalError> {
         if self.len > HEADER_LEN && self.len + buf.len() as u64 > self.segment_bytes {
             let (file, n, len) = create_segment(&self.shared, self.segment + 1, self.key.as_ref())?;
             (self.file, self.segment, self.len) = (file, n, len);
@@ -310,8 +313,8 @@ impl Writer {
         let base = self.len;
         {
             let mut index = self.shared.index.write().unwrap_or_else(|p| p.into_inner());
-            for (origin, seq, start, end) in entries.iter() {
-                index.add(*origin, *seq, self.segment, base + start, base + end);
+            for (origin, seq, priority, start, end) in entries.iter() {
+                index.add(*origin, *seq, *priority, self.segment, base + start, base + end);
             }
             self.shared.appended.send_replace(index.events);
         }

@@ -1,0 +1,167 @@
+//! Thin-link transport behaviour: connection migration.
+
+use ferry::pki::Role;
+use ferry::transport::TransportProfile;
+use ferry_netsim::Profile;
+use ferry_proto::Priority;
+use ferry_tests::{all_events, eventually, init_logging, link_to, start_with, workload, write_events, Deployment};
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+/// The clinic's address changes twice mid-transfer (a NAT rebinding: new
+/// port; then a new source address). The same connection carries on, with
+/// no new handshake and no event sent twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfer_survives_nat_rebinding_and_a_new_address() {
+    init_logging();
+    let dep = Deployment::new("field").unwrap();
+    let wan = TransportProfile::wan();
+    let hub = start_with(&dep.enroll("hub", Role::Hub).unwrap(), None, &wan)
+        .await
+        .unwrap();
+    let clinic = start_with(&dep.enroll("clinic", Role::Clinic).unwrap(), None, &wan)
+        .await
+        .unwrap();
+    write_events(&clinic.ctx.wal, workload("MIG", 2000, 7).unwrap(), Priority::Normal)
+        .await
+        .unwrap();
+    let sim = link_to(&hub, Profile::bhutan_2g(), 7).await.unwrap();
+    let sync = {
+        let (clinic, addr) = (clinic.clone(), sim.local_addr());
+        tokio::spawn(async move { clinic.sync_once(addr).await })
+    };
+    let limit = Duration::from_secs(600);
+    eventually("a third at the hub", limit, || hub.ctx.wal.stats().events >= 2000 / 3)
+        .await
+        .unwrap();
+    sim.rebind(None).await.unwrap();
+    eventually("two thirds at the hub", limit, || {
+        hub.ctx.wal.stats().events >= 2 * 2000 / 3
+    })
+    .await
+    .unwrap();
+    sim.rebind(Some("127.0.0.2".parse().unwrap())).await.unwrap();
+    let report = tokio::time::timeout(limit, sync)
+        .await
+        .expect("sync hung")
+        .unwrap()
+        .unwrap();
+
+    assert_eq!(sim.stats().rebinds, 2);
+    assert_eq!(
+        hub.ctx.totals.connections_accepted.load(Relaxed),
+        1,
+        "a new handshake was needed"
+    );
+    assert_eq!(report.events_sent, 2000, "events were sent twice");
+    assert_eq!(hub.ctx.totals.duplicates_received.load(Relaxed), 0);
+    assert_eq!(all_events(&hub.ctx.wal).unwrap(), all_events(&clinic.ctx.wal).unwrap());
+    hub.shutdown().await;
+    clinic.shutdown().await;
+}
+
+/// A backlog of 2,000 bulk events, then 20 urgent ones: over 2G every
+/// urgent event arrives before a quarter of the backlog has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn urgent_events_overtake_a_bulk_backlog() {
+    init_logging();
+    let dep = Deployment::new("field").unwrap();
+    let wan = TransportProfile::wan();
+    let hub = start_with(&dep.enroll("hub", Role::Hub).unwrap(), None, &wan)
+        .await
+        .unwrap();
+    let clinic = start_with(&dep.enroll("clinic", Role::Clinic).unwrap(), None, &wan)
+        .await
+        .unwrap();
+    let events = workload("PRIO", 2020, 8).unwrap();
+    write_events(&clinic.ctx.wal, events[..2000].to_vec(), Priority::Bulk)
+        .await
+        .unwrap();
+    write_events(&clinic.ctx.wal, events[2000..].to_vec(), Priority::Urgent)
+        .await
+        .unwrap();
+    let origin = clinic.ctx.wal.local_origin();
+    let sim = link_to(&hub, Profile::bhutan_2g(), 8).await.unwrap();
+    let sync = {
+        let (clinic, addr) = (clinic.clone(), sim.local_addr());
+        tokio::spawn(async move { clinic.sync_once(addr).await })
+    };
+    let urgent = ferry_proto::RangeSet::from_range(2001, 2020);
+    let bulk = ferry_proto::RangeSet::from_range(1, 2000);
+    let held = |set: &ferry_proto::RangeSet| {
+        hub.ctx
+            .wal
+            .summary()
+            .get(&origin)
+            .map(|h| h.intersection(set).count())
+            .unwrap_or(0)
+    };
+    let start = std::time::Instant::now();
+    while held(&urgent) < 20 {
+        assert!(
+            start.elapsed() < Duration::from_secs(600),
+            "urgent events never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let bulk_before = held(&bulk);
+    println!("all 20 urgent events arrived after {bulk_before} of 2000 bulk ones");
+    assert!(
+        bulk_before < 500,
+        "{bulk_before} bulk events arrived before the last urgent one"
+    );
+    tokio::time::timeout(Duration::from_secs(600), sync)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(hub.ctx.wal.stats().events, 2020);
+    assert_eq!(
+        hub.ctx.wal.classes().urgent.get(&origin),
+        Some(&urgent),
+        "priority class lost in transit"
+    );
+    hub.shutdown().await;
+    clinic.shutdown().await;
+}
+
+/// With a budget of 64 kbps on a 1 Mbps link, what the clinic sends stays
+/// under the budget (netsim's counters, sampled mid-transfer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bandwidth_budget_caps_what_a_node_sends() {
+    init_logging();
+    let dep = Deployment::new("field").unwrap();
+    let wan = TransportProfile::wan();
+    let hub = start_with(&dep.enroll("hub", Role::Hub).unwrap(), None, &wan)
+        .await
+        .unwrap();
+    let clinic_dir = dep.enroll("clinic", Role::Clinic).unwrap();
+    let mut cfg = clinic_dir.config().unwrap();
+    cfg.bandwidth_kbps = Some(64);
+    clinic_dir.save_config(&cfg).unwrap();
+    let clinic = start_with(&clinic_dir, None, &wan).await.unwrap();
+    write_events(&clinic.ctx.wal, workload("BUDGET", 1500, 9).unwrap(), Priority::Normal)
+        .await
+        .unwrap();
+    let sim = link_to(&hub, Profile::urban_3g(), 9).await.unwrap();
+    let sync = {
+        let (clinic, addr) = (clinic.clone(), sim.local_addr());
+        tokio::spawn(async move { clinic.sync_once(addr).await })
+    };
+    let limit = Duration::from_secs(300);
+    eventually("a quarter", limit, || hub.ctx.wal.stats().events >= 1500 / 4)
+        .await
+        .unwrap();
+    let (t0, b0) = (std::time::Instant::now(), sim.stats().up.offered_bytes);
+    eventually("three quarters", limit, || hub.ctx.wal.stats().events >= 3 * 1500 / 4)
+        .await
+        .unwrap();
+    let (t1, b1) = (std::time::Instant::now(), sim.stats().up.offered_bytes);
+    let kbps = (b1 - b0) as f64 * 8.0 / (t1 - t0).as_secs_f64() / 1000.0;
+    println!("sent at {kbps:.1} kbps under a 64 kbps budget on a 1000 kbps link");
+    assert!(kbps <= 64.0 * 1.15, "{kbps:.1} kbps exceeds the 64 kbps budget");
+    tokio::time::timeout(limit, sync).await.unwrap().unwrap().unwrap();
+    assert_eq!(hub.ctx.wal.stats().events, 1500);
+    hub.shutdown().await;
+    clinic.shutdown().await;
+}
