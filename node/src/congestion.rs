@@ -3,15 +3,13 @@
 //! Bytes in flight never exceed the window. quinn's Cubic grows the window
 //! until the link's buffer overflows, and its pacer sends bursts of at least
 //! ten packets (about 12 KB: three seconds of a 30 kbps link), so on thin
-//! links it loses packets to tail drop and pays for them twice. Two caps:
-//!
-//! - `bdp_gain`: at most gain × the measured bandwidth-delay product
-//!   (windowed-max delivery rate × min RTT), as BBR bounds its window. The
-//!   link stays full while the standing queue stays small, so loss is
-//!   recovered quickly even on a lossy 25 kbps link.
-//! - `max_window`: a fixed bound.
-//!
-//! The wrapped controller still reacts to loss below the caps.
+//! links it loses packets to tail drop and pays for them twice. This caps
+//! the window at gain × the measured bandwidth-delay product (windowed-max
+//! delivery rate × min RTT), as BBR bounds its window: the link stays full
+//! while the standing queue stays small. A fixed cap does not do: it is
+//! either too small for satellite or a queue of seconds at 25 kbps, which
+//! slows loss recovery (both measured; see docs/architecture.md). The
+//! wrapped controller still reacts to loss below the cap.
 
 use quinn::congestion::{Controller, ControllerFactory};
 use quinn_proto::RttEstimator;
@@ -19,28 +17,22 @@ use std::any::Any;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Never below this: two full packets, or the connection cannot make progress.
-const FLOOR: u64 = 2 * 1200;
-
 pub struct CappedFactory {
     pub inner: Arc<dyn ControllerFactory + Send + Sync>,
-    /// Fixed cap on the window in bytes.
-    pub max_window: Option<u64>,
     /// Cap at this multiple of the measured bandwidth-delay product.
-    pub bdp_gain: Option<f64>,
+    pub bdp_gain: f64,
 }
 
 /// Delivery-rate samples kept for the windowed maximum.
 const RATE_SAMPLES: usize = 10;
-/// Window floor under the BDP cap: a handful of packets keeps the ack clock
+/// Window floor under the cap: a handful of packets keeps the ack clock
 /// running and covers a burst of loss.
-const BDP_FLOOR: u64 = 4 * 1200;
+const FLOOR: u64 = 4 * 1200;
 
 impl ControllerFactory for CappedFactory {
     fn build(self: Arc<Self>, now: Instant, current_mtu: u16) -> Box<dyn Controller> {
         Box::new(Capped {
             inner: self.inner.clone().build(now, current_mtu),
-            max_window: self.max_window,
             bdp_gain: self.bdp_gain,
             min_rtt: None,
             mark: (now, 0),
@@ -51,8 +43,7 @@ impl ControllerFactory for CappedFactory {
 
 struct Capped {
     inner: Box<dyn Controller>,
-    max_window: Option<u64>,
-    bdp_gain: Option<f64>,
+    bdp_gain: f64,
     min_rtt: Option<Duration>,
     /// Start of the current rate sample and bytes acknowledged since.
     mark: (Instant, u64),
@@ -62,17 +53,13 @@ struct Capped {
 
 impl Capped {
     fn cap(&self, window: u64) -> u64 {
-        let mut w = window;
-        if let Some(m) = self.max_window {
-            w = w.min(m.max(FLOOR));
-        }
-        if let (Some(gain), Some(rtt)) = (self.bdp_gain, self.min_rtt) {
-            if let Some(rate) = self.rates.iter().copied().reduce(f64::max) {
-                let bdp = rate * rtt.as_secs_f64() * gain;
-                w = w.min((bdp as u64).max(BDP_FLOOR));
-            }
-        }
-        w.max(FLOOR)
+        // Until the first delivery-rate sample, the inner window rules
+        // (slow start must find the rate before it can be capped).
+        let (Some(rtt), Some(rate)) = (self.min_rtt, self.rates.iter().copied().reduce(f64::max)) else {
+            return window;
+        };
+        let bdp = rate * rtt.as_secs_f64() * self.bdp_gain;
+        window.min((bdp as u64).max(FLOOR))
     }
 
     /// One delivery-rate sample per min RTT (at least 100 ms), skipped when
@@ -123,7 +110,6 @@ impl Controller for Capped {
     fn clone_box(&self) -> Box<dyn Controller> {
         Box::new(Capped {
             inner: self.inner.clone_box(),
-            max_window: self.max_window,
             bdp_gain: self.bdp_gain,
             min_rtt: self.min_rtt,
             mark: self.mark,

@@ -14,6 +14,9 @@ pub struct TransportProfile {
     pub max_concurrent_bidi: u32,
     /// How long a handshake may take before the peer counts as unreachable.
     pub connect_timeout: Duration,
+    /// Cap the congestion window at this multiple of the measured
+    /// bandwidth-delay product (see `congestion`); `None`: plain Cubic.
+    pub bdp_gain: Option<f64>,
 }
 
 impl TransportProfile {
@@ -26,6 +29,7 @@ impl TransportProfile {
             keep_alive: Duration::from_secs(25),
             max_concurrent_bidi: 64,
             connect_timeout: Duration::from_secs(30),
+            bdp_gain: Some(2.0),
         }
     }
 
@@ -38,6 +42,7 @@ impl TransportProfile {
             keep_alive: Duration::from_secs(5),
             max_concurrent_bidi: 64,
             connect_timeout: Duration::from_secs(5),
+            bdp_gain: None,
         }
     }
 
@@ -49,40 +54,12 @@ impl TransportProfile {
         t.keep_alive_interval(Some(self.keep_alive));
         t.max_concurrent_bidi_streams(self.max_concurrent_bidi.into());
         t.max_concurrent_uni_streams(0u32.into());
-        // Temporary measurement knobs (FERRY_EXP_*), removed once chosen.
-        let env = |k: &str| std::env::var(k).ok();
-        let iw = env("FERRY_EXP_IW").and_then(|v| v.parse::<u64>().ok());
-        let inner: std::sync::Arc<dyn quinn::congestion::ControllerFactory + Send + Sync> =
-            match env("FERRY_EXP_CC").as_deref() {
-                Some("bbr") => {
-                    let mut c = quinn::congestion::BbrConfig::default();
-                    if let Some(w) = iw {
-                        c.initial_window(w);
-                    }
-                    std::sync::Arc::new(c)
-                }
-                Some("newreno") => {
-                    let mut c = quinn::congestion::NewRenoConfig::default();
-                    if let Some(w) = iw {
-                        c.initial_window(w);
-                    }
-                    std::sync::Arc::new(c)
-                }
-                _ => {
-                    let mut c = quinn::congestion::CubicConfig::default();
-                    if let Some(w) = iw {
-                        c.initial_window(w);
-                    }
-                    std::sync::Arc::new(c)
-                }
-            };
-        let max_window = env("FERRY_EXP_MAXWIN").and_then(|v| v.parse().ok());
-        let bdp_gain = env("FERRY_EXP_BDP").and_then(|v| v.parse().ok());
-        t.congestion_controller_factory(std::sync::Arc::new(crate::congestion::CappedFactory {
-            inner,
-            max_window,
-            bdp_gain,
-        }));
+        if let Some(gain) = self.bdp_gain {
+            t.congestion_controller_factory(std::sync::Arc::new(crate::congestion::CappedFactory {
+                inner: std::sync::Arc::new(quinn::congestion::CubicConfig::default()),
+                bdp_gain: gain,
+            }));
+        }
         t
     }
 }

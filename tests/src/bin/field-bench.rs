@@ -30,6 +30,9 @@ struct Args {
     /// Skip the comparison run on urban_3g.
     #[arg(long)]
     no_compare: bool,
+    /// Seed of the link's loss and jitter: compare settings over several.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
 }
 
 /// Peak RSS in KiB of a running process. `VmHWM` belongs to the process's
@@ -63,7 +66,7 @@ fn node(args: &[&str]) -> Command {
     c
 }
 
-fn run(profile_name: &str, events: usize) -> Result<serde_json::Value> {
+fn run(profile_name: &str, events: usize, seed: u64) -> Result<serde_json::Value> {
     let profile = Profile::by_name(profile_name).with_context(|| format!("unknown profile {profile_name}"))?;
     let dep = Deployment::new("bench")?;
     let hub = dep.enroll("hub", Role::Hub)?;
@@ -103,11 +106,9 @@ fn run(profile_name: &str, events: usize) -> Result<serde_json::Value> {
     std::thread::spawn(move || for _ in hub_err.lines() {});
 
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let sim = rt.block_on(Netsim::udp(Config::new(
-        "127.0.0.1:0".parse()?,
-        hub_addr.parse()?,
-        profile.clone(),
-    )))?;
+    let mut cfg = Config::new("127.0.0.1:0".parse()?, hub_addr.parse()?, profile.clone());
+    cfg.seed = seed;
+    let sim = rt.block_on(Netsim::udp(cfg))?;
     let t0 = Instant::now();
     let mut clinic_proc = node(&[
         "sync",
@@ -156,6 +157,7 @@ fn run(profile_name: &str, events: usize) -> Result<serde_json::Value> {
     let ideal = zstd19 as f64 * 8.0 / profile.up.rate_bps.max(1) as f64;
     Ok(json!({
         "profile": profile_name,
+        "seed": seed,
         "events": events,
         "payload_bytes": payload_bytes,
         "zstd19_bytes": zstd19,
@@ -194,7 +196,7 @@ fn main() -> std::process::ExitCode {
         profiles.push("urban_3g".into());
     }
     for p in profiles {
-        match run(&p, args.events) {
+        match run(&p, args.events, args.seed) {
             Ok(r) => runs.push(r),
             Err(e) => {
                 eprintln!("field-bench on {p}: {e:#}");
