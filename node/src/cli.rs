@@ -174,4 +174,7 @@ pub struct RunArgs {
     /// Cap in kbit/s on what this node sends to peers (default from config: none).
     #[arg(long, env = "FERRY_BANDWIDTH_KBPS")]
     pub bandwidth_kbps: Option<u64>,
+    /// Loopback TCP address of the local HTTP API (default 127.0.0.1:7701).
+    #[arg(long, env = "FERRY_API_LISTEN")]
+    pub api_listen: Option<String>,
 }

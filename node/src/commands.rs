@@ -152,27 +152,67 @@ fn ca(c: &CaCommand, data_dir: Option<PathBuf>) -> Result<()> {
     }
 }
 
+fn is_locked(e: &anyhow::Error) -> bool {
+    matches!(e.downcast_ref::<WalError>(), Some(WalError::Locked { .. }))
+}
+
+/// Where `push` appends: the WAL itself, or the daemon that holds it.
+enum Sink {
+    Wal(Wal),
+    Daemon(crate::api::Client),
+}
+
+impl Sink {
+    fn open(dir: &DataDir) -> Result<Sink> {
+        match dir.open_wal(false) {
+            Ok(wal) => Ok(Sink::Wal(wal)),
+            Err(e) if is_locked(&e) => crate::api::Client::find(dir).map(Sink::Daemon).context(
+                "a `ferry run` daemon holds this data directory but left no local API address (api.addr); restart it",
+            ),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Appends payloads durably; returns `origin:seq` of each.
+    fn append(&self, args: &PushArgs, payloads: Vec<Vec<u8>>) -> Result<Vec<String>> {
+        match self {
+            Sink::Wal(wal) => {
+                let items = payloads
+                    .into_iter()
+                    .map(|payload| NewEvent {
+                        topic: args.topic.clone(),
+                        priority: args.priority,
+                        payload,
+                    })
+                    .collect();
+                Ok(wal
+                    .append_local_blocking(items)?
+                    .iter()
+                    .map(|e| format!("{}:{}", e.origin, e.seq))
+                    .collect())
+            }
+            Sink::Daemon(client) => client.append(&args.topic, args.priority, &payloads),
+        }
+    }
+}
+
 fn push(dir: &DataDir, args: &PushArgs) -> Result<()> {
-    let wal = dir.open_wal(false).map_err(locked_hint)?;
-    let one = |payload: Vec<u8>| NewEvent {
-        topic: args.topic.clone(),
-        priority: args.priority,
-        payload,
-    };
+    let sink = Sink::open(dir)?;
     let mut out = std::io::stdout().lock();
-    let mut print = |events: Vec<Event>| -> Result<()> {
-        for e in events {
-            writeln!(out, "{}:{}", e.origin, e.seq)?;
+    let mut append = |payloads: Vec<Vec<u8>>| -> Result<()> {
+        for id in sink.append(args, payloads)? {
+            writeln!(out, "{id}")?;
         }
         out.flush()?;
         Ok(())
     };
     if let Some(p) = &args.payload {
-        return print(wal.append_local_blocking(vec![one(p.clone().into_bytes())])?);
+        return append(vec![p.clone().into_bytes()]);
     }
     if let Some(f) = &args.file {
-        let payload = std::fs::read(f).with_context(|| format!("could not read {}", f.display()))?;
-        return print(wal.append_local_blocking(vec![one(payload)])?);
+        return append(vec![
+            std::fs::read(f).with_context(|| format!("could not read {}", f.display()))?
+        ]);
     }
     // Lines on stdin: whatever has arrived while the last batch was being
     // made durable goes into the next batch (group commit from one process).
@@ -192,13 +232,13 @@ fn push(dir: &DataDir, args: &PushArgs) -> Result<()> {
                 Err(_) => break,
             }
         }
-        let batch: Vec<NewEvent> = lines
+        let batch: Vec<Vec<u8>> = lines
             .into_iter()
             .filter(|l| !l.trim().is_empty())
-            .map(|l| one(l.into_bytes()))
+            .map(String::into_bytes)
             .collect();
         if !batch.is_empty() {
-            print(wal.append_local_blocking(batch)?)?;
+            append(batch)?;
         }
     }
     Ok(())
@@ -207,7 +247,7 @@ fn push(dir: &DataDir, args: &PushArgs) -> Result<()> {
 /// The WAL for reading: our own, or, if a daemon holds it, a read-only view.
 pub fn open_for_reading(dir: &DataDir) -> Result<Wal> {
     match dir.open_wal(false) {
-        Err(e) if matches!(e.downcast_ref::<WalError>(), Some(WalError::Locked { .. })) => dir.open_wal(true),
+        Err(e) if is_locked(&e) => dir.open_wal(true),
         other => other,
     }
 }
@@ -284,8 +324,17 @@ fn run(dir: &DataDir, args: &RunArgs) -> Result<()> {
             .parse()
             .with_context(|| format!("--listen {listen} is not an IP:PORT"))?;
         let node = Arc::new(Node::start(ctx, &tls, addr, &TransportProfile::wan())?);
+        let api_listen = args
+            .api_listen
+            .clone()
+            .or(cfg.api_listen.clone())
+            .unwrap_or(crate::api::DEFAULT_LISTEN.into());
+        let api_addr = api_listen
+            .parse()
+            .with_context(|| format!("--api-listen {api_listen} is not an IP:PORT"))?;
+        let api = crate::api::start(node.ctx.clone(), api_addr).await?;
         eprintln!(
-            "ferry node {} '{}' listening on {} (udp), peers: {}",
+            "ferry node {} '{}' listening on {} (udp), local API http://{api}, peers: {}",
             node.ctx.node_id,
             node.ctx.name,
             node.local_addr()?,

@@ -29,6 +29,9 @@ pub async fn run(node: Arc<Node>, opts: DaemonOptions, shutdown: impl std::futur
     tracing::info!("shutting down");
     tasks.shutdown().await;
     node.shutdown().await;
+    if let Some(dir) = &node.ctx.data_dir {
+        let _ = std::fs::remove_file(dir.path(crate::api::ADDR_FILE));
+    }
     Ok(())
 }
 

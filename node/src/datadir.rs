@@ -53,6 +53,9 @@ pub struct Config {
     /// Cap in kbit/s on what this node sends to peers (unset: no cap).
     #[serde(default)]
     pub bandwidth_kbps: Option<u64>,
+    /// Loopback address of the local HTTP API (unset: 127.0.0.1:7701).
+    #[serde(default)]
+    pub api_listen: Option<String>,
 }
 
 fn default_listen() -> String {
@@ -113,6 +116,7 @@ impl DataDir {
             wal_key_file: None,
             sync_interval_secs: default_interval(),
             bandwidth_kbps: None,
+            api_listen: None,
         };
         self.save_config(&cfg)?;
         Ok(pki::node_id_of_key(&key))

@@ -1,6 +1,7 @@
 //! The ferry node: identity and PKI, QUIC endpoint, sync sessions, daemon
 //! and CLI. The binary is a thin `main` over this library, which tests use.
 
+pub mod api;
 pub mod budget;
 pub mod cli;
 pub mod commands;

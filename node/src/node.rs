@@ -69,6 +69,7 @@ pub fn open_ctx_with(dir: &DataDir, overrides: Overrides) -> Result<(Arc<NodeCtx
         data_dir: Some(dir.clone()),
         totals: Counters::default(),
         tasks: Default::default(),
+        stopping: Default::default(),
         budget: overrides
             .bandwidth_kbps
             .or(cfg.bandwidth_kbps)
@@ -139,6 +140,7 @@ impl Node {
             .close(crate::wire::code(ErrorCode::ShuttingDown), b"node shutting down");
         // Connections are closed, so every serving task ends soon; appends
         // they started finish first.
+        self.ctx.stopping.cancel();
         self.ctx.tasks.close();
         if tokio::time::timeout(std::time::Duration::from_secs(10), self.ctx.tasks.wait())
             .await

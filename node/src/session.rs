@@ -61,6 +61,9 @@ pub struct NodeCtx {
     pub tasks: tokio_util::task::TaskTracker,
     /// Cap on what this node sends, shared by all its peers.
     pub budget: Option<crate::budget::Budget>,
+    /// Cancelled when the node shuts down, for tasks that do not end by
+    /// themselves (the local API).
+    pub stopping: tokio_util::sync::CancellationToken,
 }
 
 /// One connection to one verified peer.

@@ -6,9 +6,13 @@ use anyhow::Result;
 use serde_json::json;
 
 pub fn status_json(dir: &DataDir) -> Result<serde_json::Value> {
+    status_of(dir, &open_for_reading(dir)?)
+}
+
+/// Status from a WAL that is already open (the daemon's, for its API).
+pub fn status_of(dir: &DataDir, wal: &ferry_wal::Wal) -> Result<serde_json::Value> {
     let cfg = dir.config()?;
     let id = dir.identity()?;
-    let wal = open_for_reading(dir)?;
     let summary = wal.summary();
     let stats = wal.stats();
     let have: serde_json::Map<String, serde_json::Value> = summary

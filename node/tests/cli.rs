@@ -27,7 +27,17 @@ fn status(dir: &str) -> serde_json::Value {
 /// Starts `ferry run` and returns it with the address it listens on.
 fn daemon(dir: &str, extra: &[&str]) -> (Child, String) {
     let mut child = Command::new(FERRY)
-        .args(["run", "--data-dir", dir, "--listen", "127.0.0.1:0", "--interval", "1"])
+        .args([
+            "run",
+            "--data-dir",
+            dir,
+            "--listen",
+            "127.0.0.1:0",
+            "--api-listen",
+            "127.0.0.1:0",
+            "--interval",
+            "1",
+        ])
         .args(extra)
         .stderr(Stdio::piped())
         .spawn()
@@ -160,23 +170,26 @@ fn a_newcomer_sets_up_two_nodes_and_they_replicate() {
 
     // B runs as a daemon; A syncs once, then A runs as a daemon too.
     let (hub, hub_addr) = daemon(&b, &[]);
-    let refused = run(&["push", "--data-dir", &b, "x"]);
+    // Writes go through the daemon's local API; a second writer is refused.
+    let through = ok(&["push", "--data-dir", &b, "pushed while the daemon runs"]);
+    assert!(through.trim().ends_with(":2"), "{through}");
+    let refused = run(&["wal", "rekey", "--data-dir", &b]);
     assert!(!refused.status.success(), "a second writer opened the daemon's WAL");
     assert!(
         String::from_utf8_lossy(&refused.stderr).contains("daemon"),
         "{}",
         String::from_utf8_lossy(&refused.stderr)
     );
-    assert_eq!(status(&b)["events"], 1, "status reads a running daemon's WAL");
+    assert_eq!(status(&b)["events"], 2, "status reads a running daemon's WAL");
 
     let sync = run(&["sync", "--data-dir", &a, "--peer", &hub_addr, "--json"]);
     assert!(sync.status.success(), "{}", String::from_utf8_lossy(&sync.stderr));
     let report: serde_json::Value = serde_json::from_slice(&sync.stdout).unwrap();
     assert_eq!(
         (report["events_sent"].as_u64(), report["events_received"].as_u64()),
-        (Some(202), Some(1))
+        (Some(202), Some(2))
     );
-    assert_eq!(status(&b)["events"], 203);
+    assert_eq!(status(&b)["events"], 204);
     let peers = status(&a)["peers"].as_array().unwrap().clone();
     assert_eq!(peers.len(), 1);
     assert_eq!(peers[0]["name"], "hub");
@@ -195,14 +208,47 @@ fn a_newcomer_sets_up_two_nodes_and_they_replicate() {
     let port = hub_addr.rsplit_once(':').unwrap().1;
     let listen = format!("127.0.0.1:{port}");
     let mut hub = Command::new(FERRY)
-        .args(["run", "--data-dir", &b, "--listen", &listen])
+        .args([
+            "run",
+            "--data-dir",
+            &b,
+            "--listen",
+            &listen,
+            "--api-listen",
+            "127.0.0.1:0",
+            "--interval",
+            "1",
+        ])
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     wait_for("the clinic daemon to reconnect and pull", || {
-        status(&a)["events"] == 204
+        status(&a)["events"] == 205
     });
-    assert_eq!(status(&b)["events"], 204);
+    assert_eq!(status(&b)["events"], 205);
+
+    // Live: an event pushed into the running clinic reaches the hub.
+    let live = ok(&[
+        "push",
+        "--data-dir",
+        &a,
+        r#"{"type":"vitals","pulse":131}"#,
+        "--priority",
+        "urgent",
+    ]);
+    assert!(live.trim().ends_with(":203"), "{live}");
+    wait_for("the pushed event at the hub", || status(&b)["events"] == 206);
+
+    // The local API answers bad requests with a JSON error and a stable code.
+    let api = std::fs::read_to_string(std::path::Path::new(&a).join("api.addr")).unwrap();
+    let bad = ureq::post(&format!("http://{}/v1/events?priority=soon", api.trim())).send_string("x");
+    match bad {
+        Err(ureq::Error::Status(400, r)) => {
+            let v: serde_json::Value = r.into_json().unwrap();
+            assert_eq!(v["error"]["code"], "bad_request");
+        }
+        other => panic!("expected a 400, got {other:?}"),
+    }
     hub.kill().unwrap();
     hub.wait().unwrap();
     stop(clinic);
