@@ -154,113 +154,100 @@ async fn tcp_stream_is_intact_and_no_faster_than_the_link() {
     assert_eq!(sim.stats().up.delivered_bytes, 60_000);
 }
 
+/// The `netsim` binary relaying to an echo server, with its control socket.
+struct Controlled {
+    child: std::process::Child,
+    writer: std::net::TcpStream,
+    reader: std::io::BufReader<std::net::TcpStream>,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl Controlled {
+    fn spawn(extra: &[&str]) -> Controlled {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let (target, _) = rt.block_on(echo());
+        let control = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_netsim"))
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--target",
+                &target.to_string(),
+                "--control",
+                &control.to_string(),
+            ])
+            .args(extra)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stream = (0..100)
+            .find_map(|_| {
+                std::net::TcpStream::connect(control).ok().or_else(|| {
+                    std::thread::sleep(Duration::from_millis(50));
+                    None
+                })
+            })
+            .expect("control socket never opened");
+        let writer = stream.try_clone().unwrap();
+        Controlled {
+            child,
+            writer,
+            reader: std::io::BufReader::new(stream),
+            _rt: rt,
+        }
+    }
+
+    fn ask(&mut self, cmd: &str) -> serde_json::Value {
+        use std::io::{BufRead, Write};
+        self.writer.write_all(format!("{cmd}\n").as_bytes()).unwrap();
+        let mut line = String::new();
+        self.reader.read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap()
+    }
+
+    /// SIGTERM; returns the stats it prints on exit.
+    fn stop(self) -> serde_json::Value {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let out = self.child.wait_with_output().unwrap();
+        serde_json::from_slice(&out.stdout).expect("stats JSON on exit")
+    }
+}
+
 #[test]
 fn the_binary_is_controlled_from_another_process() {
-    use std::io::{BufRead, BufReader, Write};
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let (target, _) = rt.block_on(echo());
-    let control = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_netsim"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--target",
-            &target.to_string(),
-            "--profile",
-            "urban_3g",
-            "--control",
-            &control.to_string(),
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let stream = (0..100)
-        .find_map(|_| {
-            std::net::TcpStream::connect(control).ok().or_else(|| {
-                std::thread::sleep(Duration::from_millis(50));
-                None
-            })
-        })
-        .expect("control socket never opened");
-    let mut w = stream.try_clone().unwrap();
-    let mut r = BufReader::new(stream);
-    let mut ask = |cmd: &str| -> serde_json::Value {
-        w.write_all(format!("{cmd}\n").as_bytes()).unwrap();
-        let mut line = String::new();
-        r.read_line(&mut line).unwrap();
-        serde_json::from_str(&line).unwrap()
-    };
-    assert_eq!(ask("stats")["profile"], "urban_3g");
-    assert_eq!(ask("cut")["cut"], true);
-    assert_eq!(ask("restore")["cut"], false);
-    assert_eq!(ask("profile edge_lossy")["profile"], "edge_lossy");
-    assert!(ask("bogus")["error"].as_str().unwrap().contains("unknown command"));
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let out = child.wait_with_output().unwrap();
-    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stats JSON on exit");
-    assert_eq!(stats["profile"], "edge_lossy");
+    let mut sim = Controlled::spawn(&["--profile", "urban_3g"]);
+    assert_eq!(sim.ask("stats")["profile"], "urban_3g");
+    assert_eq!(sim.ask("cut")["cut"], true);
+    assert_eq!(sim.ask("restore")["cut"], false);
+    assert_eq!(sim.ask("profile edge_lossy")["profile"], "edge_lossy");
+    assert!(sim.ask("bogus")["error"].as_str().unwrap().contains("unknown command"));
+    assert_eq!(sim.stop()["profile"], "edge_lossy");
 }
 
 #[test]
 fn the_binary_cuts_on_schedule() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let (target, _) = rt.block_on(echo());
-    let control = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_netsim"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--target",
-            &target.to_string(),
-            "--control",
-            &control.to_string(),
-        ])
-        .args([
-            "--cut-at",
-            "1",
-            "--cut-for",
-            "2",
-            "--burst-enter",
-            "0.01",
-            "--burst-exit",
-            "0.2",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
     let start = Instant::now();
-    let stream = (0..100)
-        .find_map(|_| {
-            std::net::TcpStream::connect(control).ok().or_else(|| {
-                std::thread::sleep(Duration::from_millis(50));
-                None
-            })
-        })
-        .expect("control socket never opened");
-    use std::io::{BufRead, BufReader, Write};
-    let mut w = stream.try_clone().unwrap();
-    let mut r = BufReader::new(stream);
+    let mut sim = Controlled::spawn(&[
+        "--cut-at",
+        "1",
+        "--cut-for",
+        "2",
+        "--burst-enter",
+        "0.01",
+        "--burst-exit",
+        "0.2",
+    ]);
     let mut cut_at = |secs: f64| -> bool {
         std::thread::sleep(Duration::from_secs_f64(secs).saturating_sub(start.elapsed()));
-        w.write_all(b"stats\n").unwrap();
-        let mut line = String::new();
-        r.read_line(&mut line).unwrap();
-        serde_json::from_str::<serde_json::Value>(&line).unwrap()["cut"]
-            .as_bool()
-            .unwrap()
+        sim.ask("stats")["cut"].as_bool().unwrap()
     };
     // Sampled well inside each phase: before, during and after the cut.
     assert!(!cut_at(0.5));
     assert!(cut_at(2.0));
     assert!(!cut_at(3.6));
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    child.wait_with_output().unwrap();
+    sim.stop();
 }

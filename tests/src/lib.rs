@@ -136,3 +136,21 @@ pub fn all_events(wal: &Wal) -> Result<BTreeMap<(Origin, u64), Vec<u8>>> {
     }
     Ok(out)
 }
+
+/// A hub and a clinic enrolled in `dep`, both on the WAN profile (they talk
+/// through netsim). The hub applies `hub_policy`.
+pub async fn wan_pair(dep: &Deployment, hub_policy: Option<Policy>) -> Result<(Arc<Node>, Arc<Node>)> {
+    let wan = TransportProfile::wan();
+    let hub = start_with(&dep.enroll("hub", Role::Hub)?, hub_policy, &wan).await?;
+    let clinic = start_with(&dep.enroll("clinic", Role::Clinic)?, None, &wan).await?;
+    Ok((hub, clinic))
+}
+
+/// `node.sync_once(addr)` in the background, so a test can act mid-transfer.
+pub fn spawn_sync(
+    node: &Arc<Node>,
+    addr: std::net::SocketAddr,
+) -> tokio::task::JoinHandle<Result<ferry::node::SyncReport>> {
+    let node = node.clone();
+    tokio::spawn(async move { node.sync_once(addr).await })
+}

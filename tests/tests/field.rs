@@ -7,7 +7,9 @@ use ferry::pki::Role;
 use ferry::transport::TransportProfile;
 use ferry_netsim::Profile;
 use ferry_proto::Priority;
-use ferry_tests::{all_events, eventually, init_logging, link_to, start_with, workload, write_events, Deployment};
+use ferry_tests::{
+    all_events, eventually, init_logging, link_to, spawn_sync, start_with, wan_pair, workload, write_events, Deployment,
+};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
@@ -19,22 +21,14 @@ fn wan() -> TransportProfile {
 async fn cut_mid_transfer_resumes_with_nothing_received_twice() {
     init_logging();
     let dep = Deployment::new("field").unwrap();
-    let hub = start_with(&dep.enroll("hub", Role::Hub).unwrap(), None, &wan())
-        .await
-        .unwrap();
-    let clinic = start_with(&dep.enroll("clinic", Role::Clinic).unwrap(), None, &wan())
-        .await
-        .unwrap();
+    let (hub, clinic) = wan_pair(&dep, None).await.unwrap();
     write_events(&clinic.ctx.wal, workload("CUT", 5000, 1).unwrap(), Priority::Normal)
         .await
         .unwrap();
     let sim = link_to(&hub, Profile::bhutan_2g(), 1).await.unwrap();
 
     let t0 = Instant::now();
-    let sync = {
-        let (clinic, addr) = (clinic.clone(), sim.local_addr());
-        tokio::spawn(async move { clinic.sync_once(addr).await })
-    };
+    let sync = spawn_sync(&clinic, sim.local_addr());
     eventually("a third of the events at the hub", Duration::from_secs(600), || {
         hub.ctx.wal.stats().events >= 5000 / 3
     })
@@ -124,12 +118,7 @@ async fn four_clinics_at_once_over_2g() {
 async fn two_minute_outage_while_both_sides_write_converges_by_itself() {
     init_logging();
     let dep = Deployment::new("field").unwrap();
-    let hub = start_with(&dep.enroll("hub", Role::Hub).unwrap(), None, &wan())
-        .await
-        .unwrap();
-    let clinic = start_with(&dep.enroll("clinic", Role::Clinic).unwrap(), None, &wan())
-        .await
-        .unwrap();
+    let (hub, clinic) = wan_pair(&dep, None).await.unwrap();
     write_events(&clinic.ctx.wal, workload("OUT", 200, 1).unwrap(), Priority::Normal)
         .await
         .unwrap();
@@ -193,12 +182,7 @@ async fn two_minute_outage_while_both_sides_write_converges_by_itself() {
 async fn lossy_bursty_link_completes_and_converges() {
     init_logging();
     let dep = Deployment::new("field").unwrap();
-    let hub = start_with(&dep.enroll("hub", Role::Hub).unwrap(), None, &wan())
-        .await
-        .unwrap();
-    let clinic = start_with(&dep.enroll("clinic", Role::Clinic).unwrap(), None, &wan())
-        .await
-        .unwrap();
+    let (hub, clinic) = wan_pair(&dep, None).await.unwrap();
     write_events(&clinic.ctx.wal, workload("LOSSY", 2000, 4).unwrap(), Priority::Normal)
         .await
         .unwrap();

@@ -4,7 +4,9 @@ use ferry::pki::Role;
 use ferry::transport::TransportProfile;
 use ferry_netsim::Profile;
 use ferry_proto::Priority;
-use ferry_tests::{all_events, eventually, init_logging, link_to, start_with, workload, write_events, Deployment};
+use ferry_tests::{
+    all_events, eventually, init_logging, link_to, spawn_sync, start_with, wan_pair, workload, write_events, Deployment,
+};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
@@ -15,21 +17,12 @@ use std::time::Duration;
 async fn transfer_survives_nat_rebinding_and_a_new_address() {
     init_logging();
     let dep = Deployment::new("field").unwrap();
-    let wan = TransportProfile::wan();
-    let hub = start_with(&dep.enroll("hub", Role::Hub).unwrap(), None, &wan)
-        .await
-        .unwrap();
-    let clinic = start_with(&dep.enroll("clinic", Role::Clinic).unwrap(), None, &wan)
-        .await
-        .unwrap();
+    let (hub, clinic) = wan_pair(&dep, None).await.unwrap();
     write_events(&clinic.ctx.wal, workload("MIG", 2000, 7).unwrap(), Priority::Normal)
         .await
         .unwrap();
     let sim = link_to(&hub, Profile::bhutan_2g(), 7).await.unwrap();
-    let sync = {
-        let (clinic, addr) = (clinic.clone(), sim.local_addr());
-        tokio::spawn(async move { clinic.sync_once(addr).await })
-    };
+    let sync = spawn_sync(&clinic, sim.local_addr());
     let limit = Duration::from_secs(600);
     eventually("a third at the hub", limit, || hub.ctx.wal.stats().events >= 2000 / 3)
         .await
@@ -66,13 +59,7 @@ async fn transfer_survives_nat_rebinding_and_a_new_address() {
 async fn urgent_events_overtake_a_bulk_backlog() {
     init_logging();
     let dep = Deployment::new("field").unwrap();
-    let wan = TransportProfile::wan();
-    let hub = start_with(&dep.enroll("hub", Role::Hub).unwrap(), None, &wan)
-        .await
-        .unwrap();
-    let clinic = start_with(&dep.enroll("clinic", Role::Clinic).unwrap(), None, &wan)
-        .await
-        .unwrap();
+    let (hub, clinic) = wan_pair(&dep, None).await.unwrap();
     let events = workload("PRIO", 2020, 8).unwrap();
     write_events(&clinic.ctx.wal, events[..2000].to_vec(), Priority::Bulk)
         .await
@@ -82,10 +69,7 @@ async fn urgent_events_overtake_a_bulk_backlog() {
         .unwrap();
     let origin = clinic.ctx.wal.local_origin();
     let sim = link_to(&hub, Profile::bhutan_2g(), 8).await.unwrap();
-    let sync = {
-        let (clinic, addr) = (clinic.clone(), sim.local_addr());
-        tokio::spawn(async move { clinic.sync_once(addr).await })
-    };
+    let sync = spawn_sync(&clinic, sim.local_addr());
     let urgent = ferry_proto::RangeSet::from_range(2001, 2020);
     let bulk = ferry_proto::RangeSet::from_range(1, 2000);
     let held = |set: &ferry_proto::RangeSet| {
@@ -144,10 +128,7 @@ async fn bandwidth_budget_caps_what_a_node_sends() {
         .await
         .unwrap();
     let sim = link_to(&hub, Profile::urban_3g(), 9).await.unwrap();
-    let sync = {
-        let (clinic, addr) = (clinic.clone(), sim.local_addr());
-        tokio::spawn(async move { clinic.sync_once(addr).await })
-    };
+    let sync = spawn_sync(&clinic, sim.local_addr());
     let limit = Duration::from_secs(300);
     eventually("a quarter", limit, || hub.ctx.wal.stats().events >= 1500 / 4)
         .await
