@@ -60,6 +60,37 @@ fn wait_status(child: &mut Child) -> Result<i32> {
     Ok(child.wait()?.code().unwrap_or(-1))
 }
 
+/// Runs `ferry sync` from the clinic. Returns its report, the seconds until
+/// the report (convergence; the clean close after it is not counted) and
+/// the process's peak RSS.
+fn sync_session(clinic_dir: &str, peer: std::net::SocketAddr) -> Result<(serde_json::Value, f64, u64)> {
+    let t0 = Instant::now();
+    let mut proc = node(&["sync", "--data-dir", clinic_dir, "--peer", &peer.to_string(), "--json"])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let watch = watch_rss(proc.id());
+    // The pretty JSON report ends with a lone "}".
+    let mut out = String::new();
+    let mut lines = BufReader::new(proc.stdout.take().context("clinic stdout")?).lines();
+    for line in lines.by_ref() {
+        let line = line?;
+        out.push_str(&line);
+        if line == "}" {
+            break;
+        }
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    for _ in lines {}
+    // Sample once more before reaping, while the process still exists.
+    let last = peak_rss_kib(proc.id()).unwrap_or(0);
+    let status = wait_status(&mut proc)?;
+    if status != 0 {
+        bail!("the clinic's sync failed (status {status})");
+    }
+    let rss = watch.join().unwrap_or(0).max(last);
+    Ok((serde_json::from_str(&out)?, seconds, rss))
+}
+
 fn node(args: &[&str]) -> Command {
     let mut c = Command::new(std::env::current_exe().expect("own path"));
     c.arg("__ferry").args(args);
@@ -92,9 +123,17 @@ fn run(profile_name: &str, events: usize, seed: u64) -> Result<serde_json::Value
 
     let hub_dir = hub.root.to_str().context("path")?.to_string();
     let clinic_dir = clinic.root.to_str().context("path")?.to_string();
-    let mut hub_proc = node(&["run", "--data-dir", &hub_dir, "--listen", "127.0.0.1:0"])
-        .stderr(Stdio::piped())
-        .spawn()?;
+    let mut hub_proc = node(&[
+        "run",
+        "--data-dir",
+        &hub_dir,
+        "--listen",
+        "127.0.0.1:0",
+        "--api-listen",
+        "127.0.0.1:0",
+    ])
+    .stderr(Stdio::piped())
+    .spawn()?;
     let mut line = String::new();
     let mut hub_err = BufReader::new(hub_proc.stderr.take().context("hub stderr")?);
     hub_err.read_line(&mut line)?;
@@ -109,51 +148,42 @@ fn run(profile_name: &str, events: usize, seed: u64) -> Result<serde_json::Value
     let mut cfg = Config::new("127.0.0.1:0".parse()?, hub_addr.parse()?, profile.clone());
     cfg.seed = seed;
     let sim = rt.block_on(Netsim::udp(cfg))?;
-    let t0 = Instant::now();
-    let mut clinic_proc = node(&[
-        "sync",
+    let (report, seconds, clinic_rss) = sync_session(&clinic_dir, sim.local_addr())?;
+    let transfer = sim.stats();
+
+    // Reconnect cost: the hub gets one new event, and the clinic connects
+    // again (a new process: a full handshake) and pulls it.
+    let pushed = node(&[
+        "push",
         "--data-dir",
-        &clinic_dir,
-        "--peer",
-        &sim.local_addr().to_string(),
-        "--json",
+        &hub_dir,
+        r#"{"type":"notice","text":"reconnect probe"}"#,
     ])
-    .stdout(Stdio::piped())
-    .spawn()?;
-    let clinic_watch = watch_rss(clinic_proc.id());
-    // Converged when the clinic prints its report (the JSON ends with a lone
-    // "}"); the clean close after that is not transfer time.
-    let mut out = String::new();
-    let mut lines = BufReader::new(clinic_proc.stdout.take().context("clinic stdout")?).lines();
-    for line in lines.by_ref() {
-        let line = line?;
-        out.push_str(&line);
-        if line == "}" {
-            break;
-        }
+    .output()?;
+    if !pushed.status.success() {
+        bail!(
+            "could not push into the hub: {}",
+            String::from_utf8_lossy(&pushed.stderr)
+        );
     }
-    let seconds = t0.elapsed().as_secs_f64();
-    for _ in lines {}
-    // Reap only after the watcher saw the exit coming (stdout closed), so the
-    // last sample is from the living process.
-    let clinic_rss = {
-        let pid = clinic_proc.id();
-        let last = peak_rss_kib(pid).unwrap_or(0);
-        let status = wait_status(&mut clinic_proc)?;
-        if status != 0 {
-            bail!("the clinic's sync failed (status {status})");
-        }
-        clinic_watch.join().unwrap_or(0).max(last)
-    };
-    let report: serde_json::Value = serde_json::from_str(&out)?;
+    let (again, reconnect_seconds, _) = sync_session(&clinic_dir, sim.local_addr())?;
+    let after = sim.stats();
+    let rtt = profile.base_rtt().as_secs_f64().max(1e-3);
     let hub_rss = peak_rss_kib(hub_proc.id()).unwrap_or(0);
     unsafe { libc::kill(hub_proc.id() as i32, libc::SIGTERM) };
     wait_status(&mut hub_proc)?;
     let held = hub.open_wal(true)?.stats().events;
-    if held != events as u64 {
-        bail!("the hub holds {held} events, expected {events}");
+    // The workload plus the reconnect probe.
+    if held != events as u64 + 1 {
+        bail!("the hub holds {held} events, expected {}", events + 1);
     }
-    let stats = sim.stats();
+    if again["events_received"] != 1 {
+        bail!(
+            "the reconnect pulled {} events, expected the 1 probe",
+            again["events_received"]
+        );
+    }
+    let stats = transfer;
     let ideal = zstd19 as f64 * 8.0 / profile.up.rate_bps.max(1) as f64;
     Ok(json!({
         "profile": profile_name,
@@ -172,6 +202,13 @@ fn run(profile_name: &str, events: usize, seed: u64) -> Result<serde_json::Value
         "efficiency": ((ideal / seconds) * 1000.0).round() / 1000.0,
         "rss_peak_kib": { "hub": hub_rss, "clinic": clinic_rss },
         "events_sent": report["events_sent"],
+        "reconnect_full_handshake": {
+            "events_received": again["events_received"],
+            "seconds": (reconnect_seconds * 100.0).round() / 100.0,
+            "rtts": (reconnect_seconds / rtt * 10.0).round() / 10.0,
+            "bytes_up": after.up.offered_bytes - stats.up.offered_bytes,
+            "bytes_down": after.down.offered_bytes - stats.down.offered_bytes,
+        },
     }))
 }
 
