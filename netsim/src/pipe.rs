@@ -52,10 +52,6 @@ impl Pipe {
         self.params = params;
     }
 
-    pub fn params(&self) -> &Direction {
-        &self.params
-    }
-
     /// Bytes waiting to be serialised at `now`.
     pub fn queued_bytes(&mut self, now: Instant) -> usize {
         while let Some(&(departure, size)) = self.queue.front() {

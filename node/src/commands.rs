@@ -4,7 +4,7 @@ use crate::cli::{CaCommand, CertCommand, Cli, Command, LogArgs, PushArgs, RunArg
 use crate::datadir::DataDir;
 use crate::node::{open_ctx_with, Node, Overrides};
 use crate::pki;
-use crate::tls::TransportProfile;
+use crate::transport::TransportProfile;
 use anyhow::{bail, Context, Result};
 use ferry_proto::Event;
 use ferry_wal::{NewEvent, Wal, WalError};
@@ -141,10 +141,7 @@ fn ca(c: &CaCommand, data_dir: Option<PathBuf>) -> Result<()> {
         }
         CaCommand::Enroll { ca_dir, role } => {
             let dir = DataDir::new(data_dir.context("pass --data-dir of the node to enrol")?);
-            let id = dir.identity()?;
-            let csr = pki::make_csr(&id.key, &dir.config()?.name)?;
-            let bundle = pki::ca_sign(ca_dir, &csr, *role, None)?;
-            let info = dir.install_cert(&bundle)?;
+            let info = dir.enroll_locally(ca_dir, *role)?;
             println!("{}", info.node_id);
             eprintln!("enrolled '{}' as {role}", info.name);
             Ok(())

@@ -157,10 +157,6 @@ impl DataDir {
         })
     }
 
-    pub fn role(&self) -> Option<Role> {
-        self.identity().ok().and_then(|i| i.cert).and_then(|c| c.role)
-    }
-
     /// `ferry cert install`: checks the certificate is for this node's key
     /// and chains to the CA in the bundle, then installs both.
     pub fn install_cert(&self, bundle_pem: &str) -> Result<CertInfo> {
@@ -192,6 +188,13 @@ impl DataDir {
     /// that was copied or restored from a backup (its `log-epoch` file is not
     /// the one this node wrote) gets a new epoch before anything is written,
     /// so no sequence number is ever given out twice.
+    /// `ferry ca enroll`: with the CA at hand, request, sign and install in
+    /// one step (the key still never leaves this directory).
+    pub fn enroll_locally(&self, ca_dir: &Path, role: Role) -> Result<CertInfo> {
+        let csr = pki::make_csr(&self.identity()?.key, &self.config()?.name)?;
+        self.install_cert(&pki::ca_sign(ca_dir, &csr, role, None)?)
+    }
+
     pub fn log_epoch(&self, may_renew: bool) -> Result<u32> {
         let path = self.path("log-epoch");
         let text = std::fs::read_to_string(&path).with_context(|| format!("could not read {}", path.display()))?;

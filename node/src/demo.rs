@@ -17,8 +17,7 @@ const LAYA: &str = include_str!("../demo/laya.jsonl");
 fn enroll(root: &Path, ca: &Path, name: &str, role: Role) -> Result<DataDir> {
     let dir = DataDir::new(root.join(name));
     dir.init(name, true)?;
-    let csr = pki::make_csr(&dir.identity()?.key, name)?;
-    dir.install_cert(&pki::ca_sign(ca, &csr, role, None)?)?;
+    dir.enroll_locally(ca, role)?;
     Ok(dir)
 }
 

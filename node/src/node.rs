@@ -3,7 +3,8 @@
 
 use crate::datadir::{unix_now, DataDir, Policy};
 use crate::session::{self, Counters, Link, NodeCtx, RoundReport};
-use crate::tls::{self, TlsIdentity, TransportProfile};
+use crate::tls::{self, TlsIdentity};
+use crate::transport::TransportProfile;
 use anyhow::{Context, Result};
 use ferry_proto::ErrorCode;
 use serde::Serialize;
@@ -97,7 +98,7 @@ impl Node {
     }
 
     pub async fn connect(&self, addr: SocketAddr) -> Result<Arc<Link>> {
-        let connecting = self.endpoint.connect(addr, tls::server_name())?;
+        let connecting = self.endpoint.connect(addr, crate::pki::SERVER_NAME)?;
         let conn = tokio::time::timeout(self.connect_timeout, connecting)
             .await
             .map_err(|_| {

@@ -185,9 +185,3 @@ pub fn parse_pem_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>> {
     }
     Ok(certs)
 }
-
-/// The CA fingerprint published in mDNS: the CA's node-id style id.
-pub fn ca_fingerprint(ca_pem: &str) -> Result<NodeId> {
-    let certs = parse_pem_certs(ca_pem)?;
-    Ok(cert_info(&certs[0])?.node_id)
-}

@@ -135,10 +135,10 @@ impl NodeCtx {
     /// A peer holding more of our own current log than we do means our data
     /// directory was restored from an old backup: continuing would reuse
     /// sequence numbers. Start a new log; the old one comes back as any other.
-    fn check_restored(&self, theirs: &Summary) -> Result<()> {
+    fn check_restored(&self, ours: &Summary, theirs: &Summary) -> Result<()> {
         let local = self.wal.local_origin();
         let their_last = theirs.get(&local).and_then(|r| r.last()).unwrap_or(0);
-        let our_last = self.wal.summary().get(&local).and_then(|r| r.last()).unwrap_or(0);
+        let our_last = ours.get(&local).and_then(|r| r.last()).unwrap_or(0);
         if their_last > our_last {
             let epoch = rand::random::<u32>();
             tracing::warn!(%local, our_last, their_last, new_epoch = format!("{epoch:08x}"),
@@ -210,7 +210,6 @@ fn kind(f: &Frame) -> &'static str {
         Frame::Hello(_) => "Hello",
         Frame::Summary(..) => "Summary",
         Frame::Want(_) => "Want",
-        Frame::Events(_) => "Events",
         Frame::EventChunk(_) => "EventChunk",
         Frame::RoundDone { .. } => "RoundDone",
         Frame::Error { .. } => "Error",
@@ -345,9 +344,10 @@ async fn finish_round(
     recv: &mut quinn::RecvStream,
     (theirs, classes): (Summary, Classes),
 ) -> Result<RoundReport> {
-    ctx.check_restored(&theirs)?;
+    let ours = ctx.wal.summary();
+    ctx.check_restored(&ours, &theirs)?;
     // Urgent gaps come first and are started first.
-    let gaps = ctx.wal.summary().gaps(&theirs, &classes, |_| true);
+    let gaps = ours.gaps(&theirs, &classes, |_| true);
     let mut report = RoundReport {
         wants: gaps.len(),
         ..Default::default()
@@ -406,14 +406,10 @@ async fn pull(ctx: Arc<NodeCtx>, link: Arc<Link>, gap: Gap) -> Result<(u64, u64)
     let mut inflate = StreamDecompressor::new();
     while let Some(frame) = read_frame(&mut recv).await? {
         match frame {
-            Frame::Events(_) | Frame::EventChunk(_) => {
-                let events = match frame {
-                    Frame::EventChunk(chunk) => inflate
-                        .decompress(&chunk)
-                        .map_err(|e| fault(ErrorCode::Malformed, e.to_string()))?,
-                    Frame::Events(events) => events,
-                    _ => unreachable!("matched above"),
-                };
+            Frame::EventChunk(chunk) => {
+                let events = inflate
+                    .decompress(&chunk)
+                    .map_err(|e| fault(ErrorCode::Malformed, e.to_string()))?;
                 if let Some(bad) = events
                     .iter()
                     .find(|e| e.origin != gap.origin || e.seq < gap.first || e.seq > gap.last)

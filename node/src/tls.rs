@@ -2,14 +2,14 @@
 //! authentication against the deployment CA and nothing else.
 
 use crate::datadir::Identity;
-use crate::pki::{self, CertInfo, SERVER_NAME};
+use crate::pki::{self, CertInfo};
 use anyhow::{anyhow, bail, Context, Result};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
 use std::sync::Arc;
 
-pub use crate::transport::TransportProfile;
+use crate::transport::TransportProfile;
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -78,10 +78,6 @@ impl TlsIdentity {
         cfg.transport_config(Arc::new(profile.quinn()));
         Ok(cfg)
     }
-}
-
-pub fn server_name() -> &'static str {
-    SERVER_NAME
 }
 
 /// Who is on the other end of an established connection. The handshake has

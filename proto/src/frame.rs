@@ -4,16 +4,13 @@
 //! counts the type byte and the body. Event batches are a zstd-compressed CBOR
 //! array. Every size is bounded before memory is committed to it.
 
-use crate::event::EventRepr;
-use crate::{Classes, Event, NodeId, Origin, Priority, Summary};
+use crate::{Classes, NodeId, Origin, Priority, Summary};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// Largest frame accepted, compressed (a batch of events or a summary).
 pub const MAX_FRAME_LEN: usize = 4 << 20;
 /// Largest decompressed event batch accepted (guards against zip bombs).
 pub const MAX_BATCH_DECOMPRESSED: usize = 16 << 20;
-/// zstd level for event batches: cheap on a Pi, most of the gain of level 19.
-pub const BATCH_ZSTD_LEVEL: i32 = 6;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
@@ -72,7 +69,6 @@ pub enum Frame {
     /// What the sender holds, and which of it is urgent or bulk.
     Summary(Summary, Classes),
     Want(Want),
-    Events(Vec<Event>),
     /// The next piece of a want stream's compressed events; decoded with the
     /// stream's `batch::StreamDecompressor`.
     EventChunk(Vec<u8>),
@@ -110,12 +106,9 @@ impl FrameError {
 const T_HELLO: u8 = 1;
 const T_SUMMARY: u8 = 2;
 const T_WANT: u8 = 3;
-const T_EVENTS: u8 = 4;
 const T_ROUND_DONE: u8 = 5;
 const T_ERROR: u8 = 6;
 const T_EVENT_CHUNK: u8 = 7;
-
-const CODEC_ZSTD: u8 = 1;
 
 fn cbor<T: Serialize>(v: &T, out: &mut Vec<u8>) {
     // Serialising into a Vec cannot fail: the writer is infallible and our
@@ -146,17 +139,6 @@ impl Frame {
             Frame::Want(w) => {
                 out.push(T_WANT);
                 cbor(w, &mut out);
-            }
-            Frame::Events(events) => {
-                out.push(T_EVENTS);
-                out.push(CODEC_ZSTD);
-                let reprs: Vec<EventRepr> = events.iter().map(EventRepr::from).collect();
-                let mut raw = Vec::new();
-                cbor(&reprs, &mut raw);
-                // Compressing an in-memory buffer only fails on allocation
-                // failure or an invalid level; the level is a valid constant.
-                let z = zstd::bulk::compress(&raw, BATCH_ZSTD_LEVEL).expect("zstd compress");
-                out.extend_from_slice(&z);
             }
             Frame::EventChunk(bytes) => {
                 out.push(T_EVENT_CHUNK);
@@ -207,7 +189,6 @@ impl Frame {
                 }
                 Frame::Want(w)
             }
-            T_EVENTS => Frame::Events(decode_events(rest)?),
             T_EVENT_CHUNK => Frame::EventChunk(rest.to_vec()),
             T_ROUND_DONE => Frame::RoundDone {
                 received: uncbor("round-done", rest)?,
@@ -233,28 +214,9 @@ impl Frame {
     }
 }
 
-fn decode_events(rest: &[u8]) -> Result<Vec<Event>, FrameError> {
-    let malformed = |detail: String| FrameError::Malformed { kind: "events", detail };
-    let (&codec, z) = rest
-        .split_first()
-        .ok_or_else(|| malformed("missing codec byte".into()))?;
-    if codec != CODEC_ZSTD {
-        return Err(malformed(format!("unknown codec {codec}")));
-    }
-    let raw = zstd::bulk::decompress(z, MAX_BATCH_DECOMPRESSED).map_err(|e| malformed(e.to_string()))?;
-    let reprs: Vec<EventRepr> = uncbor("events", &raw)?;
-    let events: Vec<Event> = reprs.into_iter().map(Event::from).collect();
-    for e in &events {
-        e.validate()
-            .map_err(|err| malformed(format!("event {}:{}: {err}", e.origin, e.seq)))?;
-    }
-    Ok(events)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::tests::arb_event;
     use crate::RangeSet;
     use proptest::prelude::*;
 
@@ -292,12 +254,6 @@ mod tests {
                     priority: Priority::Bulk,
                 }
             )),
-            proptest::collection::vec(arb_event(), 0..8).prop_map(|mut v| {
-                for e in &mut v {
-                    e.topic.truncate(crate::event::MAX_TOPIC_LEN);
-                }
-                Frame::Events(v)
-            }),
             any::<u64>().prop_map(|received| Frame::RoundDone { received }),
             proptest::collection::vec(any::<u8>(), 0..64).prop_map(Frame::EventChunk),
             (any::<u16>(), "[ -~]{0,40}").prop_map(|(code, message)| Frame::Error { code, message }),
@@ -336,14 +292,6 @@ mod tests {
     fn oversized_frames_are_refused_before_reading() {
         let prefix = ((MAX_FRAME_LEN + 1) as u32).to_be_bytes();
         assert_eq!(Frame::body_len(prefix), Err(FrameError::TooLarge(MAX_FRAME_LEN + 1)));
-    }
-
-    #[test]
-    fn zip_bombs_are_refused() {
-        let raw = vec![0u8; MAX_BATCH_DECOMPRESSED + 1];
-        let mut body = vec![T_EVENTS, CODEC_ZSTD];
-        body.extend(zstd::bulk::compress(&raw, 3).unwrap()); // in-memory compress of zeros
-        assert!(matches!(Frame::decode_body(&body), Err(FrameError::Malformed { .. })));
     }
 
     #[test]

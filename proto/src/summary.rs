@@ -58,15 +58,6 @@ pub struct Gap {
     pub priority: Priority,
 }
 
-impl Gap {
-    pub fn len(&self) -> u64 {
-        self.last - self.first + 1
-    }
-    pub fn is_empty(&self) -> bool {
-        false
-    }
-}
-
 impl Summary {
     pub fn get(&self, origin: &Origin) -> Option<&RangeSet> {
         self.0.get(origin)

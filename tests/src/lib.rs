@@ -40,9 +40,7 @@ impl Deployment {
     pub fn enroll(&self, name: &str, role: Role) -> Result<DataDir> {
         let dir = DataDir::new(self.tmp.path().join(name));
         dir.init(name, true)?;
-        let id = dir.identity()?;
-        let csr = pki::make_csr(&id.key, name)?;
-        dir.install_cert(&pki::ca_sign(&self.ca_dir, &csr, role, None)?)?;
+        dir.enroll_locally(&self.ca_dir, role)?;
         Ok(dir)
     }
 }

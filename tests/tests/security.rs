@@ -134,7 +134,7 @@ async fn malformed_frames_end_the_stream_and_the_node_keeps_serving() {
         Some(malformed),
         "want with bad CBOR"
     );
-    let events_first = Frame::Events(vec![]).encode();
+    let events_first = Frame::EventChunk(vec![]).encode();
     assert_eq!(
         reset_code(&conn, &events_first).await,
         Some(ErrorCode::Protocol as u64),

@@ -118,7 +118,6 @@ pub struct WalStats {
     pub events: u64,
     pub bytes: u64,
     pub segments: usize,
-    pub index_chunks: usize,
     /// Group commits (fsyncs) since open.
     pub commits: u64,
 }
@@ -422,10 +421,6 @@ impl Wal {
         self.index().classes()
     }
 
-    pub fn contains(&self, origin: &Origin, seq: u64) -> bool {
-        self.index().contains(origin, seq)
-    }
-
     /// Stored events of `origin` in `first..=last`, ascending, at most `limit`.
     pub fn read_range(&self, origin: &Origin, first: u64, last: u64, limit: usize) -> Result<Vec<Event>, WalError> {
         let chunks = self.index().chunks_for(origin, first, last);
@@ -475,7 +470,6 @@ impl Wal {
             events: index.events,
             bytes: self.shared.bytes.load(Ordering::Relaxed),
             segments: self.shared.segments.read().unwrap_or_else(|p| p.into_inner()).len(),
-            index_chunks: index.chunk_count(),
             commits: self.shared.commits.load(Ordering::Relaxed),
         }
     }
