@@ -50,12 +50,12 @@ async fn resolve(peer: &str) -> Result<SocketAddr> {
 async fn peer_loop(node: Arc<Node>, peer: String, interval: Duration) {
     let mut attempt = 0u32;
     loop {
-        let link = match resolve(&peer).await {
-            Ok(addr) => node.connect(addr).await,
+        let opened = match resolve(&peer).await {
+            Ok(addr) => node.open(addr).await,
             Err(e) => Err(e),
         };
-        let link = match link {
-            Ok(l) => l,
+        let opened = match opened {
+            Ok(o) => o,
             Err(e) => {
                 let wait = backoff(attempt);
                 tracing::info!(%peer, "cannot reach peer ({e:#}); retrying in {wait:?}");
@@ -65,14 +65,21 @@ async fn peer_loop(node: Arc<Node>, peer: String, interval: Duration) {
             }
         };
         attempt = 0;
-        tracing::info!(%peer, name = %link.peer.name, "connected");
+        let link = opened.link;
+        tracing::info!(%peer, name = %link.peer.name, zero_rtt = ?opened.zero_rtt, "connected");
         let server = node.ctx.tasks.spawn(session::serve(node.ctx.clone(), link.clone()));
         let mut changes = node.ctx.wal.subscribe();
         let mut last_error = None;
+        let mut opening = Some(opened.round);
         loop {
-            match session::initiate_round(&node.ctx, &link).await {
+            let round = match opening.take() {
+                Some(open) => open.finish(&node.ctx, &link).await,
+                None => session::initiate_round(&node.ctx, &link).await,
+            };
+            match round {
                 Ok(round) => {
                     tracing::info!(%peer, ?round, "round finished");
+                    node.remember(&link);
                     record(&node.ctx, &link, None, false);
                 }
                 Err(e) => {

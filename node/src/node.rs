@@ -2,20 +2,60 @@
 //! and dials.
 
 use crate::datadir::{unix_now, DataDir, Policy};
+use crate::pki::CertInfo;
 use crate::session::{self, Counters, Link, NodeCtx, RoundReport};
 use crate::tls::{self, TlsIdentity};
 use crate::transport::TransportProfile;
 use anyhow::{Context, Result};
-use ferry_proto::ErrorCode;
+use ferry_proto::{Classes, ErrorCode, Summary};
 use serde::Serialize;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 pub struct Node {
     pub ctx: Arc<NodeCtx>,
     pub endpoint: quinn::Endpoint,
     connect_timeout: std::time::Duration,
+    tls: TlsIdentity,
+    profile: TransportProfile,
+    dials: Mutex<HashMap<SocketAddr, Dial>>,
+}
+
+/// What this node keeps about an address it dials, so that a reconnect
+/// resumes the TLS session and opens its round in 0-RTT. Tickets live in
+/// the client config's store; every peer presents the same server name, so
+/// each address gets a config, and a store, of its own.
+struct Dial {
+    config: quinn::ClientConfig,
+    last: Option<Remembered>,
+}
+
+#[derive(Clone)]
+struct Remembered {
+    peer: CertInfo,
+    summary: (Summary, Classes),
+}
+
+/// How a connection's opening went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ZeroRtt {
+    /// No ticket from an earlier connection to this address: a full handshake.
+    NotTried,
+    Accepted,
+    /// The peer did not take the early data (it restarted, or the ticket
+    /// expired); the round was sent again after the handshake.
+    Rejected,
+}
+
+/// A connection and the round it opened with.
+pub struct Opened {
+    pub link: Arc<Link>,
+    pub round: session::OpenRound,
+    pub zero_rtt: ZeroRtt,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -28,6 +68,9 @@ pub struct SyncReport {
     pub events_sent: u64,
     pub duplicates_received: u64,
     pub wants: usize,
+    pub zero_rtt: ZeroRtt,
+    /// From the start of dialling to the first event received.
+    pub first_event_ms: Option<u64>,
     pub udp_tx_bytes: u64,
     pub udp_rx_bytes: u64,
 }
@@ -90,38 +133,149 @@ impl Node {
             ctx,
             endpoint,
             connect_timeout: profile.connect_timeout,
+            tls: tls.clone(),
+            profile: profile.clone(),
+            dials: Mutex::new(HashMap::new()),
         })
+    }
+
+    fn dial(&self, addr: SocketAddr) -> Result<(quinn::ClientConfig, Option<Remembered>)> {
+        let mut dials = self.dials.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(d) = dials.get(&addr) {
+            return Ok((d.config.clone(), d.last.clone()));
+        }
+        let config = self.tls.quinn_client(&self.profile)?;
+        dials.insert(
+            addr,
+            Dial {
+                config: config.clone(),
+                last: None,
+            },
+        );
+        Ok((config, None))
+    }
+
+    /// Keeps the peer's identity and its summary from the last round, for
+    /// the next connection to `addr`.
+    pub fn remember(&self, link: &Link) {
+        let Some(summary) = link.last_summary.lock().unwrap_or_else(|p| p.into_inner()).clone() else {
+            return;
+        };
+        let mut dials = self.dials.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(d) = dials.get_mut(&link.addr) {
+            d.last = Some(Remembered {
+                peer: link.peer.clone(),
+                summary,
+            });
+        }
+    }
+
+    fn unreachable(&self, addr: SocketAddr) -> anyhow::Error {
+        anyhow::anyhow!(
+            "no answer from {addr} within {:?}; is the peer running and the UDP port open?",
+            self.connect_timeout
+        )
+    }
+
+    /// Connects to `addr` and opens a round. With a ticket from an earlier
+    /// connection to the same address, the TLS session resumes and the
+    /// round's opening (Hello, summary, and wants from the peer's last
+    /// summary) goes out as 0-RTT data; if the peer rejects it, the round is
+    /// sent again once the handshake completes.
+    pub async fn open(&self, addr: SocketAddr) -> Result<Opened> {
+        let started = Instant::now();
+        let (config, remembered) = self.dial(addr)?;
+        let mut connecting = self.endpoint.connect_with(config, addr, crate::pki::SERVER_NAME)?;
+        if let Some(mem) = &remembered {
+            match connecting.into_0rtt() {
+                Ok((conn, accepted)) => return self.open_early(addr, conn, accepted, mem, started).await,
+                Err(c) => connecting = c,
+            }
+        }
+        let conn = tokio::time::timeout(self.connect_timeout, connecting)
+            .await
+            .map_err(|_| self.unreachable(addr))?
+            .with_context(|| format!("could not connect to {addr}"))?;
+        self.open_established(addr, conn, remembered.as_ref(), started, ZeroRtt::NotTried)
+            .await
+    }
+
+    async fn open_early(
+        &self,
+        addr: SocketAddr,
+        conn: quinn::Connection,
+        accepted: quinn::ZeroRttAccepted,
+        mem: &Remembered,
+        started: Instant,
+    ) -> Result<Opened> {
+        let link = Link::new(conn.clone(), mem.peer.clone(), addr, started);
+        let early = session::open_round(&self.ctx, &link, Some(&mem.summary)).await;
+        let accepted = tokio::time::timeout(self.connect_timeout, accepted)
+            .await
+            .map_err(|_| self.unreachable(addr))?;
+        if let Some(why) = conn.close_reason() {
+            return Err(anyhow::Error::new(why).context(format!("could not connect to {addr}")));
+        }
+        let actual = tls::peer_cert(&conn)?;
+        if actual.node_id != mem.peer.node_id {
+            conn.close(crate::wire::code(ErrorCode::Protocol), b"unexpected peer");
+            anyhow::bail!(
+                "{addr} resumed a session of node {} but presents {}",
+                mem.peer.node_id,
+                actual.node_id
+            );
+        }
+        match early {
+            Ok(round) if accepted => {
+                self.ctx.totals.zero_rtt_accepted.fetch_add(1, Relaxed);
+                tracing::info!(%addr, peer = %actual.node_id.short(), "0-RTT accepted");
+                Ok(Opened {
+                    link,
+                    round,
+                    zero_rtt: ZeroRtt::Accepted,
+                })
+            }
+            _ => {
+                // Streams opened in 0-RTT are void; the connection itself is fine.
+                self.ctx.totals.zero_rtt_rejected.fetch_add(1, Relaxed);
+                tracing::info!(%addr, peer = %actual.node_id.short(), "0-RTT rejected; opening the round again");
+                drop(early);
+                self.open_established(addr, conn, Some(mem), started, ZeroRtt::Rejected)
+                    .await
+            }
+        }
+    }
+
+    async fn open_established(
+        &self,
+        addr: SocketAddr,
+        conn: quinn::Connection,
+        remembered: Option<&Remembered>,
+        started: Instant,
+        zero_rtt: ZeroRtt,
+    ) -> Result<Opened> {
+        let peer = tls::peer_cert(&conn)?;
+        // Wants from the peer's last summary save a round trip here too.
+        let summary = remembered
+            .filter(|m| m.peer.node_id == peer.node_id)
+            .map(|m| &m.summary);
+        let link = Link::new(conn, peer, addr, started);
+        let round = session::open_round(&self.ctx, &link, summary).await?;
+        Ok(Opened { link, round, zero_rtt })
     }
 
     pub fn local_addr(&self) -> Result<SocketAddr> {
         Ok(self.endpoint.local_addr()?)
     }
 
-    pub async fn connect(&self, addr: SocketAddr) -> Result<Arc<Link>> {
-        let connecting = self.endpoint.connect(addr, crate::pki::SERVER_NAME)?;
-        let conn = tokio::time::timeout(self.connect_timeout, connecting)
-            .await
-            .map_err(|_| {
-                anyhow::anyhow!(
-                    "no answer from {addr} within {:?}; is the peer running and the UDP port open?",
-                    self.connect_timeout
-                )
-            })?
-            .with_context(|| format!("could not connect to {addr}"))?;
-        let peer = tls::peer_cert(&conn)?;
-        Ok(Arc::new(Link {
-            conn,
-            peer,
-            addr,
-            counters: Counters::default(),
-        }))
-    }
-
     /// One round with the peer at `addr`, then close.
     pub async fn sync_once(&self, addr: SocketAddr) -> Result<SyncReport> {
-        let link = self.connect(addr).await?;
+        let Opened { link, round, zero_rtt } = self.open(addr).await?;
         let server = self.ctx.tasks.spawn(session::serve(self.ctx.clone(), link.clone()));
-        let result = session::initiate_round(&self.ctx, &link).await;
+        let result = round.finish(&self.ctx, &link).await;
+        if result.is_ok() {
+            self.remember(&link);
+        }
         let close_code = if result.is_ok() {
             ErrorCode::Done
         } else {
@@ -129,7 +283,7 @@ impl Node {
         };
         link.conn.close(crate::wire::code(close_code), b"sync finished");
         let _ = server.await;
-        let report = report(&link, result.as_ref().ok().copied().unwrap_or_default());
+        let report = report(&link, result.as_ref().ok().copied().unwrap_or_default(), zero_rtt);
         record(&self.ctx, &link, result.as_ref().err().map(|e| format!("{e:#}")), true);
         result.with_context(|| format!("sync with {addr} did not complete"))?;
         Ok(report)
@@ -153,7 +307,7 @@ impl Node {
     }
 }
 
-pub fn report(link: &Link, round: RoundReport) -> SyncReport {
+pub fn report(link: &Link, round: RoundReport, zero_rtt: ZeroRtt) -> SyncReport {
     let stats = link.conn.stats();
     SyncReport {
         peer: link.peer.node_id.to_string(),
@@ -164,6 +318,8 @@ pub fn report(link: &Link, round: RoundReport) -> SyncReport {
         events_sent: link.counters.events_sent.load(Relaxed),
         duplicates_received: link.counters.duplicates_received.load(Relaxed),
         wants: round.wants,
+        zero_rtt,
+        first_event_ms: link.first_event_after().map(|d| d.as_millis() as u64),
         udp_tx_bytes: stats.udp_tx.bytes,
         udp_rx_bytes: stats.udp_rx.bytes,
     }
@@ -197,29 +353,18 @@ async fn accept_loop(ctx: Arc<NodeCtx>, endpoint: quinn::Endpoint) {
         let ctx = ctx.clone();
         ctx.tasks.clone().spawn(async move {
             let addr = incoming.remote_address();
-            let conn = match incoming.await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(%addr, "refused a connection: {e}");
-                    return;
-                }
-            };
-            let peer = match tls::peer_cert(&conn) {
+            let started = Instant::now();
+            let peer = match accept_peer(incoming).await {
                 Ok(p) => p,
                 Err(e) => {
-                    conn.close(crate::wire::code(ErrorCode::Protocol), b"unreadable certificate");
                     tracing::warn!(%addr, "refused a connection: {e:#}");
                     return;
                 }
             };
+            let (conn, peer) = peer;
             tracing::info!(%addr, peer = %peer.node_id.short(), name = %peer.name, "peer connected");
             ctx.totals.connections_accepted.fetch_add(1, Relaxed);
-            let link = Arc::new(Link {
-                conn,
-                peer,
-                addr,
-                counters: Counters::default(),
-            });
+            let link = Link::new(conn, peer, addr, started);
             let why = session::serve(ctx.clone(), link.clone()).await;
             let error = match &why {
                 quinn::ConnectionError::ApplicationClosed(c) if c.error_code == crate::wire::code(ErrorCode::Done) => {
@@ -231,5 +376,40 @@ async fn accept_loop(ctx: Arc<NodeCtx>, endpoint: quinn::Endpoint) {
             tracing::info!(%addr, "peer disconnected: {why}");
             record(&ctx, &link, error, true);
         });
+    }
+}
+
+/// Completes an incoming connection as far as needed to know who is on the
+/// other end. A resumed session knows its client as soon as the
+/// ClientHello's binder checks (the ticket was issued to a verified
+/// certificate, and each ticket resumes once), so its 0-RTT requests are
+/// answered at once, half a round trip before the handshake completes. A
+/// full handshake waits until the client's certificate is verified. Either
+/// way no event leaves before the client's identity is established.
+async fn accept_peer(incoming: quinn::Incoming) -> Result<(quinn::Connection, CertInfo)> {
+    let connecting = incoming.accept()?;
+    let (conn, established) = match connecting.into_0rtt() {
+        Ok(early) => early,
+        // Servers can always go 0.5-RTT; should that change, wait.
+        Err(connecting) => {
+            let conn = connecting.await?;
+            let peer = tls::peer_cert(&conn)?;
+            return Ok((conn, peer));
+        }
+    };
+    if let Ok(peer) = tls::peer_cert(&conn) {
+        tracing::debug!(peer = %peer.node_id.short(), "resumed session: serving its early data");
+        return Ok((conn, peer));
+    }
+    established.await;
+    if let Some(why) = conn.close_reason() {
+        return Err(why.into());
+    }
+    match tls::peer_cert(&conn) {
+        Ok(peer) => Ok((conn, peer)),
+        Err(e) => {
+            conn.close(crate::wire::code(ErrorCode::Protocol), b"unreadable certificate");
+            Err(e)
+        }
     }
 }

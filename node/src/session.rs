@@ -9,7 +9,7 @@
 
 use crate::datadir::{DataDir, Policy};
 use crate::pki::{CertInfo, Role};
-use crate::wire::{code, read_frame, write_frame, WireError};
+use crate::wire::{code, read_frame, read_frame_noting, write_frame, WireError};
 use anyhow::{anyhow, Context, Result};
 use ferry_proto::batch::{StreamCompressor, StreamDecompressor};
 use ferry_proto::summary::Gap;
@@ -18,7 +18,8 @@ use ferry_wal::Wal;
 use serde::Serialize;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
 use tokio::task::JoinSet;
 
 /// Events per `Events` frame: big enough to compress well, small enough that
@@ -37,6 +38,9 @@ pub struct Counters {
     pub bad_streams: AtomicU64,
     /// Handshakes completed with peers that dialed us.
     pub connections_accepted: AtomicU64,
+    /// Reconnects whose opening the peer took as 0-RTT data, and those it did not.
+    pub zero_rtt_accepted: AtomicU64,
+    pub zero_rtt_rejected: AtomicU64,
 }
 
 impl Counters {
@@ -72,6 +76,31 @@ pub struct Link {
     pub peer: CertInfo,
     pub addr: SocketAddr,
     pub counters: Counters,
+    /// When this node started dialling or accepting this connection.
+    pub started: Instant,
+    /// When the first bytes of an event batch arrived on it: the reconnect
+    /// cost in time.
+    pub first_event: OnceLock<Instant>,
+    /// The peer's summary from the last round, for the next reconnect's 0-RTT wants.
+    pub last_summary: Mutex<Option<(Summary, Classes)>>,
+}
+
+impl Link {
+    pub fn new(conn: quinn::Connection, peer: CertInfo, addr: SocketAddr, started: Instant) -> Arc<Link> {
+        Arc::new(Link {
+            conn,
+            peer,
+            addr,
+            counters: Counters::default(),
+            started,
+            first_event: OnceLock::new(),
+            last_summary: Mutex::new(None),
+        })
+    }
+
+    pub fn first_event_after(&self) -> Option<std::time::Duration> {
+        self.first_event.get().map(|t| t.duration_since(self.started))
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -233,6 +262,7 @@ async fn serve_want(ctx: &NodeCtx, link: &Link, want: Want, send: &mut quinn::Se
         send.finish()?;
         return Ok(());
     }
+    tracing::debug!(peer = %link.peer.node_id.short(), origin = %want.origin, first = want.first, last = want.last, "serving a want");
     // Urgent ranges cross a thin link before the backlog.
     let _ = send.set_priority(match want.priority {
         Priority::Urgent => 2,
@@ -244,7 +274,8 @@ async fn serve_want(ctx: &NodeCtx, link: &Link, want: Want, send: &mut quinn::Se
     while next <= want.last {
         let batch = ctx.wal.read_range(&want.origin, next, want.last, BATCH_EVENTS)?;
         let Some(last) = batch.last() else { break };
-        next = last.seq + 1;
+        let Some(after) = last.seq.checked_add(1) else { break };
+        next = after;
         let n = batch.len() as u64;
         let frame = Frame::EventChunk(deflate.compress(&batch)).encode();
         if let Some(budget) = &ctx.budget {
@@ -303,24 +334,78 @@ async fn expect_summary(recv: &mut quinn::RecvStream) -> Result<(Summary, Classe
 /// Opens a round: the daemon does this on a timer and on new local events,
 /// `ferry sync` once.
 pub async fn initiate_round(ctx: &Arc<NodeCtx>, link: &Arc<Link>) -> Result<RoundReport> {
-    let (mut send, mut recv) = link.conn.open_bi().await.context("could not open a control stream")?;
+    open_round(ctx, link, None).await?.finish(ctx, link).await
+}
+
+/// The opening of a round this node initiated: what it sent, and the wants
+/// already on their way.
+pub struct OpenRound {
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    puller: Puller,
+    /// What this node holds plus what it already asked for.
+    asked: Option<Summary>,
+}
+
+/// Sends `Hello` and `Summary` and, when the peer's summary from an earlier
+/// connection is known, the wants it implies, without waiting for an answer:
+/// on a resumed connection all of this goes out as 0-RTT data. Every one of
+/// these requests only reads, so a replay changes nothing.
+pub async fn open_round(
+    ctx: &Arc<NodeCtx>,
+    link: &Arc<Link>,
+    remembered: Option<&(Summary, Classes)>,
+) -> Result<OpenRound> {
+    let (mut send, recv) = link.conn.open_bi().await.context("could not open a control stream")?;
     write_frame(&mut send, &ctx.hello()).await?;
     write_frame(&mut send, &ctx.summary_for(&link.peer)).await?;
-    let hello = match expect(&mut recv, "Hello").await? {
-        Frame::Hello(h) => h,
-        other => {
-            return Err(fault(
-                ErrorCode::Protocol,
-                format!("expected Hello, got {}", kind(&other)),
-            ))
-        }
-    };
-    check_hello(&hello, link)?;
-    let theirs = expect_summary(&mut recv).await?;
-    let report = finish_round(ctx, link, &mut send, &mut recv, theirs).await?;
-    // Wait until the peer has our RoundDone, so closing now loses nothing.
-    let _ = send.stopped().await;
-    Ok(report)
+    let mut puller = Puller::default();
+    let asked = remembered.map(|(theirs, classes)| {
+        let ours = ctx.wal.summary();
+        // Nobody holds more of this node's own log than this node.
+        let local = ctx.wal.local_origin();
+        let theirs = theirs.filtered(|o| *o != local);
+        let early = ours.early_wants(&theirs, classes, WANTS_IN_FLIGHT);
+        let asked = ours.with_gaps(&early);
+        puller.add(ctx, link, early);
+        asked
+    });
+    Ok(OpenRound {
+        send,
+        recv,
+        puller,
+        asked,
+    })
+}
+
+impl OpenRound {
+    /// Reads the peer's answer and completes the round.
+    pub async fn finish(mut self, ctx: &Arc<NodeCtx>, link: &Arc<Link>) -> Result<RoundReport> {
+        let hello = match expect(&mut self.recv, "Hello").await? {
+            Frame::Hello(h) => h,
+            other => {
+                return Err(fault(
+                    ErrorCode::Protocol,
+                    format!("expected Hello, got {}", kind(&other)),
+                ))
+            }
+        };
+        check_hello(&hello, link)?;
+        let theirs = expect_summary(&mut self.recv).await?;
+        let report = finish_round(
+            ctx,
+            link,
+            &mut self.send,
+            &mut self.recv,
+            theirs,
+            self.puller,
+            self.asked,
+        )
+        .await?;
+        // Wait until the peer has our RoundDone, so closing now loses nothing.
+        let _ = self.send.stopped().await;
+        Ok(report)
+    }
 }
 
 async fn respond_round(
@@ -334,7 +419,7 @@ async fn respond_round(
     let theirs = expect_summary(recv).await?;
     write_frame(send, &ctx.hello()).await?;
     write_frame(send, &ctx.summary_for(&link.peer)).await?;
-    finish_round(ctx, link, send, recv, theirs).await
+    finish_round(ctx, link, send, recv, theirs, Puller::default(), None).await
 }
 
 async fn finish_round(
@@ -343,18 +428,26 @@ async fn finish_round(
     send: &mut quinn::SendStream,
     recv: &mut quinn::RecvStream,
     (theirs, classes): (Summary, Classes),
+    mut puller: Puller,
+    asked: Option<Summary>,
 ) -> Result<RoundReport> {
     let ours = ctx.wal.summary();
     ctx.check_restored(&ours, &theirs)?;
     // Urgent gaps come first and are started first.
-    let gaps = ours.gaps(&theirs, &classes, |_| true);
+    let basis = match asked {
+        Some(asked) => ours.union(&asked),
+        None => ours,
+    };
+    let gaps = basis.gaps(&theirs, &classes, |_| true);
     let mut report = RoundReport {
-        wants: gaps.len(),
+        wants: gaps.len() + puller.started,
         ..Default::default()
     };
-    let (received, duplicates) = pull_all(ctx, link, gaps).await?;
+    puller.add(ctx, link, gaps);
+    let (received, duplicates) = puller.finish(ctx, link).await?;
     report.events_received = received;
     report.duplicates_received = duplicates;
+    *link.last_summary.lock().unwrap_or_else(|p| p.into_inner()) = Some((theirs, classes));
     write_frame(send, &Frame::RoundDone { received }).await?;
     report.peer_received = match expect(recv, "RoundDone").await? {
         Frame::RoundDone { received } => received,
@@ -369,23 +462,41 @@ async fn finish_round(
     Ok(report)
 }
 
-async fn pull_all(ctx: &Arc<NodeCtx>, link: &Arc<Link>, gaps: Vec<Gap>) -> Result<(u64, u64)> {
-    let mut pending = gaps.into_iter();
-    let mut running = JoinSet::new();
-    let (mut received, mut duplicates) = (0, 0);
-    loop {
-        while running.len() < WANTS_IN_FLIGHT {
-            let Some(gap) = pending.next() else { break };
-            running.spawn(pull(ctx.clone(), link.clone(), gap));
-        }
-        let Some(done) = running.join_next().await else {
-            break;
-        };
-        let (r, d) = done.context("pull task failed")??;
-        received += r;
-        duplicates += d;
+/// Pulls gaps, at most `WANTS_IN_FLIGHT` at once, in the order given.
+#[derive(Default)]
+struct Puller {
+    pending: std::collections::VecDeque<Gap>,
+    running: JoinSet<Result<(u64, u64)>>,
+    started: usize,
+}
+
+impl Puller {
+    fn add(&mut self, ctx: &Arc<NodeCtx>, link: &Arc<Link>, gaps: Vec<Gap>) {
+        self.pending.extend(gaps);
+        self.fill(ctx, link);
     }
-    Ok((received, duplicates))
+
+    fn fill(&mut self, ctx: &Arc<NodeCtx>, link: &Arc<Link>) {
+        while self.running.len() < WANTS_IN_FLIGHT {
+            let Some(gap) = self.pending.pop_front() else { break };
+            self.started += 1;
+            self.running.spawn(pull(ctx.clone(), link.clone(), gap));
+        }
+    }
+
+    async fn finish(mut self, ctx: &Arc<NodeCtx>, link: &Arc<Link>) -> Result<(u64, u64)> {
+        let (mut received, mut duplicates) = (0, 0);
+        loop {
+            self.fill(ctx, link);
+            let Some(done) = self.running.join_next().await else {
+                break;
+            };
+            let (r, d) = done.context("pull task failed")??;
+            received += r;
+            duplicates += d;
+        }
+        Ok((received, duplicates))
+    }
 }
 
 /// Pulls one gap: one stream, one `Want`, events appended as they arrive.
@@ -404,7 +515,10 @@ async fn pull(ctx: Arc<NodeCtx>, link: Arc<Link>, gap: Gap) -> Result<(u64, u64)
     send.finish()?;
     let (mut received, mut duplicates) = (0, 0);
     let mut inflate = StreamDecompressor::new();
-    while let Some(frame) = read_frame(&mut recv).await? {
+    let arrived = || {
+        let _ = link.first_event.set(Instant::now());
+    };
+    while let Some(frame) = read_frame_noting(&mut recv, arrived).await? {
         match frame {
             Frame::EventChunk(chunk) => {
                 let events = inflate

@@ -11,6 +11,10 @@ use std::sync::Arc;
 
 use crate::transport::TransportProfile;
 
+/// Resumable sessions a node keeps for peers that dial it (two tickets per
+/// full handshake, about 1 KiB each).
+const SERVER_SESSIONS: usize = 1024;
+
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
@@ -53,6 +57,11 @@ impl TlsIdentity {
             .with_client_cert_verifier(verifier)
             .with_single_cert(self.chain.clone(), self.key())?;
         cfg.alpn_protocols = vec![ferry_proto::ALPN.to_vec()];
+        // 0-RTT: QUIC allows only 0 or u32::MAX here. rustls accepts early
+        // data only with stateful resumption, where each ticket is taken from
+        // this cache on first use, so a replayed ClientHello cannot resume.
+        cfg.max_early_data_size = u32::MAX;
+        cfg.session_storage = rustls::server::ServerSessionMemoryCache::new(SERVER_SESSIONS);
         Ok(cfg)
     }
 
@@ -62,6 +71,10 @@ impl TlsIdentity {
             .with_root_certificates(self.roots.clone())
             .with_client_auth_cert(self.chain.clone(), self.key())?;
         cfg.alpn_protocols = vec![ferry_proto::ALPN.to_vec()];
+        cfg.enable_early_data = true;
+        // Every peer presents the same server name, so tickets are kept per
+        // dialled address: one client config, and so one store, per peer.
+        cfg.resumption = rustls::client::Resumption::in_memory_sessions(4);
         Ok(cfg)
     }
 

@@ -17,6 +17,8 @@ pub struct TransportProfile {
     /// Cap the congestion window at this multiple of the measured
     /// bandwidth-delay product (see `congestion`); `None`: plain Cubic.
     pub bdp_gain: Option<f64>,
+    /// Probe for a path MTU above QUIC's 1200 bytes.
+    pub mtu_discovery: bool,
 }
 
 impl TransportProfile {
@@ -30,6 +32,9 @@ impl TransportProfile {
             max_concurrent_bidi: 64,
             connect_timeout: Duration::from_secs(30),
             bdp_gain: Some(2.0),
+            // Probes of up to 1452 bytes cost more than they save at 30
+            // kbps: see docs/architecture.md.
+            mtu_discovery: false,
         }
     }
 
@@ -43,6 +48,7 @@ impl TransportProfile {
             max_concurrent_bidi: 64,
             connect_timeout: Duration::from_secs(5),
             bdp_gain: None,
+            mtu_discovery: true,
         }
     }
 
@@ -54,6 +60,9 @@ impl TransportProfile {
         t.keep_alive_interval(Some(self.keep_alive));
         t.max_concurrent_bidi_streams(self.max_concurrent_bidi.into());
         t.max_concurrent_uni_streams(0u32.into());
+        if !self.mtu_discovery {
+            t.mtu_discovery_config(None);
+        }
         if let Some(gain) = self.bdp_gain {
             t.congestion_controller_factory(std::sync::Arc::new(crate::congestion::CappedFactory {
                 inner: std::sync::Arc::new(quinn::congestion::CubicConfig::default()),

@@ -33,9 +33,17 @@ fn exact(e: quinn::ReadExactError) -> WireError {
 
 /// The next frame, or `None` if the stream ended cleanly between frames.
 pub async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Option<Frame>, WireError> {
+    read_frame_noting(recv, || ()).await
+}
+
+/// As `read_frame`, calling `arrived` once the frame's first bytes are in.
+pub async fn read_frame_noting(
+    recv: &mut quinn::RecvStream,
+    arrived: impl FnOnce(),
+) -> Result<Option<Frame>, WireError> {
     let mut prefix = [0u8; 4];
     match recv.read_exact(&mut prefix).await {
-        Ok(()) => {}
+        Ok(()) => arrived(),
         Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
         Err(e) => return Err(exact(e)),
     }

@@ -79,6 +79,49 @@ impl Summary {
         )
     }
 
+    /// Everything either summary holds.
+    pub fn union(&self, other: &Summary) -> Summary {
+        let mut out = self.clone();
+        for (origin, set) in &other.0 {
+            let merged = out.0.get(origin).map_or_else(|| set.clone(), |mine| mine.union(set));
+            out.0.insert(*origin, merged);
+        }
+        out
+    }
+
+    /// Marks `gaps` as held (or already asked for), so a later gap
+    /// computation does not ask for them again.
+    pub fn with_gaps(&self, gaps: &[Gap]) -> Summary {
+        let mut out = self.clone();
+        for g in gaps {
+            out.0.entry(g.origin).or_default().insert_range(g.first, g.last);
+        }
+        out
+    }
+
+    /// What to ask a peer for before hearing its current summary, as 0-RTT
+    /// data on a reconnect: the gaps against what it held when last seen,
+    /// and, for up to `tails` of those origins, everything after the
+    /// highest seq either side knew of (open-ended: the peer sends what it
+    /// has). New events of known origins then arrive one round trip after
+    /// the reconnect; origins the peer learnt of since wait for its summary.
+    pub fn early_wants(&self, remembered: &Summary, classes: &Classes, tails: usize) -> Vec<Gap> {
+        let mut out = self.gaps(remembered, classes, |_| true);
+        for (origin, theirs) in remembered.0.iter().take(tails) {
+            let ours = self.0.get(origin).and_then(RangeSet::last).unwrap_or(0);
+            let after = ours.max(theirs.last().unwrap_or(0));
+            if after < u64::MAX {
+                out.push(Gap {
+                    origin: *origin,
+                    first: after + 1,
+                    last: u64::MAX,
+                    priority: Priority::Normal,
+                });
+            }
+        }
+        out
+    }
+
     /// The ranges `theirs` holds that `self` lacks, for origins `want` accepts,
     /// split by the priority classes the peer reported: urgent gaps first,
     /// then normal, then bulk; by origin and ascending sequence within each.
@@ -178,6 +221,40 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn early_wants_ask_known_gaps_and_open_tails_once() {
+        let mut mine = Summary::default();
+        mine.0.insert(origin(1), RangeSet::from_ranges([(1, 5), (8, 9)]));
+        let mut remembered = Summary::default();
+        remembered.0.insert(origin(1), RangeSet::from_range(1, 12));
+        remembered.0.insert(origin(2), RangeSet::from_range(1, 3));
+        remembered.0.insert(origin(3), RangeSet::from_range(1, 3));
+        let wants = mine.early_wants(&remembered, &Classes::default(), 2);
+        let spans: Vec<_> = wants.iter().map(|g| (g.origin, g.first, g.last)).collect();
+        assert_eq!(
+            spans,
+            vec![
+                (origin(1), 6, 7),
+                (origin(1), 10, 12),
+                (origin(2), 1, 3),
+                (origin(3), 1, 3),
+                (origin(1), 13, u64::MAX),
+                (origin(2), 4, u64::MAX),
+            ]
+        );
+        // Once asked, nothing of it is asked again when the summary comes.
+        let asked = mine.with_gaps(&wants);
+        let mut now = remembered.clone();
+        now.0.insert(origin(1), RangeSet::from_range(1, 40));
+        now.0.insert(origin(4), RangeSet::from_range(1, 2));
+        let later: Vec<_> = asked
+            .gaps(&now, &Classes::default(), |_| true)
+            .iter()
+            .map(|g| (g.origin, g.first, g.last))
+            .collect();
+        assert_eq!(later, vec![(origin(4), 1, 2)]);
     }
 
     #[test]
