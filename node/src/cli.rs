@@ -178,3 +178,15 @@ pub struct RunArgs {
     #[arg(long, env = "FERRY_API_LISTEN")]
     pub api_listen: Option<String>,
 }
+
+/// Logs to stderr, warnings only unless `--log` / `FERRY_LOG` says more.
+pub fn init_logging(cli: &Cli) {
+    let filter = cli.log.clone().unwrap_or_else(|| "warn".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&filter)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+}

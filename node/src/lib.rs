@@ -9,6 +9,7 @@ pub mod congestion;
 pub mod daemon;
 pub mod datadir;
 pub mod demo;
+pub mod netwatch;
 pub mod node;
 pub mod pki;
 pub mod session;

@@ -17,7 +17,11 @@ use std::time::Instant;
 
 pub struct Node {
     pub ctx: Arc<NodeCtx>,
+    /// Accepts peers on the configured address.
     pub endpoint: quinn::Endpoint,
+    /// Dials peers from an ephemeral port, so it can move to a new socket
+    /// when the machine's address changes without touching the listener.
+    pub dialer: quinn::Endpoint,
     connect_timeout: std::time::Duration,
     tls: TlsIdentity,
     profile: TransportProfile,
@@ -71,6 +75,9 @@ pub struct SyncReport {
     pub zero_rtt: ZeroRtt,
     /// From the start of dialling to the first event received.
     pub first_event_ms: Option<u64>,
+    /// Times this node moved its outgoing connections to a new socket
+    /// because its addresses changed (the connection migrated).
+    pub rebinds: u64,
     pub udp_tx_bytes: u64,
     pub udp_rx_bytes: u64,
 }
@@ -125,13 +132,24 @@ pub fn open_ctx_with(dir: &DataDir, overrides: Overrides) -> Result<(Arc<NodeCtx
 impl Node {
     /// Binds the endpoint and starts accepting peers. Needs a tokio runtime.
     pub fn start(ctx: Arc<NodeCtx>, tls: &TlsIdentity, listen: SocketAddr, profile: &TransportProfile) -> Result<Node> {
-        let mut endpoint = quinn::Endpoint::server(tls.quinn_server(profile)?, listen)
+        let endpoint = quinn::Endpoint::server(tls.quinn_server(profile)?, listen)
             .with_context(|| format!("could not listen on {listen} (UDP); is another node using the port?"))?;
-        endpoint.set_default_client_config(tls.quinn_client(profile)?);
+        let dial_from = SocketAddr::new(
+            match listen {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+            },
+            0,
+        );
+        let dialer = quinn::Endpoint::client(dial_from)
+            .with_context(|| format!("could not open a UDP socket on {dial_from}"))?;
         ctx.tasks.spawn(accept_loop(ctx.clone(), endpoint.clone()));
+        ctx.tasks
+            .spawn(crate::netwatch::watch(ctx.clone(), dialer.clone(), dial_from));
         Ok(Node {
             ctx,
             endpoint,
+            dialer,
             connect_timeout: profile.connect_timeout,
             tls: tls.clone(),
             profile: profile.clone(),
@@ -185,7 +203,7 @@ impl Node {
     pub async fn open(&self, addr: SocketAddr) -> Result<Opened> {
         let started = Instant::now();
         let (config, remembered) = self.dial(addr)?;
-        let mut connecting = self.endpoint.connect_with(config, addr, crate::pki::SERVER_NAME)?;
+        let mut connecting = self.dialer.connect_with(config, addr, crate::pki::SERVER_NAME)?;
         if let Some(mem) = &remembered {
             match connecting.into_0rtt() {
                 Ok((conn, accepted)) => return self.open_early(addr, conn, accepted, mem, started).await,
@@ -283,7 +301,8 @@ impl Node {
         };
         link.conn.close(crate::wire::code(close_code), b"sync finished");
         let _ = server.await;
-        let report = report(&link, result.as_ref().ok().copied().unwrap_or_default(), zero_rtt);
+        let mut report = report(&link, result.as_ref().ok().copied().unwrap_or_default(), zero_rtt);
+        report.rebinds = self.ctx.totals.rebinds.load(Relaxed);
         record(&self.ctx, &link, result.as_ref().err().map(|e| format!("{e:#}")), true);
         result.with_context(|| format!("sync with {addr} did not complete"))?;
         Ok(report)
@@ -291,8 +310,9 @@ impl Node {
 
     /// Closes every connection and waits until peers were told.
     pub async fn shutdown(&self) {
-        self.endpoint
-            .close(crate::wire::code(ErrorCode::ShuttingDown), b"node shutting down");
+        for ep in [&self.endpoint, &self.dialer] {
+            ep.close(crate::wire::code(ErrorCode::ShuttingDown), b"node shutting down");
+        }
         // Connections are closed, so every serving task ends soon; appends
         // they started finish first.
         self.ctx.stopping.cancel();
@@ -303,7 +323,8 @@ impl Node {
         {
             tracing::warn!("some sessions did not finish within 10 s of shutdown");
         }
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(3), self.endpoint.wait_idle()).await;
+        let idle = async { tokio::join!(self.endpoint.wait_idle(), self.dialer.wait_idle()) };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(3), idle).await;
     }
 }
 
@@ -320,6 +341,7 @@ pub fn report(link: &Link, round: RoundReport, zero_rtt: ZeroRtt) -> SyncReport 
         wants: round.wants,
         zero_rtt,
         first_event_ms: link.first_event_after().map(|d| d.as_millis() as u64),
+        rebinds: 0,
         udp_tx_bytes: stats.udp_tx.bytes,
         udp_rx_bytes: stats.udp_rx.bytes,
     }
@@ -333,7 +355,8 @@ pub fn record(ctx: &NodeCtx, link: &Link, error: Option<String>, add_counts: boo
     let result = dir.record_peer(link.peer.node_id, |p| {
         p.name = link.peer.name.clone();
         p.role = link.peer.role;
-        p.addr = link.addr.to_string();
+        // Where the peer is now: a migrated connection has moved on.
+        p.addr = link.conn.remote_address().to_string();
         if error.is_none() {
             p.last_sync_unix = Some(unix_now());
         }

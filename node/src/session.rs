@@ -41,6 +41,8 @@ pub struct Counters {
     /// Reconnects whose opening the peer took as 0-RTT data, and those it did not.
     pub zero_rtt_accepted: AtomicU64,
     pub zero_rtt_rejected: AtomicU64,
+    /// Times the dialling socket moved because local addresses changed.
+    pub rebinds: AtomicU64,
 }
 
 impl Counters {

@@ -1,6 +1,8 @@
 //! Harness for end-to-end tests: a deployment CA, enrolled nodes in temp
 //! directories, nodes started on loopback, and the clinic workload.
 
+pub mod netns;
+
 use anyhow::{Context, Result};
 use ferry::datadir::{DataDir, Policy};
 use ferry::node::{open_ctx, Node};

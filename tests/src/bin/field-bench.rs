@@ -260,6 +260,7 @@ fn main() -> std::process::ExitCode {
         let cli = <ferry::cli::Cli as Parser>::parse_from(
             std::iter::once("ferry".to_string()).chain(argv[2..].iter().cloned()),
         );
+        ferry::cli::init_logging(&cli);
         return match ferry::commands::dispatch(cli) {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
