@@ -12,7 +12,7 @@ use serde::Serialize;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 pub struct Node {
@@ -21,7 +21,10 @@ pub struct Node {
     pub endpoint: quinn::Endpoint,
     /// Dials peers from an ephemeral port, so it can move to a new socket
     /// when the machine's address changes without touching the listener.
-    pub dialer: quinn::Endpoint,
+    /// Made on the first dial: a hub that only accepts never pays for its
+    /// receive buffers.
+    dialer: OnceLock<quinn::Endpoint>,
+    dial_from: SocketAddr,
     connect_timeout: std::time::Duration,
     tls: TlsIdentity,
     profile: TransportProfile,
@@ -141,20 +144,33 @@ impl Node {
             },
             0,
         );
-        let dialer = quinn::Endpoint::client(dial_from)
-            .with_context(|| format!("could not open a UDP socket on {dial_from}"))?;
         ctx.tasks.spawn(accept_loop(ctx.clone(), endpoint.clone()));
-        ctx.tasks
-            .spawn(crate::netwatch::watch(ctx.clone(), dialer.clone(), dial_from));
         Ok(Node {
             ctx,
             endpoint,
-            dialer,
+            dialer: OnceLock::new(),
+            dial_from,
             connect_timeout: profile.connect_timeout,
             tls: tls.clone(),
             profile: profile.clone(),
             dials: Mutex::new(HashMap::new()),
         })
+    }
+
+    fn dialer(&self) -> Result<&quinn::Endpoint> {
+        if let Some(d) = self.dialer.get() {
+            return Ok(d);
+        }
+        let dialer = quinn::Endpoint::client(self.dial_from)
+            .with_context(|| format!("could not open a UDP socket on {}", self.dial_from))?;
+        // Two first dials at once: the loser's endpoint is dropped unused.
+        let dialer = self.dialer.get_or_init(|| {
+            self.ctx
+                .tasks
+                .spawn(crate::netwatch::watch(self.ctx.clone(), dialer.clone(), self.dial_from));
+            dialer
+        });
+        Ok(dialer)
     }
 
     fn dial(&self, addr: SocketAddr) -> Result<(quinn::ClientConfig, Option<Remembered>)> {
@@ -203,7 +219,7 @@ impl Node {
     pub async fn open(&self, addr: SocketAddr) -> Result<Opened> {
         let started = Instant::now();
         let (config, remembered) = self.dial(addr)?;
-        let mut connecting = self.dialer.connect_with(config, addr, crate::pki::SERVER_NAME)?;
+        let mut connecting = self.dialer()?.connect_with(config, addr, crate::pki::SERVER_NAME)?;
         if let Some(mem) = &remembered {
             match connecting.into_0rtt() {
                 Ok((conn, accepted)) => return self.open_early(addr, conn, accepted, mem, started).await,
@@ -310,7 +326,8 @@ impl Node {
 
     /// Closes every connection and waits until peers were told.
     pub async fn shutdown(&self) {
-        for ep in [&self.endpoint, &self.dialer] {
+        let endpoints: Vec<&quinn::Endpoint> = std::iter::once(&self.endpoint).chain(self.dialer.get()).collect();
+        for ep in &endpoints {
             ep.close(crate::wire::code(ErrorCode::ShuttingDown), b"node shutting down");
         }
         // Connections are closed, so every serving task ends soon; appends
@@ -323,7 +340,11 @@ impl Node {
         {
             tracing::warn!("some sessions did not finish within 10 s of shutdown");
         }
-        let idle = async { tokio::join!(self.endpoint.wait_idle(), self.dialer.wait_idle()) };
+        let idle = async {
+            for ep in endpoints {
+                ep.wait_idle().await;
+            }
+        };
         let _ = tokio::time::timeout(std::time::Duration::from_secs(3), idle).await;
     }
 }
