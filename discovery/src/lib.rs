@@ -1,8 +1,11 @@
 //! Peer discovery for ferry: what a node learns about possible peers.
 //!
-//! Only the public types exist so far; mDNS browsing/advertising (mdns-sd)
-//! and static peer resolution arrive with the discovery issue. The daemon
-//! dials static peers from config directly until then.
+//! `mdns` advertises this node on the LAN and turns what it hears into
+//! `PeerEvent`s. Advertisements are claims: the daemon dials only peers of
+//! its own deployment and checks the claimed node id against the
+//! certificate at the handshake.
+
+pub mod mdns;
 
 use ferry_proto::NodeId;
 use std::net::SocketAddr;
@@ -27,7 +30,7 @@ pub struct PeerAd {
     pub role: Option<String>,
     pub addrs: Vec<SocketAddr>,
     /// Fingerprint of the deployment CA the peer claims to belong to.
-    pub deployment: Option<NodeId>,
+    pub deployment: Option<String>,
     pub source: Source,
 }
 

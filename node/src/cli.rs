@@ -177,6 +177,12 @@ pub struct RunArgs {
     /// Loopback TCP address of the local HTTP API (default 127.0.0.1:7701).
     #[arg(long, env = "FERRY_API_LISTEN")]
     pub api_listen: Option<String>,
+    /// Neither advertise nor look for peers on the LAN (mDNS).
+    #[arg(long, env = "FERRY_NO_MDNS")]
+    pub no_mdns: bool,
+    /// Interfaces mDNS may use, e.g. eth0 (default from config: all but loopback).
+    #[arg(long = "mdns-interface", env = "FERRY_MDNS_INTERFACES", value_delimiter = ',')]
+    pub mdns_interfaces: Vec<String>,
 }
 
 /// Logs to stderr, warnings only unless `--log` / `FERRY_LOG` says more.

@@ -341,7 +341,14 @@ fn run(dir: &DataDir, args: &RunArgs) -> Result<()> {
                 peers.join(", ")
             }
         );
-        let opts = crate::daemon::DaemonOptions { peers, interval };
+        let mdns = (cfg.mdns && !args.no_mdns).then(|| {
+            if args.mdns_interfaces.is_empty() {
+                cfg.mdns_interfaces.clone()
+            } else {
+                args.mdns_interfaces.clone()
+            }
+        });
+        let opts = crate::daemon::DaemonOptions { peers, interval, mdns };
         crate::daemon::run(node.clone(), opts, shutdown_signal()).await
     })
 }

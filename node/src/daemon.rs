@@ -3,14 +3,45 @@
 
 use crate::node::{record, Node};
 use crate::session;
+use anyhow::Context;
 use anyhow::Result;
+use ferry_discovery::mdns::{Advert, Mdns};
+use ferry_discovery::PeerEvent;
+use ferry_proto::NodeId;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::Duration;
 
 pub struct DaemonOptions {
     pub peers: Vec<String>,
     pub interval: Duration,
+    /// mDNS on these interfaces (empty: all but loopback); `None`: off.
+    pub mdns: Option<Vec<String>>,
+}
+
+/// Addresses the peer advertises, shared with its loop.
+type LanAddrs = Arc<Mutex<Vec<SocketAddr>>>;
+/// Peers found on the LAN that this node dials, and their loops.
+type LanPeers = HashMap<NodeId, (LanAddrs, tokio::task::AbortHandle)>;
+
+/// Whom a peer loop keeps in touch with.
+#[derive(Clone)]
+enum Target {
+    /// From config or flags: an address or DNS name, over the WAN.
+    Static(String),
+    /// Found by mDNS: the node it claims to be, at the addresses it advertises.
+    Lan(NodeId, LanAddrs),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Static(s) => f.write_str(s),
+            Target::Lan(id, _) => write!(f, "{} (mDNS)", id.short()),
+        }
+    }
 }
 
 /// Capped, jittered exponential backoff: 1 s, 2 s, 4 s ... up to 60 s, each
@@ -23,16 +54,97 @@ pub fn backoff(attempt: u32) -> Duration {
 pub async fn run(node: Arc<Node>, opts: DaemonOptions, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
     for peer in opts.peers {
-        tasks.spawn(peer_loop(node.clone(), peer, opts.interval));
+        tasks.spawn(peer_loop(node.clone(), Target::Static(peer), opts.interval));
     }
-    shutdown.await;
+    let mut lan = opts.mdns.and_then(|interfaces| match start_mdns(&node, &interfaces) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            tracing::warn!("LAN discovery is off: {e:#}");
+            None
+        }
+    });
+    let mut found: LanPeers = HashMap::new();
+    tokio::pin!(shutdown);
+    loop {
+        let event = async {
+            match lan.as_mut() {
+                Some((_, events)) => events.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = &mut shutdown => break,
+            event = event => match event {
+                Some(event) => on_lan_event(&node, event, &mut found, &mut tasks, opts.interval),
+                None => lan = None,
+            },
+        }
+    }
     tracing::info!("shutting down");
+    drop(lan);
     tasks.shutdown().await;
     node.shutdown().await;
     if let Some(dir) = &node.ctx.data_dir {
         let _ = std::fs::remove_file(dir.path(crate::api::ADDR_FILE));
     }
     Ok(())
+}
+
+fn start_mdns(node: &Node, interfaces: &[String]) -> Result<(Mdns, tokio::sync::mpsc::Receiver<PeerEvent>)> {
+    let dir = node.ctx.data_dir.as_ref().context("no data directory")?;
+    let ca = dir.identity()?.ca_pem.context("no ca.crt")?;
+    let advert = Advert {
+        node_id: node.ctx.node_id,
+        role: node.ctx.role.to_string(),
+        deployment: crate::pki::deployment_fingerprint(&ca)?,
+        port: node.local_addr()?.port(),
+    };
+    let (mdns, events) = Mdns::start(&advert, interfaces)?;
+    tracing::info!(deployment = %advert.deployment, "advertising on the LAN and looking for peers (mDNS)");
+    *node.ctx.deployment.lock().unwrap_or_else(|p| p.into_inner()) = Some(advert.deployment);
+    Ok((mdns, events))
+}
+
+fn on_lan_event(
+    node: &Arc<Node>,
+    event: PeerEvent,
+    found: &mut LanPeers,
+    tasks: &mut tokio::task::JoinSet<()>,
+    interval: Duration,
+) {
+    let ad = match event {
+        PeerEvent::Found(ad) | PeerEvent::Changed(ad) => ad,
+        PeerEvent::Lost(id) => {
+            if let Some((_, task)) = found.remove(&id) {
+                tracing::info!(peer = %id.short(), "peer left the LAN");
+                task.abort();
+            }
+            return;
+        }
+    };
+    let Some(id) = ad.node_id else { return };
+    let ours = node.ctx.deployment.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let role = ad.role.clone().unwrap_or_default();
+    node.ctx.seen(id, &role, &ad.addrs, ad.deployment == ours);
+    if ad.deployment != ours {
+        tracing::info!(peer = %id.short(), addrs = ?ad.addrs, "a node of another deployment is on the LAN; not dialing it");
+        return;
+    }
+    if let Some((addrs, task)) = found.get(&id) {
+        if !task.is_finished() {
+            *addrs.lock().unwrap_or_else(|p| p.into_inner()) = ad.addrs;
+            return;
+        }
+    }
+    // One connection per pair: the lower node id dials, the other accepts.
+    if node.ctx.node_id > id {
+        tracing::info!(peer = %id.short(), "found on the LAN; it will dial this node");
+        return;
+    }
+    tracing::info!(peer = %id.short(), addrs = ?ad.addrs, "found on the LAN; dialing");
+    let addrs = Arc::new(Mutex::new(ad.addrs));
+    let task = tasks.spawn(peer_loop(node.clone(), Target::Lan(id, addrs.clone()), interval));
+    found.insert(id, (addrs, task));
 }
 
 async fn resolve(peer: &str) -> Result<SocketAddr> {
@@ -47,13 +159,38 @@ async fn resolve(peer: &str) -> Result<SocketAddr> {
         .ok_or_else(|| anyhow::anyhow!("{peer} resolved to no address"))
 }
 
-async fn peer_loop(node: Arc<Node>, peer: String, interval: Duration) {
+async fn dial(node: &Node, target: &Target) -> Result<crate::node::Opened> {
+    match target {
+        Target::Static(peer) => node.open(resolve(peer).await?, false).await,
+        Target::Lan(id, addrs) => {
+            let addrs = addrs.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let mut last = anyhow::anyhow!("{} advertised no address", id.short());
+            for addr in addrs {
+                match node.open(addr, true).await {
+                    Ok(o) if o.link.peer.node_id == *id => return Ok(o),
+                    Ok(o) => {
+                        o.link.conn.close(
+                            crate::wire::code(ferry_proto::ErrorCode::Protocol),
+                            b"not the advertised node",
+                        );
+                        last = anyhow::anyhow!(
+                            "{addr} advertised node {id} but its certificate is for {}",
+                            o.link.peer.node_id
+                        );
+                    }
+                    Err(e) => last = e,
+                }
+            }
+            Err(last)
+        }
+    }
+}
+
+async fn peer_loop(node: Arc<Node>, target: Target, interval: Duration) {
+    let peer = target.to_string();
     let mut attempt = 0u32;
     loop {
-        let opened = match resolve(&peer).await {
-            Ok(addr) => node.open(addr).await,
-            Err(e) => Err(e),
-        };
+        let opened = dial(&node, &target).await;
         let opened = match opened {
             Ok(o) => o,
             Err(e) => {

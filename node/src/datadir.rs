@@ -56,6 +56,13 @@ pub struct Config {
     /// Loopback address of the local HTTP API (unset: 127.0.0.1:7701).
     #[serde(default)]
     pub api_listen: Option<String>,
+    /// Find and advertise peers on the LAN by mDNS.
+    #[serde(default = "default_true")]
+    pub mdns: bool,
+    /// Interfaces mDNS may use, e.g. `["eth0"]` to keep it off a cellular
+    /// modem (empty: all but loopback).
+    #[serde(default)]
+    pub mdns_interfaces: Vec<String>,
 }
 
 fn default_listen() -> String {
@@ -117,6 +124,8 @@ impl DataDir {
             sync_interval_secs: default_interval(),
             bandwidth_kbps: None,
             api_listen: None,
+            mdns: true,
+            mdns_interfaces: Vec::new(),
         };
         self.save_config(&cfg)?;
         Ok(pki::node_id_of_key(&key))
@@ -274,6 +283,12 @@ pub struct PeerRecord {
     pub last_error: Option<String>,
     pub events_received: u64,
     pub events_sent: u64,
+    /// How this node learnt of the peer: `static`, `mdns` or `dialed-us`.
+    #[serde(default)]
+    pub found_by: String,
+    /// Seen on the LAN with another deployment's CA: never dialed.
+    #[serde(default)]
+    pub foreign: bool,
 }
 
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {

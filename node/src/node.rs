@@ -124,6 +124,7 @@ pub fn open_ctx_with(dir: &DataDir, overrides: Overrides) -> Result<(Arc<NodeCtx
         totals: Counters::default(),
         tasks: Default::default(),
         stopping: Default::default(),
+        deployment: Default::default(),
         budget: overrides
             .bandwidth_kbps
             .or(cfg.bandwidth_kbps)
@@ -173,12 +174,17 @@ impl Node {
         Ok(dialer)
     }
 
-    fn dial(&self, addr: SocketAddr) -> Result<(quinn::ClientConfig, Option<Remembered>)> {
+    fn dial(&self, addr: SocketAddr, lan: bool) -> Result<(quinn::ClientConfig, Option<Remembered>)> {
         let mut dials = self.dials.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(d) = dials.get(&addr) {
             return Ok((d.config.clone(), d.last.clone()));
         }
-        let config = self.tls.quinn_client(&self.profile)?;
+        let profile = if lan {
+            TransportProfile::lan()
+        } else {
+            self.profile.clone()
+        };
+        let config = self.tls.quinn_client(&profile)?;
         dials.insert(
             addr,
             Dial {
@@ -216,9 +222,10 @@ impl Node {
     /// round's opening (Hello, summary, and wants from the peer's last
     /// summary) goes out as 0-RTT data; if the peer rejects it, the round is
     /// sent again once the handshake completes.
-    pub async fn open(&self, addr: SocketAddr) -> Result<Opened> {
+    /// `lan`: the peer was found on the LAN, use the LAN transport profile.
+    pub async fn open(&self, addr: SocketAddr, lan: bool) -> Result<Opened> {
         let started = Instant::now();
-        let (config, remembered) = self.dial(addr)?;
+        let (config, remembered) = self.dial(addr, lan)?;
         let mut connecting = self.dialer()?.connect_with(config, addr, crate::pki::SERVER_NAME)?;
         if let Some(mem) = &remembered {
             match connecting.into_0rtt() {
@@ -304,7 +311,7 @@ impl Node {
 
     /// One round with the peer at `addr`, then close.
     pub async fn sync_once(&self, addr: SocketAddr) -> Result<SyncReport> {
-        let Opened { link, round, zero_rtt } = self.open(addr).await?;
+        let Opened { link, round, zero_rtt } = self.open(addr, false).await?;
         let server = self.ctx.tasks.spawn(session::serve(self.ctx.clone(), link.clone()));
         let result = round.finish(&self.ctx, &link).await;
         if result.is_ok() {
@@ -376,6 +383,10 @@ pub fn record(ctx: &NodeCtx, link: &Link, error: Option<String>, add_counts: boo
     let result = dir.record_peer(link.peer.node_id, |p| {
         p.name = link.peer.name.clone();
         p.role = link.peer.role;
+        if p.found_by.is_empty() {
+            p.found_by = if link.inbound { "dialed-us" } else { "static" }.into();
+        }
+        p.foreign = false;
         // Where the peer is now: a migrated connection has moved on.
         p.addr = link.conn.remote_address().to_string();
         if error.is_none() {
@@ -408,7 +419,7 @@ async fn accept_loop(ctx: Arc<NodeCtx>, endpoint: quinn::Endpoint) {
             let (conn, peer) = peer;
             tracing::info!(%addr, peer = %peer.node_id.short(), name = %peer.name, "peer connected");
             ctx.totals.connections_accepted.fetch_add(1, Relaxed);
-            let link = Link::new(conn, peer, addr, started);
+            let link = Link::with_direction(conn, peer, addr, started, true);
             let why = session::serve(ctx.clone(), link.clone()).await;
             let error = match &why {
                 quinn::ConnectionError::ApplicationClosed(c) if c.error_code == crate::wire::code(ErrorCode::Done) => {

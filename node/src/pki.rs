@@ -185,3 +185,12 @@ pub fn parse_pem_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>> {
     }
     Ok(certs)
 }
+
+/// The deployment's fingerprint, advertised over mDNS so nodes skip peers
+/// of other deployments before dialing: SHA-256 of the CA certificate,
+/// first 16 bytes, written like a node id.
+pub fn deployment_fingerprint(ca_pem: &str) -> Result<String> {
+    let ca = parse_pem_certs(ca_pem)?;
+    let first = ca.first().context("ca.crt holds no certificate")?;
+    Ok(ferry_proto::NodeId::from_spki(first.as_ref()).to_string())
+}

@@ -70,6 +70,8 @@ pub struct NodeCtx {
     /// Cancelled when the node shuts down, for tasks that do not end by
     /// themselves (the local API).
     pub stopping: tokio_util::sync::CancellationToken,
+    /// This deployment's CA fingerprint, once mDNS advertises it.
+    pub deployment: Mutex<Option<String>>,
 }
 
 /// One connection to one verified peer.
@@ -78,6 +80,8 @@ pub struct Link {
     pub peer: CertInfo,
     pub addr: SocketAddr,
     pub counters: Counters,
+    /// The peer dialled this node.
+    pub inbound: bool,
     /// When this node started dialling or accepting this connection.
     pub started: Instant,
     /// When the first bytes of an event batch arrived on it: the reconnect
@@ -89,10 +93,21 @@ pub struct Link {
 
 impl Link {
     pub fn new(conn: quinn::Connection, peer: CertInfo, addr: SocketAddr, started: Instant) -> Arc<Link> {
+        Self::with_direction(conn, peer, addr, started, false)
+    }
+
+    pub fn with_direction(
+        conn: quinn::Connection,
+        peer: CertInfo,
+        addr: SocketAddr,
+        started: Instant,
+        inbound: bool,
+    ) -> Arc<Link> {
         Arc::new(Link {
             conn,
             peer,
             addr,
+            inbound,
             counters: Counters::default(),
             started,
             first_event: OnceLock::new(),
@@ -141,6 +156,26 @@ fn fault_code(e: &anyhow::Error) -> ErrorCode {
 }
 
 impl NodeCtx {
+    /// Notes a node heard on the LAN, for `ferry peers`.
+    pub fn seen(&self, id: NodeId, role: &str, addrs: &[SocketAddr], same_deployment: bool) {
+        let Some(dir) = &self.data_dir else { return };
+        let result = dir.record_peer(id, |p| {
+            if p.found_by.is_empty() || p.found_by == "dialed-us" {
+                p.found_by = "mdns".into();
+            }
+            p.foreign = !same_deployment;
+            if p.role.is_none() {
+                p.role = role.parse().ok();
+            }
+            if let Some(a) = addrs.first() {
+                p.addr = a.to_string();
+            }
+        });
+        if let Err(e) = result {
+            tracing::warn!("could not record a LAN peer: {e:#}");
+        }
+    }
+
     pub fn allows(&self, peer: &CertInfo, origin: &Origin) -> bool {
         match self.policy {
             Policy::All => true,

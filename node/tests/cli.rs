@@ -37,6 +37,8 @@ fn daemon(dir: &str, extra: &[&str]) -> (Child, String) {
             "127.0.0.1:0",
             "--interval",
             "1",
+            // Loopback only: no multicast onto the machine's real network.
+            "--no-mdns",
         ])
         .args(extra)
         .stderr(Stdio::piped())
@@ -216,6 +218,7 @@ fn a_newcomer_sets_up_two_nodes_and_they_replicate() {
             &listen,
             "--api-listen",
             "127.0.0.1:0",
+            "--no-mdns",
             "--interval",
             "1",
         ])

@@ -126,6 +126,7 @@ async fn two_minute_outage_while_both_sides_write_converges_by_itself() {
     let opts = DaemonOptions {
         peers: vec![sim.local_addr().to_string()],
         interval: Duration::from_secs(5),
+        mdns: None,
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let daemon = tokio::spawn(daemon::run(clinic.clone(), opts, async move {

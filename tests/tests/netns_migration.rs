@@ -79,7 +79,7 @@ fn transfer_survives_a_real_address_change() {
         cmd.arg("__ferry")
             .args(["run", "--data-dir"])
             .arg(&hub.root)
-            .args(["--listen", "10.77.1.1:4433", "--log", "info"])
+            .args(["--listen", "10.77.1.1:4433", "--no-mdns", "--log", "info"])
             .stderr(std::fs::File::create(&hub_log).unwrap());
         cmd
     })

@@ -143,7 +143,7 @@ async fn reconnect_costs(
         let first = r.first_event_ms.map(std::time::Duration::from_millis);
         rows.insert(name.into(), row(first, &before, r.events_received));
     }
-    let opened = node.open(addr).await?;
+    let opened = node.open(addr, false).await?;
     let link = opened.link.clone();
     opened.round.finish(&node.ctx, &link).await?;
     push_probe(hub_dir, 3)?;
@@ -201,6 +201,7 @@ fn run(profile_name: &str, events: usize, seed: u64) -> Result<serde_json::Value
         "127.0.0.1:0",
         "--api-listen",
         "127.0.0.1:0",
+        "--no-mdns",
     ])
     .stderr(Stdio::piped())
     .spawn()?;
