@@ -61,6 +61,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Known peers: role, address, how found, connection state, last sync,
+    /// and how many events each side lacks.
+    Peers {
+        #[arg(long)]
+        json: bool,
+    },
     /// Sync once with a peer, then exit (0 only if the session completed).
     Sync {
         /// The peer's address, HOST:PORT.

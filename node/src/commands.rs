@@ -49,6 +49,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Push(ref args) => push(&data_dir()?, args),
         Command::Log(ref args) => log(&data_dir()?, args),
         Command::Status { json } => crate::status::print(&data_dir()?, json),
+        Command::Peers { json } => crate::status::print_peers(&data_dir()?, json),
         Command::Sync {
             ref peer,
             policy,

@@ -84,6 +84,12 @@ pub async fn run(node: Arc<Node>, opts: DaemonOptions, shutdown: impl std::futur
     drop(lan);
     tasks.shutdown().await;
     node.shutdown().await;
+    // Peer loops were stopped mid-connection: nothing is connected now.
+    if let Some(dir) = &node.ctx.data_dir {
+        for id in dir.peers().keys().filter_map(|k| k.parse().ok()) {
+            let _ = dir.record_peer(id, |p| p.connected = false);
+        }
+    }
     if let Some(dir) = &node.ctx.data_dir {
         let _ = std::fs::remove_file(dir.path(crate::api::ADDR_FILE));
     }

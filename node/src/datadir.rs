@@ -268,6 +268,9 @@ impl DataDir {
     }
 
     pub fn record_peer(&self, node_id: NodeId, update: impl FnOnce(&mut PeerRecord)) -> Result<()> {
+        // Sessions record concurrently; read-modify-write must not interleave.
+        static PEERS_FILE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _guard = PEERS_FILE.lock().unwrap_or_else(|p| p.into_inner());
         let mut peers = self.peers();
         update(peers.entry(node_id.to_string()).or_default());
         atomic_write(&self.path("peers.json"), &serde_json::to_vec_pretty(&peers)?)
@@ -289,6 +292,15 @@ pub struct PeerRecord {
     /// Seen on the LAN with another deployment's CA: never dialed.
     #[serde(default)]
     pub foreign: bool,
+    /// A connection is open (as of the last record).
+    #[serde(default)]
+    pub connected: bool,
+    /// After the last round: events the peer holds that this node lacks,
+    /// and events this node may send that the peer lacks.
+    #[serde(default)]
+    pub we_lack: Option<u64>,
+    #[serde(default)]
+    pub they_lack: Option<u64>,
 }
 
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {

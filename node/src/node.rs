@@ -387,6 +387,18 @@ pub fn record(ctx: &NodeCtx, link: &Link, error: Option<String>, add_counts: boo
             p.found_by = if link.inbound { "dialed-us" } else { "static" }.into();
         }
         p.foreign = false;
+        p.connected = !add_counts;
+        if let Some((theirs, _)) = link.last_summary.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            let ours = ctx.wal.summary();
+            let count = |a: &ferry_proto::Summary, b: &ferry_proto::Summary| -> u64 {
+                a.gaps(b, &Default::default(), |_| true)
+                    .iter()
+                    .map(|g| g.last - g.first + 1)
+                    .sum()
+            };
+            p.we_lack = Some(count(&ours, theirs));
+            p.they_lack = Some(count(theirs, &ours.filtered(|o| ctx.allows(&link.peer, o))));
+        }
         // Where the peer is now: a migrated connection has moved on.
         p.addr = link.conn.remote_address().to_string();
         if error.is_none() {

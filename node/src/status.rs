@@ -94,3 +94,50 @@ pub fn print(dir: &DataDir, as_json: bool) -> Result<()> {
     }
     Ok(())
 }
+
+/// `ferry peers`: what peers.json says, one line per peer.
+pub fn print_peers(dir: &DataDir, as_json: bool) -> Result<()> {
+    let peers = dir.peers();
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&peers)?);
+        return Ok(());
+    }
+    if peers.is_empty() {
+        println!("no peers known yet: add `peers` to config.toml, or run `ferry run` on a LAN with other nodes");
+        return Ok(());
+    }
+    println!(
+        "{:<12} {:<10} {:<7} {:<22} {:<9} {:<14} {:>11} {:>12}",
+        "NODE", "NAME", "ROLE", "ADDRESS", "FOUND BY", "STATE", "LAST SYNC", "LACKS (W/T)"
+    );
+    let now = crate::datadir::unix_now();
+    for (id, p) in peers {
+        let short = id.get(..9).unwrap_or(&id);
+        let state = if p.foreign {
+            "foreign".to_string()
+        } else if p.connected {
+            "connected".into()
+        } else if p.last_error.is_some() {
+            "failed".into()
+        } else {
+            "idle".into()
+        };
+        let last = p
+            .last_sync_unix
+            .map(|t| format!("{}s ago", now.saturating_sub(t)))
+            .unwrap_or_else(|| "never".into());
+        let lacks = match (p.we_lack, p.they_lack) {
+            (Some(w), Some(t)) => format!("{w}/{t}"),
+            _ => "-".into(),
+        };
+        let role = p.role.map(|r| r.to_string()).unwrap_or_else(|| "?".into());
+        println!(
+            "{short:<12} {:<10} {role:<7} {:<22} {:<9} {state:<14} {last:>11} {lacks:>12}",
+            p.name, p.addr, p.found_by
+        );
+        if let Some(e) = &p.last_error {
+            println!("{:12} last error: {e}", "");
+        }
+    }
+    Ok(())
+}

@@ -272,6 +272,7 @@ fn every_command_has_help() {
         vec!["push"],
         vec!["log"],
         vec!["status"],
+        vec!["peers"],
         vec!["sync"],
         vec!["run"],
         vec!["wal", "rekey"],

@@ -115,6 +115,15 @@ fn nodes_on_a_bridge_find_each_other_and_a_foreign_node_is_ignored() {
         assert_eq!(f.1.last_sync_unix, None, "the foreign node was synced with");
         assert_eq!(peers.values().filter(|p| p.found_by == "mdns" && !p.foreign).count(), 2);
     }
+    let listing = std::process::Command::new(env!("CARGO_BIN_EXE_field-bench"))
+        .args(["__ferry", "peers", "--data-dir"])
+        .arg(&nodes[0].root)
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert_eq!(listing.matches(" mdns ").count(), 3, "{listing}");
+    assert!(listing.contains("foreign") && listing.contains("0/0"), "{listing}");
+    println!("{listing}");
     assert_eq!(held(&foreign), foreign_own);
     let foreign_log = std::fs::read_to_string(&logs[3]).unwrap();
     assert!(
