@@ -124,6 +124,24 @@ pub async fn write_events(wal: &Wal, payloads: Vec<Vec<u8>>, priority: Priority)
     Ok(())
 }
 
+/// Appends `payloads` as normal local events to a node that is not
+/// running (its own process will open the WAL), in batches of 500.
+pub fn fill_wal(dir: &DataDir, payloads: &[Vec<u8>]) -> Result<()> {
+    let wal = dir.open_wal(false)?;
+    for chunk in payloads.chunks(500) {
+        let batch = chunk
+            .iter()
+            .map(|p| NewEvent {
+                topic: "clinic/visit".into(),
+                priority: Priority::Normal,
+                payload: p.clone(),
+            })
+            .collect();
+        wal.append_local_blocking(batch)?;
+    }
+    Ok(())
+}
+
 /// Every stored event as its canonical bytes, keyed by `(origin, seq)`.
 pub fn all_events(wal: &Wal) -> Result<BTreeMap<(Origin, u64), Vec<u8>>> {
     let mut out = BTreeMap::new();

@@ -5,26 +5,14 @@
 
 use ferry::datadir::DataDir;
 use ferry::pki::Role;
-use ferry_proto::Priority;
 use ferry_tests::netns::{self, Netns, Proc};
 use ferry_tests::{workload, Deployment};
-use ferry_wal::NewEvent;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 fn fill(dir: &DataDir, clinic: &str, n: usize, seed: u64) {
-    let wal = dir.open_wal(false).unwrap();
-    let batch = workload(clinic, n, seed)
-        .unwrap()
-        .into_iter()
-        .map(|payload| NewEvent {
-            topic: "clinic/visit".into(),
-            priority: Priority::Normal,
-            payload,
-        })
-        .collect();
-    wal.append_local_blocking(batch).unwrap();
+    ferry_tests::fill_wal(dir, &workload(clinic, n, seed).unwrap()).unwrap();
 }
 
 fn held(dir: &DataDir) -> BTreeSet<String> {

@@ -4,10 +4,8 @@
 //! says why it skipped.
 
 use ferry::pki::Role;
-use ferry_proto::Priority;
 use ferry_tests::netns::{self, Netns, Proc};
 use ferry_tests::{all_events, workload, Deployment};
-use ferry_wal::NewEvent;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -32,20 +30,7 @@ fn transfer_survives_a_real_address_change() {
     let dep = Deployment::new("migration").unwrap();
     let hub = dep.enroll("hub", Role::Hub).unwrap();
     let clinic = dep.enroll("clinic", Role::Clinic).unwrap();
-    {
-        let wal = clinic.open_wal(false).unwrap();
-        for chunk in workload("MIGNS", EVENTS as usize, 11).unwrap().chunks(500) {
-            let batch = chunk
-                .iter()
-                .map(|p| NewEvent {
-                    topic: "clinic/visit".into(),
-                    priority: Priority::Normal,
-                    payload: p.clone(),
-                })
-                .collect();
-            wal.append_local_blocking(batch).unwrap();
-        }
-    }
+    ferry_tests::fill_wal(&clinic, &workload("MIGNS", EVENTS as usize, 11).unwrap()).unwrap();
 
     let h = Netns::new("mh").unwrap();
     let c = Netns::new("mc").unwrap();

@@ -11,9 +11,7 @@ use clap::Parser;
 use ferry::node::ZeroRtt;
 use ferry::pki::Role;
 use ferry_netsim::{Config, Netsim, Profile};
-use ferry_proto::Priority;
 use ferry_tests::{workload, Deployment};
-use ferry_wal::NewEvent;
 use serde_json::json;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -173,20 +171,7 @@ fn run(profile_name: &str, events: usize, seed: u64) -> Result<serde_json::Value
     let hub = dep.enroll("hub", Role::Hub)?;
     let clinic = dep.enroll("clinic", Role::Clinic)?;
     let payloads = workload("BHU-BENCH", events, 42)?;
-    {
-        let wal = clinic.open_wal(false)?;
-        for chunk in payloads.chunks(500) {
-            let batch = chunk
-                .iter()
-                .map(|p| NewEvent {
-                    topic: "clinic/visit".into(),
-                    priority: Priority::Normal,
-                    payload: p.clone(),
-                })
-                .collect();
-            wal.append_local_blocking(batch)?;
-        }
-    }
+    ferry_tests::fill_wal(&clinic, &payloads)?;
     let payload_bytes: usize = payloads.iter().map(Vec::len).sum();
     let stream = payloads.join(&b'\n');
     let zstd19 = zstd::bulk::compress(&stream, 19)?.len();
