@@ -86,9 +86,7 @@ pub async fn run(node: Arc<Node>, opts: DaemonOptions, shutdown: impl std::futur
     node.shutdown().await;
     // Peer loops were stopped mid-connection: nothing is connected now.
     if let Some(dir) = &node.ctx.data_dir {
-        for id in dir.peers().keys().filter_map(|k| k.parse().ok()) {
-            let _ = dir.record_peer(id, |p| p.connected = false);
-        }
+        let _ = dir.update_peers(|peers| peers.values_mut().for_each(|p| p.connected = false));
     }
     if let Some(dir) = &node.ctx.data_dir {
         let _ = std::fs::remove_file(dir.path(crate::api::ADDR_FILE));

@@ -268,11 +268,16 @@ impl DataDir {
     }
 
     pub fn record_peer(&self, node_id: NodeId, update: impl FnOnce(&mut PeerRecord)) -> Result<()> {
+        self.update_peers(|peers| update(peers.entry(node_id.to_string()).or_default()))
+    }
+
+    /// Changes peers.json in one read and one write.
+    pub fn update_peers(&self, update: impl FnOnce(&mut BTreeMap<String, PeerRecord>)) -> Result<()> {
         // Sessions record concurrently; read-modify-write must not interleave.
         static PEERS_FILE: std::sync::Mutex<()> = std::sync::Mutex::new(());
         let _guard = PEERS_FILE.lock().unwrap_or_else(|p| p.into_inner());
         let mut peers = self.peers();
-        update(peers.entry(node_id.to_string()).or_default());
+        update(&mut peers);
         atomic_write(&self.path("peers.json"), &serde_json::to_vec_pretty(&peers)?)
     }
 }
