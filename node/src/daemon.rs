@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
+use tokio::sync::Notify;
 
 pub struct DaemonOptions {
     pub peers: Vec<String>,
@@ -23,8 +24,9 @@ pub struct DaemonOptions {
 
 /// Addresses the peer advertises, shared with its loop.
 type LanAddrs = Arc<Mutex<Vec<SocketAddr>>>;
-/// Peers found on the LAN that this node dials, and their loops.
-type LanPeers = HashMap<NodeId, (LanAddrs, tokio::task::AbortHandle)>;
+/// Peers found on the LAN that this node dials: their addresses, their
+/// loops, and how to wake a loop waiting to retry.
+type LanPeers = HashMap<NodeId, (LanAddrs, tokio::task::AbortHandle, Arc<Notify>)>;
 
 /// Whom a peer loop keeps in touch with.
 #[derive(Clone)]
@@ -52,9 +54,15 @@ pub fn backoff(attempt: u32) -> Duration {
 }
 
 pub async fn run(node: Arc<Node>, opts: DaemonOptions, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    node.ctx.live.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut tasks = tokio::task::JoinSet::new();
     for peer in opts.peers {
-        tasks.spawn(peer_loop(node.clone(), Target::Static(peer), opts.interval));
+        tasks.spawn(peer_loop(
+            node.clone(),
+            Target::Static(peer),
+            opts.interval,
+            Default::default(),
+        ));
     }
     let mut lan = opts.mdns.and_then(|interfaces| match start_mdns(&node, &interfaces) {
         Ok(m) => Some(m),
@@ -119,7 +127,7 @@ fn on_lan_event(
     let ad = match event {
         PeerEvent::Found(ad) | PeerEvent::Changed(ad) => ad,
         PeerEvent::Lost(id) => {
-            if let Some((_, task)) = found.remove(&id) {
+            if let Some((_, task, _)) = found.remove(&id) {
                 tracing::info!(peer = %id.short(), "peer left the LAN");
                 task.abort();
             }
@@ -134,9 +142,11 @@ fn on_lan_event(
         tracing::info!(peer = %id.short(), addrs = ?ad.addrs, "a node of another deployment is on the LAN; not dialing it");
         return;
     }
-    if let Some((addrs, task)) = found.get(&id) {
+    if let Some((addrs, task, wake)) = found.get(&id) {
         if !task.is_finished() {
             *addrs.lock().unwrap_or_else(|p| p.into_inner()) = ad.addrs;
+            // Announced again (back on the LAN, or moved): retry now.
+            wake.notify_one();
             return;
         }
     }
@@ -147,8 +157,14 @@ fn on_lan_event(
     }
     tracing::info!(peer = %id.short(), addrs = ?ad.addrs, "found on the LAN; dialing");
     let addrs = Arc::new(Mutex::new(ad.addrs));
-    let task = tasks.spawn(peer_loop(node.clone(), Target::Lan(id, addrs.clone()), interval));
-    found.insert(id, (addrs, task));
+    let wake = Arc::new(Notify::new());
+    let task = tasks.spawn(peer_loop(
+        node.clone(),
+        Target::Lan(id, addrs.clone()),
+        interval,
+        wake.clone(),
+    ));
+    found.insert(id, (addrs, task, wake));
 }
 
 async fn resolve(peer: &str) -> Result<SocketAddr> {
@@ -190,7 +206,32 @@ async fn dial(node: &Node, target: &Target) -> Result<crate::node::Opened> {
     }
 }
 
-async fn peer_loop(node: Arc<Node>, target: Target, interval: Duration) {
+/// Records how a connection went when its loop ends, also when the loop is
+/// aborted at shutdown, so `ferry peers` counts every connection.
+struct Ended {
+    ctx: Arc<crate::session::NodeCtx>,
+    link: Arc<crate::session::Link>,
+    error: Option<String>,
+}
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        record(&self.ctx, &self.link, self.error.take(), true);
+    }
+}
+
+/// Sleeps `wait` before a retry, cut short when the peer announces itself
+/// again or this machine's addresses change (a mule arriving somewhere).
+async fn retry_after(node: &Node, wait: Duration, wake: &Notify) {
+    let mut moved = node.ctx.addresses.subscribe();
+    tokio::select! {
+        _ = tokio::time::sleep(wait) => {}
+        _ = wake.notified() => {}
+        _ = moved.changed() => {}
+    }
+}
+
+async fn peer_loop(node: Arc<Node>, target: Target, interval: Duration, wake: Arc<Notify>) {
     let peer = target.to_string();
     let mut attempt = 0u32;
     loop {
@@ -201,7 +242,7 @@ async fn peer_loop(node: Arc<Node>, target: Target, interval: Duration) {
                 let wait = backoff(attempt);
                 tracing::info!(%peer, "cannot reach peer ({e:#}); retrying in {wait:?}");
                 attempt += 1;
-                tokio::time::sleep(wait).await;
+                retry_after(&node, wait, &wake).await;
                 continue;
             }
         };
@@ -210,7 +251,11 @@ async fn peer_loop(node: Arc<Node>, target: Target, interval: Duration) {
         tracing::info!(%peer, name = %link.peer.name, zero_rtt = ?opened.zero_rtt, "connected");
         let server = node.ctx.tasks.spawn(session::serve(node.ctx.clone(), link.clone()));
         let mut changes = node.ctx.wal.subscribe();
-        let mut last_error = None;
+        let mut ended = Ended {
+            ctx: node.ctx.clone(),
+            link: link.clone(),
+            error: None,
+        };
         let mut opening = Some(opened.round);
         loop {
             let round = match opening.take() {
@@ -225,24 +270,18 @@ async fn peer_loop(node: Arc<Node>, target: Target, interval: Duration) {
                 }
                 Err(e) => {
                     tracing::warn!(%peer, "round failed: {e:#}");
-                    last_error = Some(format!("{e:#}"));
+                    ended.error = Some(format!("{e:#}"));
                     break;
                 }
             }
-            changes.borrow_and_update();
-            tokio::select! {
-                _ = tokio::time::sleep(interval) => {}
-                _ = changes.changed() => {
-                    // Let a burst of appends settle into one round.
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                _ = link.conn.closed() => break,
+            if !session::round_due(&node.ctx, &link, &mut changes, Some(interval)).await {
+                break;
             }
         }
-        record(&node.ctx, &link, last_error, true);
+        drop(ended);
         link.conn
             .close(crate::wire::code(ferry_proto::ErrorCode::Done), b"reconnecting");
         server.abort();
-        tokio::time::sleep(backoff(0)).await;
+        retry_after(&node, backoff(0), &wake).await;
     }
 }

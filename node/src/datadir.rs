@@ -32,6 +32,9 @@ pub enum Policy {
     All,
     /// A peer receives only the events it wrote itself.
     Own,
+    /// By the peer's role: hubs and mules receive everything (they carry
+    /// it on); a clinic receives its own events and those written by hubs.
+    Role,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -306,6 +309,10 @@ pub struct PeerRecord {
     pub we_lack: Option<u64>,
     #[serde(default)]
     pub they_lack: Option<u64>,
+    /// Name and role come from the peer's certificate (this node connected
+    /// to it), not from what it claimed on the LAN.
+    #[serde(default)]
+    pub verified: bool,
 }
 
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {

@@ -44,6 +44,7 @@ pub async fn watch(ctx: Arc<NodeCtx>, dialer: quinn::Endpoint, bind: SocketAddr)
         if now == known {
             continue;
         }
+        ctx.addresses.send_modify(|n| *n += 1);
         let gone: Vec<_> = known.difference(&now).collect();
         let new: Vec<_> = now.difference(&known).collect();
         match std::net::UdpSocket::bind(bind).and_then(|s| dialer.rebind(s)) {
@@ -59,4 +60,23 @@ pub async fn watch(ctx: Arc<NodeCtx>, dialer: quinn::Endpoint, bind: SocketAddr)
         }
         known = now;
     }
+}
+
+/// Whether `peer` is on one of this machine's subnets (loopback aside):
+/// a LAN peer, cheaper to pull from than one across the WAN.
+pub fn on_link(peer: IpAddr) -> bool {
+    let Ok(list) = if_addrs::get_if_addrs() else {
+        return false;
+    };
+    list.iter().filter(|i| !i.is_loopback()).any(|i| match (&i.addr, peer) {
+        (if_addrs::IfAddr::V4(a), IpAddr::V4(p)) => {
+            let mask = u32::from(a.netmask);
+            u32::from(a.ip) & mask == u32::from(p) & mask
+        }
+        (if_addrs::IfAddr::V6(a), IpAddr::V6(p)) => {
+            let mask = u128::from(a.netmask);
+            u128::from(a.ip) & mask == u128::from(p) & mask
+        }
+        _ => false,
+    })
 }

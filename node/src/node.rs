@@ -2,7 +2,7 @@
 //! and dials.
 
 use crate::datadir::{unix_now, DataDir, Policy};
-use crate::pki::CertInfo;
+use crate::pki::{CertInfo, Role};
 use crate::session::{self, Counters, Link, NodeCtx, RoundReport};
 use crate::tls::{self, TlsIdentity};
 use crate::transport::TransportProfile;
@@ -114,6 +114,16 @@ pub fn open_ctx_with(dir: &DataDir, overrides: Overrides) -> Result<(Arc<NodeCtx
         .role
         .context("node certificate carries no role; re-enrol it with `ferry ca sign --role`")?;
     let wal = dir.open_wal(false)?;
+    // Hubs this node has met: their events go to every clinic under `role`.
+    let hubs = std::iter::once(id.node_id)
+        .filter(|_| role == Role::Hub)
+        .chain(
+            dir.peers()
+                .into_iter()
+                .filter(|(_, p)| p.verified && p.role == Some(Role::Hub))
+                .filter_map(|(id, _)| id.parse().ok()),
+        )
+        .collect();
     let ctx = NodeCtx {
         wal: Arc::new(wal),
         node_id: id.node_id,
@@ -125,6 +135,11 @@ pub fn open_ctx_with(dir: &DataDir, overrides: Overrides) -> Result<(Arc<NodeCtx
         tasks: Default::default(),
         stopping: Default::default(),
         deployment: Default::default(),
+        inflight: Default::default(),
+        lan_links: Default::default(),
+        live: Default::default(),
+        hubs: Mutex::new(hubs),
+        addresses: tokio::sync::watch::Sender::new(0),
         budget: overrides
             .bandwidth_kbps
             .or(cfg.bandwidth_kbps)
@@ -229,7 +244,7 @@ impl Node {
         let mut connecting = self.dialer()?.connect_with(config, addr, crate::pki::SERVER_NAME)?;
         if let Some(mem) = &remembered {
             match connecting.into_0rtt() {
-                Ok((conn, accepted)) => return self.open_early(addr, conn, accepted, mem, started).await,
+                Ok((conn, accepted)) => return self.open_early(addr, lan, conn, accepted, mem, started).await,
                 Err(c) => connecting = c,
             }
         }
@@ -237,19 +252,20 @@ impl Node {
             .await
             .map_err(|_| self.unreachable(addr))?
             .with_context(|| format!("could not connect to {addr}"))?;
-        self.open_established(addr, conn, remembered.as_ref(), started, ZeroRtt::NotTried)
+        self.open_established(addr, lan, conn, remembered.as_ref(), started, ZeroRtt::NotTried)
             .await
     }
 
     async fn open_early(
         &self,
         addr: SocketAddr,
+        lan: bool,
         conn: quinn::Connection,
         accepted: quinn::ZeroRttAccepted,
         mem: &Remembered,
         started: Instant,
     ) -> Result<Opened> {
-        let link = Link::new(conn.clone(), mem.peer.clone(), addr, started);
+        let link = Link::new(conn.clone(), mem.peer.clone(), addr, started, false, lan);
         let early = session::open_round(&self.ctx, &link, Some(&mem.summary)).await;
         let accepted = tokio::time::timeout(self.connect_timeout, accepted)
             .await
@@ -258,6 +274,7 @@ impl Node {
             return Err(anyhow::Error::new(why).context(format!("could not connect to {addr}")));
         }
         let actual = tls::peer_cert(&conn)?;
+        self.ctx.note_role(actual.node_id, actual.role);
         if actual.node_id != mem.peer.node_id {
             conn.close(crate::wire::code(ErrorCode::Protocol), b"unexpected peer");
             anyhow::bail!(
@@ -281,7 +298,7 @@ impl Node {
                 self.ctx.totals.zero_rtt_rejected.fetch_add(1, Relaxed);
                 tracing::info!(%addr, peer = %actual.node_id.short(), "0-RTT rejected; opening the round again");
                 drop(early);
-                self.open_established(addr, conn, Some(mem), started, ZeroRtt::Rejected)
+                self.open_established(addr, lan, conn, Some(mem), started, ZeroRtt::Rejected)
                     .await
             }
         }
@@ -290,17 +307,19 @@ impl Node {
     async fn open_established(
         &self,
         addr: SocketAddr,
+        lan: bool,
         conn: quinn::Connection,
         remembered: Option<&Remembered>,
         started: Instant,
         zero_rtt: ZeroRtt,
     ) -> Result<Opened> {
         let peer = tls::peer_cert(&conn)?;
+        self.ctx.note_role(peer.node_id, peer.role);
         // Wants from the peer's last summary save a round trip here too.
         let summary = remembered
             .filter(|m| m.peer.node_id == peer.node_id)
             .map(|m| &m.summary);
-        let link = Link::new(conn, peer, addr, started);
+        let link = Link::new(conn, peer, addr, started, false, lan);
         let round = session::open_round(&self.ctx, &link, summary).await?;
         Ok(Opened { link, round, zero_rtt })
     }
@@ -379,10 +398,12 @@ pub fn report(link: &Link, round: RoundReport, zero_rtt: ZeroRtt) -> SyncReport 
 /// `add_counts` once per connection, when it ends: the link's counters are
 /// cumulative.
 pub fn record(ctx: &NodeCtx, link: &Link, error: Option<String>, add_counts: bool) {
+    ctx.note_role(link.peer.node_id, link.peer.role);
     let Some(dir) = &ctx.data_dir else { return };
     let result = dir.record_peer(link.peer.node_id, |p| {
         p.name = link.peer.name.clone();
         p.role = link.peer.role;
+        p.verified = true;
         if p.found_by.is_empty() {
             p.found_by = if link.inbound { "dialed-us" } else { "static" }.into();
         }
@@ -390,14 +411,8 @@ pub fn record(ctx: &NodeCtx, link: &Link, error: Option<String>, add_counts: boo
         p.connected = !add_counts;
         if let Some((theirs, _)) = link.last_summary.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
             let ours = ctx.wal.summary();
-            let count = |a: &ferry_proto::Summary, b: &ferry_proto::Summary| -> u64 {
-                a.gaps(b, &Default::default(), |_| true)
-                    .iter()
-                    .map(|g| g.last - g.first + 1)
-                    .sum()
-            };
-            p.we_lack = Some(count(&ours, theirs));
-            p.they_lack = Some(count(theirs, &ours.filtered(|o| ctx.allows(&link.peer, o))));
+            p.we_lack = Some(ours.lacking(theirs));
+            p.they_lack = Some(theirs.lacking(&ours.filtered(|o| ctx.allows(&link.peer, o))));
         }
         // Where the peer is now: a migrated connection has moved on.
         p.addr = link.conn.remote_address().to_string();
@@ -431,8 +446,16 @@ async fn accept_loop(ctx: Arc<NodeCtx>, endpoint: quinn::Endpoint) {
             let (conn, peer) = peer;
             tracing::info!(%addr, peer = %peer.node_id.short(), name = %peer.name, "peer connected");
             ctx.totals.connections_accepted.fetch_add(1, Relaxed);
-            let link = Link::with_direction(conn, peer, addr, started, true);
+            ctx.note_role(peer.node_id, peer.role);
+            let link = Link::new(conn, peer, addr, started, true, crate::netwatch::on_link(addr.ip()));
+            let news = ctx
+                .live
+                .load(Relaxed)
+                .then(|| ctx.tasks.spawn(session::push_news(ctx.clone(), link.clone())));
             let why = session::serve(ctx.clone(), link.clone()).await;
+            if let Some(news) = news {
+                news.abort();
+            }
             let error = match &why {
                 quinn::ConnectionError::ApplicationClosed(c) if c.error_code == crate::wire::code(ErrorCode::Done) => {
                     None

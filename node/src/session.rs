@@ -8,19 +8,20 @@
 //! a connection that stays open (the daemon).
 
 use crate::datadir::{DataDir, Policy};
+use crate::inflight::InFlight;
 use crate::pki::{CertInfo, Role};
-use crate::wire::{code, read_frame, read_frame_noting, write_frame, WireError};
+use crate::pull::Puller;
+use crate::wire::{code, read_frame, write_frame, WireError};
 use anyhow::{anyhow, Context, Result};
-use ferry_proto::batch::{StreamCompressor, StreamDecompressor};
-use ferry_proto::summary::Gap;
+use ferry_proto::batch::StreamCompressor;
 use ferry_proto::{Classes, ErrorCode, Frame, Hello, NodeId, Origin, Priority, Summary, Want, PROTOCOL_VERSION};
 use ferry_wal::Wal;
 use serde::Serialize;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Instant;
-use tokio::task::JoinSet;
 
 /// Events per `Events` frame: big enough to compress well, small enough that
 /// a cut link loses little in flight.
@@ -46,7 +47,7 @@ pub struct Counters {
 }
 
 impl Counters {
-    fn add(&self, f: impl Fn(&Counters) -> &AtomicU64, n: u64, also: &Counters) {
+    pub(crate) fn add(&self, f: impl Fn(&Counters) -> &AtomicU64, n: u64, also: &Counters) {
         f(self).fetch_add(n, Relaxed);
         f(also).fetch_add(n, Relaxed);
     }
@@ -72,6 +73,18 @@ pub struct NodeCtx {
     pub stopping: tokio_util::sync::CancellationToken,
     /// This deployment's CA fingerprint, once mDNS advertises it.
     pub deployment: Mutex<Option<String>>,
+    /// Ranges being pulled right now, by any round.
+    pub inflight: Arc<InFlight>,
+    /// Connections to LAN peers, whose summaries say what this node need
+    /// not pull over the WAN.
+    pub lan_links: Mutex<Vec<Weak<Link>>>,
+    /// A daemon: connections stay open and either side starts a round when
+    /// it holds events the other lacks, also on connections the peer opened.
+    pub live: AtomicBool,
+    /// Nodes whose certificates say `hub` (this one too, if it is a hub).
+    pub hubs: Mutex<std::collections::BTreeSet<NodeId>>,
+    /// Bumped when this machine's addresses change.
+    pub addresses: tokio::sync::watch::Sender<u64>,
 }
 
 /// One connection to one verified peer.
@@ -82,6 +95,8 @@ pub struct Link {
     pub counters: Counters,
     /// The peer dialled this node.
     pub inbound: bool,
+    /// A peer on this node's LAN: cheaper to pull from than one over the WAN.
+    pub lan: bool,
     /// When this node started dialling or accepting this connection.
     pub started: Instant,
     /// When the first bytes of an event batch arrived on it: the reconnect
@@ -89,29 +104,55 @@ pub struct Link {
     pub first_event: OnceLock<Instant>,
     /// The peer's summary from the last round, for the next reconnect's 0-RTT wants.
     pub last_summary: Mutex<Option<(Summary, Classes)>>,
+    /// Rounds running on this connection, either way.
+    pub running: std::sync::atomic::AtomicU32,
+    /// Bumped as a round starts or ends, to wake `round_due`.
+    pub rounds: tokio::sync::watch::Sender<u64>,
+    /// What the peer offered in a round that is still running.
+    pub offered: Mutex<Option<Summary>>,
+}
+
+/// A round in progress on a link; its end wakes whoever waits in `round_due`.
+struct Running<'a>(&'a Link);
+
+impl<'a> Running<'a> {
+    fn new(link: &'a Link, offered: &Summary) -> Self {
+        *link.offered.lock().unwrap_or_else(|p| p.into_inner()) = Some(offered.clone());
+        link.running.fetch_add(1, Relaxed);
+        link.rounds.send_modify(|n| *n += 1);
+        Running(link)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Relaxed);
+        self.0.rounds.send_modify(|n| *n += 1);
+    }
 }
 
 impl Link {
-    pub fn new(conn: quinn::Connection, peer: CertInfo, addr: SocketAddr, started: Instant) -> Arc<Link> {
-        Self::with_direction(conn, peer, addr, started, false)
-    }
-
-    pub fn with_direction(
+    pub fn new(
         conn: quinn::Connection,
         peer: CertInfo,
         addr: SocketAddr,
         started: Instant,
         inbound: bool,
+        lan: bool,
     ) -> Arc<Link> {
         Arc::new(Link {
             conn,
             peer,
             addr,
             inbound,
+            lan,
             counters: Counters::default(),
             started,
             first_event: OnceLock::new(),
             last_summary: Mutex::new(None),
+            rounds: tokio::sync::watch::Sender::new(0),
+            offered: Mutex::new(None),
+            running: Default::default(),
         })
     }
 
@@ -137,7 +178,7 @@ pub struct PeerFault {
     pub message: String,
 }
 
-fn fault(code: ErrorCode, message: impl Into<String>) -> anyhow::Error {
+pub(crate) fn fault(code: ErrorCode, message: impl Into<String>) -> anyhow::Error {
     PeerFault {
         code,
         message: message.into(),
@@ -176,10 +217,59 @@ impl NodeCtx {
         }
     }
 
+    fn note_lan_link(&self, link: &Arc<Link>) {
+        let mut links = self.lan_links.lock().unwrap_or_else(|p| p.into_inner());
+        links.retain(|l| l.strong_count() > 0);
+        if !links.iter().any(|l| std::ptr::eq(l.as_ptr(), Arc::as_ptr(link))) {
+            links.push(Arc::downgrade(link));
+        }
+    }
+
+    /// What open connections to LAN peers offer, by their last summaries.
+    pub fn lan_offers(&self) -> Summary {
+        let links = self.lan_links.lock().unwrap_or_else(|p| p.into_inner());
+        links
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|l| l.conn.close_reason().is_none())
+            .fold(Summary::default(), |all, l| {
+                let last = l.last_summary.lock().unwrap_or_else(|p| p.into_inner());
+                let offered = l.offered.lock().unwrap_or_else(|p| p.into_inner());
+                let all = last.as_ref().map_or(all.clone(), |(s, _)| all.union(s));
+                offered.as_ref().map_or(all.clone(), |s| all.union(s))
+            })
+    }
+
+    /// Events this node may send the peer that, by its last summary, it
+    /// lacks; 0 before the first round, which the dialer always starts.
+    pub fn news_for(&self, link: &Link) -> u64 {
+        let last = link.last_summary.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((theirs, _)) = last.as_ref() else { return 0 };
+        theirs.lacking(&self.wal.summary().filtered(|o| self.allows(&link.peer, o)))
+    }
+
     pub fn allows(&self, peer: &CertInfo, origin: &Origin) -> bool {
         match self.policy {
             Policy::All => true,
             Policy::Own => origin.node == peer.node_id,
+            Policy::Role => match peer.role {
+                Some(Role::Hub | Role::Mule) => true,
+                Some(Role::Clinic) | None => {
+                    origin.node == peer.node_id
+                        || self
+                            .hubs
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .contains(&origin.node)
+                }
+            },
+        }
+    }
+
+    /// Learns a peer's role from its verified certificate.
+    pub fn note_role(&self, id: NodeId, role: Option<Role>) {
+        if role == Some(Role::Hub) {
+            self.hubs.lock().unwrap_or_else(|p| p.into_inner()).insert(id);
         }
     }
 
@@ -271,7 +361,7 @@ async fn handle_stream(ctx: Arc<NodeCtx>, link: Arc<Link>, mut send: quinn::Send
     }
 }
 
-fn kind(f: &Frame) -> &'static str {
+pub(crate) fn kind(f: &Frame) -> &'static str {
     match f {
         Frame::Hello(_) => "Hello",
         Frame::Summary(..) => "Summary",
@@ -368,8 +458,8 @@ async fn expect_summary(recv: &mut quinn::RecvStream) -> Result<(Summary, Classe
     }
 }
 
-/// Opens a round: the daemon does this on a timer and on new local events,
-/// `ferry sync` once.
+/// Opens a round: the daemon does this on a timer and when it has news for
+/// the peer, `ferry sync` once.
 pub async fn initiate_round(ctx: &Arc<NodeCtx>, link: &Arc<Link>) -> Result<RoundReport> {
     open_round(ctx, link, None).await?.finish(ctx, link).await
 }
@@ -382,6 +472,8 @@ pub struct OpenRound {
     puller: Puller,
     /// What this node holds plus what it already asked for.
     asked: Option<Summary>,
+    /// The summary this node sent.
+    sent: Summary,
 }
 
 /// Sends `Hello` and `Summary` and, when the peer's summary from an earlier
@@ -395,7 +487,8 @@ pub async fn open_round(
 ) -> Result<OpenRound> {
     let (mut send, recv) = link.conn.open_bi().await.context("could not open a control stream")?;
     write_frame(&mut send, &ctx.hello()).await?;
-    write_frame(&mut send, &ctx.summary_for(&link.peer)).await?;
+    let sent = ctx.summary_for(&link.peer);
+    write_frame(&mut send, &sent).await?;
     let mut puller = Puller::default();
     let asked = remembered.map(|(theirs, classes)| {
         let ours = ctx.wal.summary();
@@ -412,7 +505,15 @@ pub async fn open_round(
         recv,
         puller,
         asked,
+        sent: summary_of(sent),
     })
+}
+
+fn summary_of(frame: Frame) -> Summary {
+    match frame {
+        Frame::Summary(s, _) => s,
+        _ => Summary::default(),
+    }
 }
 
 impl OpenRound {
@@ -429,16 +530,12 @@ impl OpenRound {
         };
         check_hello(&hello, link)?;
         let theirs = expect_summary(&mut self.recv).await?;
-        let report = finish_round(
-            ctx,
-            link,
-            &mut self.send,
-            &mut self.recv,
+        let round = Round {
             theirs,
-            self.puller,
-            self.asked,
-        )
-        .await?;
+            sent: self.sent,
+            asked: self.asked,
+        };
+        let report = finish_round(ctx, link, &mut self.send, &mut self.recv, round, self.puller).await?;
         // Wait until the peer has our RoundDone, so closing now loses nothing.
         let _ = self.send.stopped().await;
         Ok(report)
@@ -455,8 +552,22 @@ async fn respond_round(
     check_hello(&hello, link)?;
     let theirs = expect_summary(recv).await?;
     write_frame(send, &ctx.hello()).await?;
-    write_frame(send, &ctx.summary_for(&link.peer)).await?;
-    finish_round(ctx, link, send, recv, theirs, Puller::default(), None).await
+    let sent = ctx.summary_for(&link.peer);
+    write_frame(send, &sent).await?;
+    let round = Round {
+        theirs,
+        sent: summary_of(sent),
+        asked: None,
+    };
+    finish_round(ctx, link, send, recv, round, Puller::default()).await
+}
+
+/// What a round knows once both summaries are out.
+struct Round {
+    theirs: (Summary, Classes),
+    sent: Summary,
+    /// What this node holds plus what it already asked for.
+    asked: Option<Summary>,
 }
 
 async fn finish_round(
@@ -464,27 +575,37 @@ async fn finish_round(
     link: &Arc<Link>,
     send: &mut quinn::SendStream,
     recv: &mut quinn::RecvStream,
-    (theirs, classes): (Summary, Classes),
+    round: Round,
     mut puller: Puller,
-    asked: Option<Summary>,
 ) -> Result<RoundReport> {
+    let Round {
+        theirs: (theirs, classes),
+        sent,
+        asked,
+    } = round;
     let ours = ctx.wal.summary();
     ctx.check_restored(&ours, &theirs)?;
-    // Urgent gaps come first and are started first.
-    let basis = match asked {
+    let _running = Running::new(link, &theirs);
+    let mut basis = match asked {
         Some(asked) => ours.union(&asked),
         None => ours,
     };
+    if link.lan {
+        ctx.note_lan_link(link);
+    } else {
+        // What a LAN peer offers comes from it, not over the WAN.
+        basis = basis.union(&ctx.lan_offers());
+    }
+    // Urgent gaps come first and are started first.
     let gaps = basis.gaps(&theirs, &classes, |_| true);
+    puller.add(ctx, link, gaps);
+    let (received, duplicates, wants) = puller.finish(ctx, link).await?;
     let mut report = RoundReport {
-        wants: gaps.len() + puller.started,
+        wants,
+        events_received: received,
+        duplicates_received: duplicates,
         ..Default::default()
     };
-    puller.add(ctx, link, gaps);
-    let (received, duplicates) = puller.finish(ctx, link).await?;
-    report.events_received = received;
-    report.duplicates_received = duplicates;
-    *link.last_summary.lock().unwrap_or_else(|p| p.into_inner()) = Some((theirs, classes));
     write_frame(send, &Frame::RoundDone { received }).await?;
     report.peer_received = match expect(recv, "RoundDone").await? {
         Frame::RoundDone { received } => received,
@@ -495,107 +616,67 @@ async fn finish_round(
             ))
         }
     };
+    // The peer sends RoundDone only after all its pulls succeeded: it now
+    // holds everything this node offered too.
+    *link.last_summary.lock().unwrap_or_else(|p| p.into_inner()) = Some((theirs.union(&sent), classes));
     send.finish()?;
     Ok(report)
 }
 
-/// Pulls gaps, at most `WANTS_IN_FLIGHT` at once, in the order given.
-#[derive(Default)]
-struct Puller {
-    pending: std::collections::VecDeque<Gap>,
-    running: JoinSet<Result<(u64, u64)>>,
-    started: usize,
-}
-
-impl Puller {
-    fn add(&mut self, ctx: &Arc<NodeCtx>, link: &Arc<Link>, gaps: Vec<Gap>) {
-        self.pending.extend(gaps);
-        self.fill(ctx, link);
-    }
-
-    fn fill(&mut self, ctx: &Arc<NodeCtx>, link: &Arc<Link>) {
-        while self.running.len() < WANTS_IN_FLIGHT {
-            let Some(gap) = self.pending.pop_front() else { break };
-            self.started += 1;
-            self.running.spawn(pull(ctx.clone(), link.clone(), gap));
+/// Waits until the peer should get a round from this node: `every` has
+/// passed, or this node holds events the peer lacks (written here, or
+/// received from another peer). False once the connection is closed.
+pub async fn round_due(
+    ctx: &NodeCtx,
+    link: &Link,
+    changes: &mut tokio::sync::watch::Receiver<u64>,
+    every: Option<std::time::Duration>,
+) -> bool {
+    let timer = async {
+        match every {
+            Some(t) => tokio::time::sleep(t).await,
+            None => std::future::pending().await,
         }
-    }
-
-    async fn finish(mut self, ctx: &Arc<NodeCtx>, link: &Arc<Link>) -> Result<(u64, u64)> {
-        let (mut received, mut duplicates) = (0, 0);
-        loop {
-            self.fill(ctx, link);
-            let Some(done) = self.running.join_next().await else {
-                break;
-            };
-            let (r, d) = done.context("pull task failed")??;
-            received += r;
-            duplicates += d;
-        }
-        Ok((received, duplicates))
-    }
-}
-
-/// Pulls one gap: one stream, one `Want`, events appended as they arrive.
-async fn pull(ctx: Arc<NodeCtx>, link: Arc<Link>, gap: Gap) -> Result<(u64, u64)> {
-    let (mut send, mut recv) = link.conn.open_bi().await.context("could not open a want stream")?;
-    write_frame(
-        &mut send,
-        &Frame::Want(Want {
-            origin: gap.origin,
-            first: gap.first,
-            last: gap.last,
-            priority: gap.priority,
-        }),
-    )
-    .await?;
-    send.finish()?;
-    let (mut received, mut duplicates) = (0, 0);
-    let mut inflate = StreamDecompressor::new();
-    let arrived = || {
-        let _ = link.first_event.set(Instant::now());
     };
-    while let Some(frame) = read_frame_noting(&mut recv, arrived).await? {
-        match frame {
-            Frame::EventChunk(chunk) => {
-                let events = inflate
-                    .decompress(&chunk)
-                    .map_err(|e| fault(ErrorCode::Malformed, e.to_string()))?;
-                if let Some(bad) = events
-                    .iter()
-                    .find(|e| e.origin != gap.origin || e.seq < gap.first || e.seq > gap.last)
-                {
-                    let _ = recv.stop(code(ErrorCode::Protocol));
-                    return Err(fault(
-                        ErrorCode::Protocol,
-                        format!(
-                            "asked for {}:{}..={}, got {}:{}",
-                            gap.origin, gap.first, gap.last, bad.origin, bad.seq
-                        ),
-                    ));
+    tokio::pin!(timer);
+    let mut rounds = link.rounds.subscribe();
+    loop {
+        // Marked seen before looking, so a change after the look wakes us.
+        changes.borrow_and_update();
+        rounds.borrow_and_update();
+        // A running round already carries what was there when it began;
+        // look again when it ends.
+        if link.running.load(Relaxed) == 0 && ctx.news_for(link) > 0 {
+            return true;
+        }
+        tokio::select! {
+            _ = &mut timer => return true,
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return false;
                 }
-                let report = ctx.wal.append_replicated(events).await?;
-                link.counters.add(|c| &c.events_received, report.stored, &ctx.totals);
-                link.counters
-                    .add(|c| &c.duplicates_received, report.duplicates, &ctx.totals);
-                received += report.stored;
-                duplicates += report.duplicates;
+                // Let a burst of appends settle into one round.
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             }
-            Frame::Error { code: c, message } => {
-                return Err(anyhow!(
-                    "peer refused {}:{}..={} (code {c}): {message}",
-                    gap.origin,
-                    gap.first,
-                    gap.last
-                ))
-            }
-            other => {
-                return Err(fault(
-                    ErrorCode::Protocol,
-                    format!("expected Events on a want stream, got {}", kind(&other)),
-                ))
+            // The peer's round may have left it short of what arrived meanwhile.
+            _ = rounds.changed() => {}
+            _ = link.conn.closed() => return false,
+        }
+    }
+}
+
+/// On a connection the peer opened: start a round whenever this node has
+/// news for the peer, so an event written here reaches it at once rather
+/// than at the peer's next timer round.
+pub async fn push_news(ctx: Arc<NodeCtx>, link: Arc<Link>) {
+    let mut changes = ctx.wal.subscribe();
+    while round_due(&ctx, &link, &mut changes, None).await {
+        match initiate_round(&ctx, &link).await {
+            Ok(round) => tracing::debug!(peer = %link.peer.node_id.short(), ?round, "round for news finished"),
+            Err(e) => {
+                tracing::info!(peer = %link.peer.node_id.short(), "round for news failed: {e:#}");
+                return;
             }
         }
     }
-    Ok((received, duplicates))
 }

@@ -122,6 +122,16 @@ impl Summary {
         out
     }
 
+    /// How many events `theirs` holds that `self` lacks.
+    pub fn lacking(&self, theirs: &Summary) -> u64 {
+        let empty = RangeSet::new();
+        theirs
+            .0
+            .iter()
+            .map(|(o, set)| set.difference(self.0.get(o).unwrap_or(&empty)).count())
+            .sum()
+    }
+
     /// The ranges `theirs` holds that `self` lacks, for origins `want` accepts,
     /// split by the priority classes the peer reported: urgent gaps first,
     /// then normal, then bulk; by origin and ascending sequence within each.

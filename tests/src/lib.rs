@@ -142,6 +142,22 @@ pub fn fill_wal(dir: &DataDir, payloads: &[Vec<u8>]) -> Result<()> {
     Ok(())
 }
 
+/// Every `origin:seq` a stopped (or running) node holds, read from its WAL.
+pub fn held(dir: &DataDir) -> std::collections::BTreeSet<String> {
+    let Ok(wal) = dir.open_wal(true) else {
+        return Default::default();
+    };
+    wal.summary()
+        .0
+        .iter()
+        .flat_map(|(o, r)| {
+            r.ranges()
+                .iter()
+                .flat_map(move |&(a, b)| (a..=b).map(move |s| format!("{o}:{s}")))
+        })
+        .collect()
+}
+
 /// Every stored event as its canonical bytes, keyed by `(origin, seq)`.
 pub fn all_events(wal: &Wal) -> Result<BTreeMap<(Origin, u64), Vec<u8>>> {
     let mut out = BTreeMap::new();

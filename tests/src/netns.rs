@@ -159,3 +159,16 @@ impl Drop for Proc {
         }
     }
 }
+
+/// `ferry run` in `ns` (through `exe __ferry`, the test binary that embeds
+/// the CLI), listening on 7700 on every address, logging to `log`.
+pub fn ferry_run(ns: &Netns, exe: &Path, dir: &Path, log: &Path, extra: &[&str]) -> Result<Proc> {
+    let mut cmd = ns.command(exe);
+    cmd.arg("__ferry")
+        .args(["run", "--data-dir"])
+        .arg(dir)
+        .args(["--listen", "0.0.0.0:7700", "--interval", "2", "--log", "info"])
+        .args(extra)
+        .stderr(std::fs::File::create(log).context("could not create a node log")?);
+    Proc::spawn(cmd)
+}

@@ -6,7 +6,7 @@
 use ferry::datadir::DataDir;
 use ferry::pki::Role;
 use ferry_tests::netns::{self, Netns, Proc};
-use ferry_tests::{workload, Deployment};
+use ferry_tests::{held, workload, Deployment};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -15,28 +15,9 @@ fn fill(dir: &DataDir, clinic: &str, n: usize, seed: u64) {
     ferry_tests::fill_wal(dir, &workload(clinic, n, seed).unwrap()).unwrap();
 }
 
-fn held(dir: &DataDir) -> BTreeSet<String> {
-    let wal = dir.open_wal(true).unwrap();
-    wal.summary()
-        .0
-        .iter()
-        .flat_map(|(o, r)| {
-            r.ranges()
-                .iter()
-                .flat_map(move |&(a, b)| (a..=b).map(move |s| format!("{o}:{s}")))
-        })
-        .collect()
-}
-
 /// A `ferry run` in `ns` with no peers configured: mDNS only.
 fn daemon(ns: &Netns, dir: &DataDir, log: PathBuf) -> Proc {
-    let mut cmd = ns.command(Path::new(env!("CARGO_BIN_EXE_field-bench")));
-    cmd.arg("__ferry")
-        .args(["run", "--data-dir"])
-        .arg(&dir.root)
-        .args(["--listen", "0.0.0.0:7700", "--interval", "2", "--log", "info"])
-        .stderr(std::fs::File::create(log).unwrap());
-    Proc::spawn(cmd).unwrap()
+    netns::ferry_run(ns, Path::new(env!("CARGO_BIN_EXE_field-bench")), &dir.root, &log, &[]).unwrap()
 }
 
 #[test]

@@ -96,6 +96,10 @@ impl Index {
         out
     }
 
+    pub fn have(&self, origin: &Origin) -> ferry_proto::RangeSet {
+        self.origins.get(origin).map(|o| o.have.clone()).unwrap_or_default()
+    }
+
     pub fn summary(&self) -> Summary {
         Summary(self.origins.iter().map(|(o, i)| (*o, i.have.clone())).collect())
     }

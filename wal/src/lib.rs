@@ -416,6 +416,11 @@ impl Wal {
         self.index().summary()
     }
 
+    /// The sequence numbers held of one origin.
+    pub fn have(&self, origin: &Origin) -> ferry_proto::RangeSet {
+        self.index().have(origin)
+    }
+
     /// Which held events are urgent or bulk.
     pub fn classes(&self) -> ferry_proto::Classes {
         self.index().classes()

@@ -1,0 +1,74 @@
+//! When a LAN peer and the hub both hold what a clinic lacks, the clinic
+//! pulls it from the LAN peer and not over the WAN.
+
+use ferry::node::{open_ctx_with, Node, Overrides};
+use ferry::pki::Role;
+use ferry::transport::TransportProfile;
+use ferry_proto::Priority;
+use ferry_tests::{all_events, eventually, init_logging, start, workload, write_events, Deployment};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_both_peers_hold_comes_from_the_lan_peer() {
+    init_logging();
+    let dep = Deployment::new("test").unwrap();
+    let hub = start(&dep.enroll("hub", Role::Hub).unwrap(), None).await.unwrap();
+    // The neighbour serves slowly (1 Mbit/s cap), so its round is still
+    // running when the clinic reaches the hub.
+    let (ctx, tls) = open_ctx_with(
+        &dep.enroll("neighbour", Role::Clinic).unwrap(),
+        Overrides {
+            bandwidth_kbps: Some(1000),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let neighbour = Arc::new(Node::start(ctx, &tls, "127.0.0.1:0".parse().unwrap(), &TransportProfile::lan()).unwrap());
+    let clinic = start(&dep.enroll("clinic", Role::Clinic).unwrap(), None).await.unwrap();
+
+    write_events(&hub.ctx.wal, workload("HUB", 2000, 7).unwrap(), Priority::Normal)
+        .await
+        .unwrap();
+    neighbour.sync_once(hub.local_addr().unwrap()).await.unwrap();
+    // The clinic holds every other block of 20: 50 gaps, more than one
+    // round keeps in flight, so most are still queued when the hub answers.
+    let origin = hub.ctx.wal.local_origin();
+    let every_other: Vec<_> = hub
+        .ctx
+        .wal
+        .read_range(&origin, 1, 2000, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .filter(|e| (e.seq - 1) / 20 % 2 == 0)
+        .collect();
+    clinic.ctx.wal.append_replicated(every_other).await.unwrap();
+    let sent_by_hub = hub.ctx.totals.events_sent.load(Relaxed);
+
+    let opened = clinic.open(neighbour.local_addr().unwrap(), true).await.unwrap();
+    let lan = opened.link.clone();
+    let server = tokio::spawn(ferry::session::serve(clinic.ctx.clone(), lan.clone()));
+    let lan_round = {
+        let (ctx, lan) = (clinic.ctx.clone(), lan.clone());
+        tokio::spawn(async move { opened.round.finish(&ctx, &lan).await })
+    };
+    eventually("the neighbour's summary", Duration::from_secs(20), || {
+        lan.offered.lock().unwrap().is_some()
+    })
+    .await
+    .unwrap();
+
+    let wan = clinic.sync_once(hub.local_addr().unwrap()).await.unwrap();
+    assert_eq!(wan.events_received, 0, "pulled over the WAN what the LAN peer offers");
+    let lan_report = lan_round.await.unwrap().unwrap();
+    assert_eq!(lan_report.events_received, 1000);
+    assert_eq!(hub.ctx.totals.events_sent.load(Relaxed), sent_by_hub);
+    assert_eq!(clinic.ctx.totals.duplicates_received.load(Relaxed), 0);
+    assert_eq!(all_events(&clinic.ctx.wal).unwrap(), all_events(&hub.ctx.wal).unwrap());
+    lan.conn.close(0u32.into(), b"done");
+    server.abort();
+    for n in [hub, neighbour, clinic] {
+        n.shutdown().await;
+    }
+}
