@@ -59,6 +59,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             let dir = data_dir()?;
             runtime()?.block_on(async {
                 let (ctx, tls) = open_ctx_with(&dir, Overrides { policy, bandwidth_kbps }).map_err(locked_hint)?;
+                show_progress(&ctx);
                 let node = Node::start(ctx, &tls, "0.0.0.0:0".parse()?, &TransportProfile::wan())?;
                 let addr = tokio::net::lookup_host(peer)
                     .await?
@@ -93,6 +94,13 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 /// Turns "WAL locked" into what to do about it.
+/// Transfers draw progress on stderr when it is a terminal.
+fn show_progress(ctx: &crate::session::NodeCtx) {
+    if let Some(bars) = crate::progress::terminal() {
+        let _ = ctx.progress.set(bars);
+    }
+}
+
 fn locked_hint(e: anyhow::Error) -> anyhow::Error {
     if matches!(e.downcast_ref::<WalError>(), Some(WalError::Locked { .. })) {
         return e.context("a `ferry run` daemon holds this data directory; it already syncs with its peers. Stop it first to use this command");
@@ -318,6 +326,7 @@ fn run(dir: &DataDir, args: &RunArgs) -> Result<()> {
             bandwidth_kbps: args.bandwidth_kbps,
         };
         let (ctx, tls) = open_ctx_with(dir, overrides).map_err(locked_hint)?;
+        show_progress(&ctx);
         let addr = listen
             .parse()
             .with_context(|| format!("--listen {listen} is not an IP:PORT"))?;

@@ -13,6 +13,7 @@ pub mod inflight;
 pub mod netwatch;
 pub mod node;
 pub mod pki;
+pub mod progress;
 pub mod pull;
 pub mod session;
 pub mod status;

@@ -140,6 +140,7 @@ pub fn open_ctx_with(dir: &DataDir, overrides: Overrides) -> Result<(Arc<NodeCtx
         live: Default::default(),
         hubs: Mutex::new(hubs),
         addresses: tokio::sync::watch::Sender::new(0),
+        progress: OnceLock::new(),
         budget: overrides
             .bandwidth_kbps
             .or(cfg.bandwidth_kbps)
@@ -266,6 +267,7 @@ impl Node {
         started: Instant,
     ) -> Result<Opened> {
         let link = Link::new(conn.clone(), mem.peer.clone(), addr, started, false, lan);
+        crate::progress::track(&self.ctx, &link);
         let early = session::open_round(&self.ctx, &link, Some(&mem.summary)).await;
         let accepted = tokio::time::timeout(self.connect_timeout, accepted)
             .await
@@ -320,6 +322,7 @@ impl Node {
             .filter(|m| m.peer.node_id == peer.node_id)
             .map(|m| &m.summary);
         let link = Link::new(conn, peer, addr, started, false, lan);
+        crate::progress::track(&self.ctx, &link);
         let round = session::open_round(&self.ctx, &link, summary).await?;
         Ok(Opened { link, round, zero_rtt })
     }
@@ -448,6 +451,7 @@ async fn accept_loop(ctx: Arc<NodeCtx>, endpoint: quinn::Endpoint) {
             ctx.totals.connections_accepted.fetch_add(1, Relaxed);
             ctx.note_role(peer.node_id, peer.role);
             let link = Link::new(conn, peer, addr, started, true, crate::netwatch::on_link(addr.ip()));
+            crate::progress::track(&ctx, &link);
             let news = ctx
                 .live
                 .load(Relaxed)

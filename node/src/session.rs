@@ -28,6 +28,8 @@ use std::time::Instant;
 pub const BATCH_EVENTS: usize = 128;
 /// Wants in flight at once per round.
 pub const WANTS_IN_FLIGHT: usize = 16;
+/// How long a round waits for appends arriving with the one that woke it.
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(10);
 /// Streams a peer may open with garbage before the connection is closed.
 const MAX_BAD_STREAMS: u64 = 8;
 
@@ -85,6 +87,8 @@ pub struct NodeCtx {
     pub hubs: Mutex<std::collections::BTreeSet<NodeId>>,
     /// Bumped when this machine's addresses change.
     pub addresses: tokio::sync::watch::Sender<u64>,
+    /// Where transfer progress is drawn, when stderr is a terminal.
+    pub progress: OnceLock<indicatif::MultiProgress>,
 }
 
 /// One connection to one verified peer.
@@ -110,6 +114,8 @@ pub struct Link {
     pub rounds: tokio::sync::watch::Sender<u64>,
     /// What the peer offered in a round that is still running.
     pub offered: Mutex<Option<Summary>>,
+    /// What the latest round expects to move, for progress display.
+    pub expected: Mutex<crate::progress::Expected>,
 }
 
 /// A round in progress on a link; its end wakes whoever waits in `round_due`.
@@ -153,6 +159,7 @@ impl Link {
             rounds: tokio::sync::watch::Sender::new(0),
             offered: Mutex::new(None),
             running: Default::default(),
+            expected: Default::default(),
         })
     }
 
@@ -586,16 +593,24 @@ async fn finish_round(
     let ours = ctx.wal.summary();
     ctx.check_restored(&ours, &theirs)?;
     let _running = Running::new(link, &theirs);
-    let mut basis = match asked {
-        Some(asked) => ours.union(&asked),
-        None => ours,
-    };
-    if link.lan {
+    let nearby = if link.lan {
         ctx.note_lan_link(link);
+        Summary::default()
     } else {
         // What a LAN peer offers comes from it, not over the WAN.
-        basis = basis.union(&ctx.lan_offers());
+        ctx.lan_offers()
+    };
+    *link.expected.lock().unwrap_or_else(|p| p.into_inner()) = crate::progress::Expected {
+        received_from: link.counters.events_received.load(Relaxed),
+        receive: ours.union(&nearby).lacking(&theirs),
+        sent_from: link.counters.events_sent.load(Relaxed),
+        send: theirs.lacking(&sent),
+    };
+    let basis = match asked {
+        Some(asked) => ours.union(&asked),
+        None => ours,
     }
+    .union(&nearby);
     // Urgent gaps come first and are started first.
     let gaps = basis.gaps(&theirs, &classes, |_| true);
     puller.add(ctx, link, gaps);
@@ -655,8 +670,9 @@ pub async fn round_due(
                 if changed.is_err() {
                     return false;
                 }
-                // Let a burst of appends settle into one round.
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                // Appends arriving together make one round; a longer burst
+                // gathers while that round runs (see `running` above).
+                tokio::time::sleep(SETTLE).await;
             }
             // The peer's round may have left it short of what arrived meanwhile.
             _ = rounds.changed() => {}

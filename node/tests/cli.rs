@@ -315,3 +315,66 @@ fn wal_rekey_keeps_every_event_and_replaces_the_key() {
     assert_eq!(ok(&["log", "--data-dir", d, "--json", "--limit", "1000"]), before);
     assert!(ok(&["push", "--data-dir", d, "after"]).trim().ends_with(":51"));
 }
+
+/// `ferry sync` on a terminal draws progress (events and bytes done, total,
+/// rate, ETA); with stderr not a terminal it draws nothing.
+#[test]
+fn sync_shows_progress_on_a_terminal_and_nothing_otherwise() {
+    if Command::new("script").arg("--version").output().is_err() {
+        println!("skipped: `script` (util-linux) is not installed, so no pseudo-terminal");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |n: &str| tmp.path().join(n).to_str().unwrap().to_string();
+    let (ca, hub, first, second) = (p("ca"), p("hub"), p("first"), p("second"));
+    ok(&["ca", "init", "--ca-dir", &ca, "--name", "progress"]);
+    for (dir, role) in [(&hub, "hub"), (&first, "clinic"), (&second, "clinic")] {
+        ok(&["init", "--data-dir", dir, "--name", dir.rsplit('/').next().unwrap()]);
+        ok(&["--data-dir", dir, "ca", "enroll", "--ca-dir", &ca, "--role", role]);
+    }
+    let mut push = Command::new(FERRY)
+        .args(["push", "--data-dir", &hub])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        let mut stdin = push.stdin.take().unwrap();
+        for l in ferry_tests_support::workload("HUB", 4000, 3).unwrap() {
+            stdin.write_all(&l).unwrap();
+            stdin.write_all(b"\n").unwrap();
+        }
+    }
+    assert!(push.wait().unwrap().success());
+    // Served at 1 Mbit/s, the transfer lasts a few seconds: long enough to draw.
+    let (daemon, addr) = daemon(&hub, &["--bandwidth-kbps", "1000"]);
+
+    let on_terminal = Command::new("script")
+        .args([
+            "-qec",
+            &format!("{FERRY} sync --data-dir {first} --peer {addr}"),
+            "/dev/null",
+        ])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&on_terminal.stdout);
+    assert!(on_terminal.status.success(), "{shown}");
+    assert!(shown.contains("received 4000 events"), "{shown}");
+    for part in ["/4000 events", "ETA", "KiB at", "/s"] {
+        assert!(
+            shown.contains(part),
+            "no {part:?} in what the terminal showed:\n{shown}"
+        );
+    }
+
+    println!("{shown}");
+    let piped = run(&["sync", "--data-dir", &second, "--peer", &addr]);
+    assert!(piped.status.success());
+    let stderr = String::from_utf8_lossy(&piped.stderr);
+    assert!(
+        !stderr.contains("events") && !stderr.contains("ETA"),
+        "progress drawn off a terminal: {stderr}"
+    );
+    assert!(String::from_utf8_lossy(&piped.stdout).contains("received 4000 events"));
+    stop(daemon);
+}

@@ -24,6 +24,27 @@ pub fn init_logging() {
     }
 }
 
+/// When the bench binaries are re-executed as `BIN __ferry ARGS` they are
+/// exactly the `ferry` CLI, so a test or benchmark can start real node
+/// processes (and measure each one's own RSS). Returns the exit code then.
+pub fn embedded_cli() -> Option<std::process::ExitCode> {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) != Some("__ferry") {
+        return None;
+    }
+    let cli = <ferry::cli::Cli as clap::Parser>::parse_from(
+        std::iter::once("ferry".to_string()).chain(argv[2..].iter().cloned()),
+    );
+    ferry::cli::init_logging(&cli);
+    Some(match ferry::commands::dispatch(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    })
+}
+
 /// A deployment: one CA and the nodes enrolled under it, in a temp dir.
 pub struct Deployment {
     pub tmp: tempfile::TempDir,

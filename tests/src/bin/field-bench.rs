@@ -241,19 +241,8 @@ fn run(profile_name: &str, events: usize, seed: u64) -> Result<serde_json::Value
 }
 
 fn main() -> std::process::ExitCode {
-    let argv: Vec<String> = std::env::args().collect();
-    if argv.get(1).map(String::as_str) == Some("__ferry") {
-        let cli = <ferry::cli::Cli as Parser>::parse_from(
-            std::iter::once("ferry".to_string()).chain(argv[2..].iter().cloned()),
-        );
-        ferry::cli::init_logging(&cli);
-        return match ferry::commands::dispatch(cli) {
-            Ok(()) => std::process::ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                std::process::ExitCode::FAILURE
-            }
-        };
+    if let Some(code) = ferry_tests::embedded_cli() {
+        return code;
     }
     let args = Args::parse();
     let mut runs = Vec::new();
