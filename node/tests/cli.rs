@@ -326,9 +326,9 @@ fn sync_shows_progress_on_a_terminal_and_nothing_otherwise() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let p = |n: &str| tmp.path().join(n).to_str().unwrap().to_string();
-    let (ca, hub, first, second) = (p("ca"), p("hub"), p("first"), p("second"));
+    let (ca, hub, first, second, mule) = (p("ca"), p("hub"), p("first"), p("second"), p("mule"));
     ok(&["ca", "init", "--ca-dir", &ca, "--name", "progress"]);
-    for (dir, role) in [(&hub, "hub"), (&first, "clinic"), (&second, "clinic")] {
+    for (dir, role) in [(&hub, "hub"), (&first, "clinic"), (&second, "clinic"), (&mule, "mule")] {
         ok(&["init", "--data-dir", dir, "--name", dir.rsplit('/').next().unwrap()]);
         ok(&["--data-dir", dir, "ca", "enroll", "--ca-dir", &ca, "--role", role]);
     }
@@ -376,5 +376,22 @@ fn sync_shows_progress_on_a_terminal_and_nothing_otherwise() {
         "progress drawn off a terminal: {stderr}"
     );
     assert!(String::from_utf8_lossy(&piped.stdout).contains("received 4000 events"));
+
+    // A mule's daemon on a terminal shows each visit's transfer the same way.
+    let visit = Command::new("script")
+        .args([
+            "-qec",
+            &format!(
+                "timeout -s TERM 8 {FERRY} run --data-dir {mule} --peer {addr} --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 --no-mdns"
+            ),
+            "/dev/null",
+        ])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&visit.stdout);
+    assert!(
+        shown.contains("4000/4000 events") && shown.contains("KiB in"),
+        "{shown}"
+    );
     stop(daemon);
 }
