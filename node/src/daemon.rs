@@ -274,7 +274,7 @@ async fn peer_loop(node: Arc<Node>, target: Target, interval: Duration, wake: Ar
                     break;
                 }
             }
-            if !session::round_due(&node.ctx, &link, &mut changes, Some(interval)).await {
+            if !crate::live::round_due(&node.ctx, &link, &mut changes, Some(interval)).await {
                 break;
             }
         }

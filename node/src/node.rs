@@ -455,7 +455,7 @@ async fn accept_loop(ctx: Arc<NodeCtx>, endpoint: quinn::Endpoint) {
             let news = ctx
                 .live
                 .load(Relaxed)
-                .then(|| ctx.tasks.spawn(session::push_news(ctx.clone(), link.clone())));
+                .then(|| ctx.tasks.spawn(crate::live::push_news(ctx.clone(), link.clone())));
             let why = session::serve(ctx.clone(), link.clone()).await;
             if let Some(news) = news {
                 news.abort();

@@ -7,20 +7,17 @@
 //! events durably as they arrive, and says `RoundDone`. Rounds can repeat on
 //! a connection that stays open (the daemon).
 
-use crate::datadir::{DataDir, Policy};
-use crate::inflight::InFlight;
-use crate::pki::{CertInfo, Role};
+pub use crate::ctx::{Counters, NodeCtx};
+use crate::pki::CertInfo;
 use crate::pull::Puller;
 use crate::wire::{code, read_frame, write_frame, WireError};
 use anyhow::{anyhow, Context, Result};
 use ferry_proto::batch::StreamCompressor;
-use ferry_proto::{Classes, ErrorCode, Frame, Hello, NodeId, Origin, Priority, Summary, Want, PROTOCOL_VERSION};
-use ferry_wal::Wal;
+use ferry_proto::{Classes, ErrorCode, Frame, Hello, Priority, Summary, Want, PROTOCOL_VERSION};
 use serde::Serialize;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicBool;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 /// Events per `Events` frame: big enough to compress well, small enough that
@@ -28,68 +25,8 @@ use std::time::Instant;
 pub const BATCH_EVENTS: usize = 128;
 /// Wants in flight at once per round.
 pub const WANTS_IN_FLIGHT: usize = 16;
-/// How long a round waits for appends arriving with the one that woke it.
-const SETTLE: std::time::Duration = std::time::Duration::from_millis(10);
 /// Streams a peer may open with garbage before the connection is closed.
 const MAX_BAD_STREAMS: u64 = 8;
-
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub events_sent: AtomicU64,
-    pub events_received: AtomicU64,
-    pub duplicates_received: AtomicU64,
-    pub bad_streams: AtomicU64,
-    /// Handshakes completed with peers that dialed us.
-    pub connections_accepted: AtomicU64,
-    /// Reconnects whose opening the peer took as 0-RTT data, and those it did not.
-    pub zero_rtt_accepted: AtomicU64,
-    pub zero_rtt_rejected: AtomicU64,
-    /// Times the dialling socket moved because local addresses changed.
-    pub rebinds: AtomicU64,
-}
-
-impl Counters {
-    pub(crate) fn add(&self, f: impl Fn(&Counters) -> &AtomicU64, n: u64, also: &Counters) {
-        f(self).fetch_add(n, Relaxed);
-        f(also).fetch_add(n, Relaxed);
-    }
-}
-
-/// This node, as sessions see it.
-pub struct NodeCtx {
-    pub wal: Arc<Wal>,
-    pub node_id: NodeId,
-    pub name: String,
-    pub role: Role,
-    pub policy: Policy,
-    /// Where to persist a new log epoch; `None` in tests without a data dir.
-    pub data_dir: Option<DataDir>,
-    pub totals: Counters,
-    /// Every task serving this node, so shutdown can wait for all of them
-    /// and the WAL is closed when it returns.
-    pub tasks: tokio_util::task::TaskTracker,
-    /// Cap on what this node sends, shared by all its peers.
-    pub budget: Option<crate::budget::Budget>,
-    /// Cancelled when the node shuts down, for tasks that do not end by
-    /// themselves (the local API).
-    pub stopping: tokio_util::sync::CancellationToken,
-    /// This deployment's CA fingerprint, once mDNS advertises it.
-    pub deployment: Mutex<Option<String>>,
-    /// Ranges being pulled right now, by any round.
-    pub inflight: Arc<InFlight>,
-    /// Connections to LAN peers, whose summaries say what this node need
-    /// not pull over the WAN.
-    pub lan_links: Mutex<Vec<Weak<Link>>>,
-    /// A daemon: connections stay open and either side starts a round when
-    /// it holds events the other lacks, also on connections the peer opened.
-    pub live: AtomicBool,
-    /// Nodes whose certificates say `hub` (this one too, if it is a hub).
-    pub hubs: Mutex<std::collections::BTreeSet<NodeId>>,
-    /// Bumped when this machine's addresses change.
-    pub addresses: tokio::sync::watch::Sender<u64>,
-    /// Where transfer progress is drawn, when stderr is a terminal.
-    pub progress: OnceLock<indicatif::MultiProgress>,
-}
 
 /// One connection to one verified peer.
 pub struct Link {
@@ -201,121 +138,6 @@ fn fault_code(e: &anyhow::Error) -> ErrorCode {
         return w.code();
     }
     ErrorCode::Internal
-}
-
-impl NodeCtx {
-    /// Notes a node heard on the LAN, for `ferry peers`.
-    pub fn seen(&self, id: NodeId, role: &str, addrs: &[SocketAddr], same_deployment: bool) {
-        let Some(dir) = &self.data_dir else { return };
-        let result = dir.record_peer(id, |p| {
-            if p.found_by.is_empty() || p.found_by == "dialed-us" {
-                p.found_by = "mdns".into();
-            }
-            p.foreign = !same_deployment;
-            if p.role.is_none() {
-                p.role = role.parse().ok();
-            }
-            if let Some(a) = addrs.first() {
-                p.addr = a.to_string();
-            }
-        });
-        if let Err(e) = result {
-            tracing::warn!("could not record a LAN peer: {e:#}");
-        }
-    }
-
-    fn note_lan_link(&self, link: &Arc<Link>) {
-        let mut links = self.lan_links.lock().unwrap_or_else(|p| p.into_inner());
-        links.retain(|l| l.strong_count() > 0);
-        if !links.iter().any(|l| std::ptr::eq(l.as_ptr(), Arc::as_ptr(link))) {
-            links.push(Arc::downgrade(link));
-        }
-    }
-
-    /// What open connections to LAN peers offer, by their last summaries.
-    pub fn lan_offers(&self) -> Summary {
-        let links = self.lan_links.lock().unwrap_or_else(|p| p.into_inner());
-        links
-            .iter()
-            .filter_map(Weak::upgrade)
-            .filter(|l| l.conn.close_reason().is_none())
-            .fold(Summary::default(), |all, l| {
-                let last = l.last_summary.lock().unwrap_or_else(|p| p.into_inner());
-                let offered = l.offered.lock().unwrap_or_else(|p| p.into_inner());
-                let all = last.as_ref().map_or(all.clone(), |(s, _)| all.union(s));
-                offered.as_ref().map_or(all.clone(), |s| all.union(s))
-            })
-    }
-
-    /// Events this node may send the peer that, by its last summary, it
-    /// lacks; 0 before the first round, which the dialer always starts.
-    pub fn news_for(&self, link: &Link) -> u64 {
-        let last = link.last_summary.lock().unwrap_or_else(|p| p.into_inner());
-        let Some((theirs, _)) = last.as_ref() else { return 0 };
-        theirs.lacking(&self.wal.summary().filtered(|o| self.allows(&link.peer, o)))
-    }
-
-    pub fn allows(&self, peer: &CertInfo, origin: &Origin) -> bool {
-        match self.policy {
-            Policy::All => true,
-            Policy::Own => origin.node == peer.node_id,
-            Policy::Role => match peer.role {
-                Some(Role::Hub | Role::Mule) => true,
-                Some(Role::Clinic) | None => {
-                    origin.node == peer.node_id
-                        || self
-                            .hubs
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .contains(&origin.node)
-                }
-            },
-        }
-    }
-
-    /// Learns a peer's role from its verified certificate.
-    pub fn note_role(&self, id: NodeId, role: Option<Role>) {
-        if role == Some(Role::Hub) {
-            self.hubs.lock().unwrap_or_else(|p| p.into_inner()).insert(id);
-        }
-    }
-
-    fn hello(&self) -> Frame {
-        Frame::Hello(Hello {
-            node: self.node_id,
-            role: self.role.to_string(),
-            name: self.name.clone(),
-            version: PROTOCOL_VERSION,
-        })
-    }
-
-    /// What we hold, cut down to what policy lets this peer receive.
-    fn summary_for(&self, peer: &CertInfo) -> Frame {
-        let allow = |o: &Origin| self.allows(peer, o);
-        Frame::Summary(self.wal.summary().filtered(allow), self.wal.classes().filtered(allow))
-    }
-
-    /// A peer holding more of our own current log than we do means our data
-    /// directory was restored from an old backup: continuing would reuse
-    /// sequence numbers. Start a new log; the old one comes back as any other.
-    fn check_restored(&self, ours: &Summary, theirs: &Summary) -> Result<()> {
-        let local = self.wal.local_origin();
-        let their_last = theirs.get(&local).and_then(|r| r.last()).unwrap_or(0);
-        let our_last = ours.get(&local).and_then(|r| r.last()).unwrap_or(0);
-        if their_last > our_last {
-            let epoch = rand::random::<u32>();
-            tracing::warn!(%local, our_last, their_last, new_epoch = format!("{epoch:08x}"),
-                "a peer holds more of this node's log than this node: the data directory was restored from a backup; starting a new log epoch");
-            if let Some(dir) = &self.data_dir {
-                dir.set_log_epoch(epoch)?;
-            }
-            self.wal.set_local_origin(Origin {
-                node: self.node_id,
-                epoch,
-            });
-        }
-        Ok(())
-    }
 }
 
 /// Serves every stream the peer opens until the connection ends; returns why
@@ -636,63 +458,4 @@ async fn finish_round(
     *link.last_summary.lock().unwrap_or_else(|p| p.into_inner()) = Some((theirs.union(&sent), classes));
     send.finish()?;
     Ok(report)
-}
-
-/// Waits until the peer should get a round from this node: `every` has
-/// passed, or this node holds events the peer lacks (written here, or
-/// received from another peer). False once the connection is closed.
-pub async fn round_due(
-    ctx: &NodeCtx,
-    link: &Link,
-    changes: &mut tokio::sync::watch::Receiver<u64>,
-    every: Option<std::time::Duration>,
-) -> bool {
-    let timer = async {
-        match every {
-            Some(t) => tokio::time::sleep(t).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::pin!(timer);
-    let mut rounds = link.rounds.subscribe();
-    loop {
-        // Marked seen before looking, so a change after the look wakes us.
-        changes.borrow_and_update();
-        rounds.borrow_and_update();
-        // A running round already carries what was there when it began;
-        // look again when it ends.
-        if link.running.load(Relaxed) == 0 && ctx.news_for(link) > 0 {
-            return true;
-        }
-        tokio::select! {
-            _ = &mut timer => return true,
-            changed = changes.changed() => {
-                if changed.is_err() {
-                    return false;
-                }
-                // Appends arriving together make one round; a longer burst
-                // gathers while that round runs (see `running` above).
-                tokio::time::sleep(SETTLE).await;
-            }
-            // The peer's round may have left it short of what arrived meanwhile.
-            _ = rounds.changed() => {}
-            _ = link.conn.closed() => return false,
-        }
-    }
-}
-
-/// On a connection the peer opened: start a round whenever this node has
-/// news for the peer, so an event written here reaches it at once rather
-/// than at the peer's next timer round.
-pub async fn push_news(ctx: Arc<NodeCtx>, link: Arc<Link>) {
-    let mut changes = ctx.wal.subscribe();
-    while round_due(&ctx, &link, &mut changes, None).await {
-        match initiate_round(&ctx, &link).await {
-            Ok(round) => tracing::debug!(peer = %link.peer.node_id.short(), ?round, "round for news finished"),
-            Err(e) => {
-                tracing::info!(peer = %link.peer.node_id.short(), "round for news failed: {e:#}");
-                return;
-            }
-        }
-    }
 }
