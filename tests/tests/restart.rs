@@ -10,7 +10,6 @@ use ferry_tests::netns::Proc;
 use ferry_tests::{all_events, eventually, init_logging, workload, write_events, Deployment};
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,16 +34,24 @@ fn held(dir: &ferry::datadir::DataDir) -> u64 {
 async fn sigkill_mid_transfer_then_restart_resumes_and_sends_nothing_twice() {
     init_logging();
     let dep = Deployment::new("test").unwrap();
-    // The hub serves at 2 Mbit/s so the transfer lasts long enough to cut.
+    // The hub serves at 500 kbit/s, so the transfer (about 120 KB) lasts
+    // a couple of seconds: long enough to cut.
     let (ctx, tls) = open_ctx_with(
         &dep.enroll("hub", Role::Hub).unwrap(),
         Overrides {
-            bandwidth_kbps: Some(2000),
+            bandwidth_kbps: Some(500),
             ..Default::default()
         },
     )
     .unwrap();
-    let hub = Arc::new(Node::start(ctx, &tls, "127.0.0.1:0".parse().unwrap(), &TransportProfile::lan()).unwrap());
+    // A short idle timeout, so the hub soon gives up the killed connection.
+    let profile = TransportProfile {
+        idle_timeout: Duration::from_secs(2),
+        keep_alive: Duration::from_millis(500),
+        ..TransportProfile::lan()
+    };
+    let hub = Arc::new(Node::start(ctx, &tls, "127.0.0.1:0".parse().unwrap(), &profile).unwrap());
+    let hub_dir = hub.ctx.data_dir.clone().unwrap();
     write_events(
         &hub.ctx.wal,
         workload("HUB", EVENTS as usize, 8).unwrap(),
@@ -66,10 +73,18 @@ async fn sigkill_mid_transfer_then_restart_resumes_and_sends_nothing_twice() {
     first.child.wait().unwrap();
     let kept = held(&clinic);
     assert!(kept < EVENTS, "the transfer finished before the kill; nothing was cut");
-    // Whatever the hub had queued on the dead connection is out by now;
-    // from here on, what it sends is what the restarted clinic asks for.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let sent_before = hub.ctx.totals.events_sent.load(Relaxed);
+    // Until its idle timeout the hub keeps writing into the dead
+    // connection: events that never arrive, and that the restarted clinic
+    // asks for again. The hub counts each connection's events when it ends.
+    let sent_to = |dir: &ferry::datadir::DataDir| -> Option<u64> {
+        dir.peers().values().find(|p| p.name == "clinic").map(|p| p.events_sent)
+    };
+    eventually("the hub to drop the killed connection", Duration::from_secs(30), || {
+        sent_to(&hub_dir).is_some()
+    })
+    .await
+    .unwrap();
+    let sent_before = sent_to(&hub_dir).unwrap_or(0);
 
     let mut second = clinic_daemon(&clinic.root, &hub_addr, &log);
     eventually("every event at the clinic", Duration::from_secs(60), || {
@@ -78,11 +93,18 @@ async fn sigkill_mid_transfer_then_restart_resumes_and_sends_nothing_twice() {
     .await
     .unwrap();
     assert_eq!(second.stop(), Some(0), "the restarted daemon did not stop cleanly");
-    let sent_after = hub.ctx.totals.events_sent.load(Relaxed) - sent_before;
+    eventually(
+        "the hub to record the second connection",
+        Duration::from_secs(30),
+        || sent_to(&hub_dir) != Some(sent_before),
+    )
+    .await
+    .unwrap();
+    let sent_after = sent_to(&hub_dir).unwrap_or(0) - sent_before;
     assert_eq!(
         sent_after,
         EVENTS - kept,
-        "after the restart the hub sent {sent_after} events; the clinic lacked {}",
+        "on the new connection the hub sent {sent_after} events; the clinic lacked {}",
         EVENTS - kept
     );
     let peers = clinic.peers();
@@ -94,6 +116,6 @@ async fn sigkill_mid_transfer_then_restart_resumes_and_sends_nothing_twice() {
     );
     let wal = clinic.open_wal(true).unwrap();
     assert_eq!(all_events(&wal).unwrap(), all_events(&hub.ctx.wal).unwrap());
-    println!("killed at {kept}/{EVENTS}; after restart the hub sent exactly the {sent_after} missing events");
+    println!("killed at {kept}/{EVENTS}; on the new connection the hub sent exactly the {sent_after} missing events");
     hub.shutdown().await;
 }
