@@ -56,9 +56,9 @@ pub struct NodeCtx {
     pub deployment: Mutex<Option<String>>,
     /// Ranges being pulled right now, by any round.
     pub inflight: Arc<InFlight>,
-    /// Connections to LAN peers, whose summaries say what this node need
-    /// not pull over the WAN.
-    pub lan_links: Mutex<Vec<Weak<Link>>>,
+    /// Every connection made or accepted: to keep one per peer, and so that
+    /// what LAN peers offer is not pulled over the WAN.
+    pub links: Mutex<Vec<Weak<Link>>>,
     /// A daemon: connections stay open and either side starts a round when
     /// it holds events the other lacks, also on connections the peer opened.
     pub live: AtomicBool,
@@ -91,21 +91,41 @@ impl NodeCtx {
         }
     }
 
-    pub(crate) fn note_lan_link(&self, link: &Arc<Link>) {
-        let mut links = self.lan_links.lock().unwrap_or_else(|p| p.into_inner());
-        links.retain(|l| l.strong_count() > 0);
-        if !links.iter().any(|l| std::ptr::eq(l.as_ptr(), Arc::as_ptr(link))) {
-            links.push(Arc::downgrade(link));
-        }
+    /// Takes a new connection into account (and shows its progress).
+    pub(crate) fn adopt(&self, link: &Arc<Link>) {
+        let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        links.retain(|l| l.upgrade().is_some_and(|l| l.conn.close_reason().is_none()));
+        links.push(Arc::downgrade(link));
+        drop(links);
+        crate::progress::track(self, link);
     }
 
-    /// What open connections to LAN peers offer, by their last summaries.
-    pub fn lan_offers(&self) -> Summary {
-        let links = self.lan_links.lock().unwrap_or_else(|p| p.into_inner());
+    fn open_links(&self) -> Vec<Arc<Link>> {
+        let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
         links
             .iter()
             .filter_map(Weak::upgrade)
             .filter(|l| l.conn.close_reason().is_none())
+            .collect()
+    }
+
+    /// Whether a connection to `peer` is open, either way.
+    pub fn connected_to(&self, peer: &NodeId) -> bool {
+        self.open_links().iter().any(|l| l.peer.node_id == *peer)
+    }
+
+    /// Whether another open connection reaches the same peer as `link` on the LAN.
+    pub fn lan_link_to(&self, link: &Arc<Link>) -> bool {
+        self.open_links()
+            .iter()
+            .any(|l| l.lan && l.peer.node_id == link.peer.node_id && !Arc::ptr_eq(l, link))
+    }
+
+    /// What open connections to LAN peers offer, by their last summaries.
+    pub fn lan_offers(&self) -> Summary {
+        self.open_links()
+            .iter()
+            .filter(|l| l.lan)
             .fold(Summary::default(), |all, l| {
                 let last = l.last_summary.lock().unwrap_or_else(|p| p.into_inner());
                 let offered = l.offered.lock().unwrap_or_else(|p| p.into_inner());

@@ -235,6 +235,14 @@ async fn peer_loop(node: Arc<Node>, target: Target, interval: Duration, wake: Ar
     let peer = target.to_string();
     let mut attempt = 0u32;
     loop {
+        if let Target::Lan(id, _) = &target {
+            if node.ctx.connected_to(id) {
+                // Already connected: it dialed this node, or it is also a
+                // static peer. One connection per peer; look again later.
+                retry_after(&node, interval, &wake).await;
+                continue;
+            }
+        }
         let opened = dial(&node, &target).await;
         let opened = match opened {
             Ok(o) => o,
@@ -248,6 +256,14 @@ async fn peer_loop(node: Arc<Node>, target: Target, interval: Duration, wake: Ar
         };
         attempt = 0;
         let link = opened.link;
+        if matches!(target, Target::Static(_)) && node.ctx.lan_link_to(&link) {
+            // The static peer is on the LAN and already connected there.
+            tracing::info!(%peer, name = %link.peer.name, "already connected on the LAN; not keeping a second connection");
+            link.conn
+                .close(crate::wire::code(ferry_proto::ErrorCode::Done), b"already connected");
+            retry_after(&node, interval, &wake).await;
+            continue;
+        }
         tracing::info!(%peer, name = %link.peer.name, zero_rtt = ?opened.zero_rtt, "connected");
         let server = node.ctx.tasks.spawn(session::serve(node.ctx.clone(), link.clone()));
         let mut changes = node.ctx.wal.subscribe();

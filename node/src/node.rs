@@ -136,7 +136,7 @@ pub fn open_ctx_with(dir: &DataDir, overrides: Overrides) -> Result<(Arc<NodeCtx
         stopping: Default::default(),
         deployment: Default::default(),
         inflight: Default::default(),
-        lan_links: Default::default(),
+        links: Default::default(),
         live: Default::default(),
         hubs: Mutex::new(hubs),
         addresses: tokio::sync::watch::Sender::new(0),
@@ -267,7 +267,7 @@ impl Node {
         started: Instant,
     ) -> Result<Opened> {
         let link = Link::new(conn.clone(), mem.peer.clone(), addr, started, false, lan);
-        crate::progress::track(&self.ctx, &link);
+        self.ctx.adopt(&link);
         let early = session::open_round(&self.ctx, &link, Some(&mem.summary)).await;
         let accepted = tokio::time::timeout(self.connect_timeout, accepted)
             .await
@@ -322,7 +322,7 @@ impl Node {
             .filter(|m| m.peer.node_id == peer.node_id)
             .map(|m| &m.summary);
         let link = Link::new(conn, peer, addr, started, false, lan);
-        crate::progress::track(&self.ctx, &link);
+        self.ctx.adopt(&link);
         let round = session::open_round(&self.ctx, &link, summary).await?;
         Ok(Opened { link, round, zero_rtt })
     }
@@ -451,7 +451,7 @@ async fn accept_loop(ctx: Arc<NodeCtx>, endpoint: quinn::Endpoint) {
             ctx.totals.connections_accepted.fetch_add(1, Relaxed);
             ctx.note_role(peer.node_id, peer.role);
             let link = Link::new(conn, peer, addr, started, true, crate::netwatch::on_link(addr.ip()));
-            crate::progress::track(&ctx, &link);
+            ctx.adopt(&link);
             let news = ctx
                 .live
                 .load(Relaxed)

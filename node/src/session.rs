@@ -416,7 +416,6 @@ async fn finish_round(
     ctx.check_restored(&ours, &theirs)?;
     let _running = Running::new(link, &theirs);
     let nearby = if link.lan {
-        ctx.note_lan_link(link);
         Summary::default()
     } else {
         // What a LAN peer offers comes from it, not over the WAN.
