@@ -183,7 +183,11 @@ async fn dial(node: &Node, target: &Target) -> Result<crate::node::Opened> {
     match target {
         Target::Static(peer) => node.open(resolve(peer).await?, false).await,
         Target::Lan(id, addrs) => {
-            let addrs = addrs.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let mut addrs = addrs.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            // A link-local IPv6 address needs its interface, which mDNS does
+            // not give: dial IPv4 and routable IPv6 only, IPv4 first.
+            addrs.retain(|a| !matches!(a.ip(), std::net::IpAddr::V6(v6) if v6.is_unicast_link_local()));
+            addrs.sort_by_key(|a| a.is_ipv6());
             let mut last = anyhow::anyhow!("{} advertised no address", id.short());
             for addr in addrs {
                 match node.open(addr, true).await {
@@ -243,7 +247,26 @@ async fn peer_loop(node: Arc<Node>, target: Target, interval: Duration, wake: Ar
                 continue;
             }
         }
-        let opened = dial(&node, &target).await;
+        let mut moved = node.ctx.addresses.subscribe();
+        let opened = tokio::select! {
+            opened = dial(&node, &target) => opened,
+            // A dial begun before a move (a mule plugged in somewhere new),
+            // or before the peer came back and announced itself, may wait
+            // out its whole timeout: start again from here.
+            _ = moved.changed() => {
+                tracing::info!(%peer, "local addresses changed while connecting; dialing again");
+                continue;
+            }
+            _ = async {
+                // Not at once: the announcement that started this dial may
+                // have left a wake-up behind.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                wake.notified().await
+            } => {
+                tracing::info!(%peer, "peer announced itself again while connecting; dialing again");
+                continue;
+            }
+        };
         let opened = match opened {
             Ok(o) => o,
             Err(e) => {

@@ -226,10 +226,19 @@ impl Node {
         }
     }
 
-    fn unreachable(&self, addr: SocketAddr) -> anyhow::Error {
+    /// How long a dial may take: a LAN peer answers quickly or not at all.
+    fn connect_timeout(&self, lan: bool) -> std::time::Duration {
+        if lan {
+            TransportProfile::lan().connect_timeout
+        } else {
+            self.connect_timeout
+        }
+    }
+
+    fn unreachable(&self, addr: SocketAddr, lan: bool) -> anyhow::Error {
         anyhow::anyhow!(
             "no answer from {addr} within {:?}; is the peer running and the UDP port open?",
-            self.connect_timeout
+            self.connect_timeout(lan)
         )
     }
 
@@ -245,13 +254,25 @@ impl Node {
         let mut connecting = self.dialer()?.connect_with(config, addr, crate::pki::SERVER_NAME)?;
         if let Some(mem) = &remembered {
             match connecting.into_0rtt() {
-                Ok((conn, accepted)) => return self.open_early(addr, lan, conn, accepted, mem, started).await,
+                Ok((conn, accepted)) => {
+                    // Opening streams in 0-RTT can wait on the handshake
+                    // too, so the whole opening is bounded, not only the
+                    // wait for the server's answer.
+                    let early = self.open_early(addr, lan, conn.clone(), accepted, mem, started);
+                    return match tokio::time::timeout(self.connect_timeout(lan), early).await {
+                        Ok(opened) => opened,
+                        Err(_) => {
+                            conn.close(crate::wire::code(ErrorCode::Done), b"no answer");
+                            Err(self.unreachable(addr, lan))
+                        }
+                    };
+                }
                 Err(c) => connecting = c,
             }
         }
-        let conn = tokio::time::timeout(self.connect_timeout, connecting)
+        let conn = tokio::time::timeout(self.connect_timeout(lan), connecting)
             .await
-            .map_err(|_| self.unreachable(addr))?
+            .map_err(|_| self.unreachable(addr, lan))?
             .with_context(|| format!("could not connect to {addr}"))?;
         self.open_established(addr, lan, conn, remembered.as_ref(), started, ZeroRtt::NotTried)
             .await
@@ -269,9 +290,9 @@ impl Node {
         let link = Link::new(conn.clone(), mem.peer.clone(), addr, started, false, lan);
         self.ctx.adopt(&link);
         let early = session::open_round(&self.ctx, &link, Some(&mem.summary)).await;
-        let accepted = tokio::time::timeout(self.connect_timeout, accepted)
+        let accepted = tokio::time::timeout(self.connect_timeout(lan), accepted)
             .await
-            .map_err(|_| self.unreachable(addr))?;
+            .map_err(|_| self.unreachable(addr, lan))?;
         if let Some(why) = conn.close_reason() {
             return Err(anyhow::Error::new(why).context(format!("could not connect to {addr}")));
         }

@@ -96,6 +96,12 @@ fn a_mule_carries_events_between_sites_that_never_connect() {
         site.segment
             .plug(&hosts[3], "p9", &format!("{}.9/24", site.subnet))
             .unwrap();
+        // A laptop's network card keeps its hardware address from place to
+        // place; a fresh veth would get a new one, and the clinic's stale
+        // ARP entry would hide the mule for seconds.
+        hosts[3]
+            .ip(&["link", "set", "eth0", "address", "02:00:00:00:00:09"])
+            .unwrap();
     };
     let leave = |site: &Site| site.segment.unplug("p9").unwrap();
 
@@ -105,6 +111,7 @@ fn a_mule_carries_events_between_sites_that_never_connect() {
         held(&mule).is_superset(&of_a)
     });
     leave(&sites[0]);
+    let left_a = Instant::now();
     // 2. Clinic B: the mule picks up B's; B gets nothing of A's (policy).
     visit(&sites[1]);
     let t2 = wait_until("the mule to hold B's events", &all_logs, || {
@@ -119,7 +126,9 @@ fn a_mule_carries_events_between_sites_that_never_connect() {
         || held(&hub).is_superset(&union(&[&of_a, &of_b])) && held(&mule).is_superset(&of_hub),
     );
     leave(&sites[2]);
-    // 4. Clinic A again: A gets the hub's events.
+    // 4. Clinic A again, once the first visit's connection has timed out
+    // (30 s idle on the LAN): the mule has to find A and connect anew.
+    std::thread::sleep(Duration::from_secs(32).saturating_sub(left_a.elapsed()));
     visit(&sites[0]);
     let t4 = wait_until("A to hold the hub's events", &all_logs, || {
         held(&a).is_superset(&of_hub)
