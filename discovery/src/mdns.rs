@@ -103,12 +103,16 @@ fn forward(browse: mdns_sd::Receiver<ServiceEvent>, tx: mpsc::Sender<PeerEvent>,
 /// What an advertisement claims, if it names a node id.
 pub fn peer_ad(svc: &ResolvedService) -> Option<PeerAd> {
     let node_id: NodeId = svc.get_property_val_str("id")?.parse().ok()?;
+    // A link-local IPv6 address needs its interface, which the
+    // advertisement does not carry: only addresses that can be dialed as
+    // they are, IPv4 first.
     let mut addrs: Vec<SocketAddr> = svc
         .addresses
         .iter()
-        .map(|ip| SocketAddr::new(ip.to_ip_addr(), svc.port))
+        .map(|ip| ip.to_ip_addr())
+        .filter(|ip| !matches!(ip, std::net::IpAddr::V6(v6) if v6.is_unicast_link_local()))
+        .map(|ip| SocketAddr::new(ip, svc.port))
         .collect();
-    // IPv4 first: link-local IPv6 needs a scope the dialer may not have.
     addrs.sort_by_key(|a| (a.is_ipv6(), *a));
     Some(PeerAd {
         node_id: Some(node_id),

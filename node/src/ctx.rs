@@ -6,7 +6,7 @@ use crate::inflight::InFlight;
 use crate::pki::{CertInfo, Role};
 use crate::session::Link;
 use anyhow::Result;
-use ferry_proto::{Frame, Hello, NodeId, Origin, Summary, PROTOCOL_VERSION};
+use ferry_proto::{Classes, Frame, Hello, NodeId, Origin, Summary, PROTOCOL_VERSION};
 use ferry_wal::Wal;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -91,8 +91,10 @@ impl NodeCtx {
         }
     }
 
-    /// Takes a new connection into account (and shows its progress).
+    /// Takes a new connection into account: its peer's role (from a
+    /// verified certificate), the set of open links, and its progress.
     pub(crate) fn adopt(&self, link: &Arc<Link>) {
+        self.note_role(link.peer.node_id, link.peer.role);
         let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
         links.retain(|l| l.upgrade().is_some_and(|l| l.conn.close_reason().is_none()));
         links.push(Arc::downgrade(link));
@@ -126,11 +128,14 @@ impl NodeCtx {
         self.open_links()
             .iter()
             .filter(|l| l.lan)
-            .fold(Summary::default(), |all, l| {
-                let last = l.last_summary.lock().unwrap_or_else(|p| p.into_inner());
-                let offered = l.offered.lock().unwrap_or_else(|p| p.into_inner());
-                let all = last.as_ref().map_or(all.clone(), |(s, _)| all.union(s));
-                offered.as_ref().map_or(all.clone(), |s| all.union(s))
+            .fold(Summary::default(), |mut all, l| {
+                if let Some((last, _)) = &*l.last_summary.lock().unwrap_or_else(|p| p.into_inner()) {
+                    all = all.union(last);
+                }
+                if let Some(offered) = &*l.offered.lock().unwrap_or_else(|p| p.into_inner()) {
+                    all = all.union(offered);
+                }
+                all
             })
     }
 
@@ -161,7 +166,7 @@ impl NodeCtx {
     }
 
     /// Learns a peer's role from its verified certificate.
-    pub fn note_role(&self, id: NodeId, role: Option<Role>) {
+    fn note_role(&self, id: NodeId, role: Option<Role>) {
         if role == Some(Role::Hub) {
             self.hubs.lock().unwrap_or_else(|p| p.into_inner()).insert(id);
         }
@@ -177,9 +182,9 @@ impl NodeCtx {
     }
 
     /// What we hold, cut down to what policy lets this peer receive.
-    pub(crate) fn summary_for(&self, peer: &CertInfo) -> Frame {
+    pub(crate) fn summary_for(&self, peer: &CertInfo) -> (Summary, Classes) {
         let allow = |o: &Origin| self.allows(peer, o);
-        Frame::Summary(self.wal.summary().filtered(allow), self.wal.classes().filtered(allow))
+        (self.wal.summary().filtered(allow), self.wal.classes().filtered(allow))
     }
 
     /// A peer holding more of our own current log than we do means our data

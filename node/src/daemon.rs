@@ -92,11 +92,9 @@ pub async fn run(node: Arc<Node>, opts: DaemonOptions, shutdown: impl std::futur
     drop(lan);
     tasks.shutdown().await;
     node.shutdown().await;
-    // Peer loops were stopped mid-connection: nothing is connected now.
     if let Some(dir) = &node.ctx.data_dir {
+        // Peer loops were stopped mid-connection: nothing is connected now.
         let _ = dir.update_peers(|peers| peers.values_mut().for_each(|p| p.connected = false));
-    }
-    if let Some(dir) = &node.ctx.data_dir {
         let _ = std::fs::remove_file(dir.path(crate::api::ADDR_FILE));
     }
     Ok(())
@@ -183,11 +181,7 @@ async fn dial(node: &Node, target: &Target) -> Result<crate::node::Opened> {
     match target {
         Target::Static(peer) => node.open(resolve(peer).await?, false).await,
         Target::Lan(id, addrs) => {
-            let mut addrs = addrs.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            // A link-local IPv6 address needs its interface, which mDNS does
-            // not give: dial IPv4 and routable IPv6 only, IPv4 first.
-            addrs.retain(|a| !matches!(a.ip(), std::net::IpAddr::V6(v6) if v6.is_unicast_link_local()));
-            addrs.sort_by_key(|a| a.is_ipv6());
+            let addrs = addrs.lock().unwrap_or_else(|p| p.into_inner()).clone();
             let mut last = anyhow::anyhow!("{} advertised no address", id.short());
             for addr in addrs {
                 match node.open(addr, true).await {
@@ -235,6 +229,30 @@ async fn retry_after(node: &Node, wait: Duration, wake: &Notify) {
     }
 }
 
+/// Dials `target`, or gives up (`None`) to dial again at once when this
+/// machine's addresses change or the peer announces itself again: a dial
+/// begun before a mule arrived somewhere, or before the peer came back,
+/// would otherwise wait out its whole timeout.
+async fn dial_unless_moved(node: &Node, target: &Target, wake: &Notify) -> Option<Result<crate::node::Opened>> {
+    let mut moved = node.ctx.addresses.subscribe();
+    tokio::select! {
+        opened = dial(node, target) => Some(opened),
+        _ = moved.changed() => {
+            tracing::info!(peer = %target, "local addresses changed while connecting; dialing again");
+            None
+        }
+        _ = async {
+            // Not at once: the announcement that started this dial may
+            // have left a wake-up behind.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            wake.notified().await
+        } => {
+            tracing::info!(peer = %target, "peer announced itself again while connecting; dialing again");
+            None
+        }
+    }
+}
+
 async fn peer_loop(node: Arc<Node>, target: Target, interval: Duration, wake: Arc<Notify>) {
     let peer = target.to_string();
     let mut attempt = 0u32;
@@ -247,29 +265,10 @@ async fn peer_loop(node: Arc<Node>, target: Target, interval: Duration, wake: Ar
                 continue;
             }
         }
-        let mut moved = node.ctx.addresses.subscribe();
-        let opened = tokio::select! {
-            opened = dial(&node, &target) => opened,
-            // A dial begun before a move (a mule plugged in somewhere new),
-            // or before the peer came back and announced itself, may wait
-            // out its whole timeout: start again from here.
-            _ = moved.changed() => {
-                tracing::info!(%peer, "local addresses changed while connecting; dialing again");
-                continue;
-            }
-            _ = async {
-                // Not at once: the announcement that started this dial may
-                // have left a wake-up behind.
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                wake.notified().await
-            } => {
-                tracing::info!(%peer, "peer announced itself again while connecting; dialing again");
-                continue;
-            }
-        };
-        let opened = match opened {
-            Ok(o) => o,
-            Err(e) => {
+        let opened = match dial_unless_moved(&node, &target, &wake).await {
+            None => continue,
+            Some(Ok(o)) => o,
+            Some(Err(e)) => {
                 let wait = backoff(attempt);
                 tracing::info!(%peer, "cannot reach peer ({e:#}); retrying in {wait:?}");
                 attempt += 1;

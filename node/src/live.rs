@@ -3,7 +3,6 @@
 
 use crate::ctx::NodeCtx;
 use crate::session::{initiate_round, Link};
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 /// How long a round waits for appends arriving with the one that woke it.
@@ -25,14 +24,13 @@ pub async fn round_due(
         }
     };
     tokio::pin!(timer);
-    let mut rounds = link.rounds.subscribe();
+    let mut running = link.running.subscribe();
     loop {
         // Marked seen before looking, so a change after the look wakes us.
         changes.borrow_and_update();
-        rounds.borrow_and_update();
         // A running round already carries what was there when it began;
         // look again when it ends.
-        if link.running.load(Relaxed) == 0 && ctx.news_for(link) > 0 {
+        if *running.borrow_and_update() == 0 && ctx.news_for(link) > 0 {
             return true;
         }
         tokio::select! {
@@ -45,8 +43,8 @@ pub async fn round_due(
                 // gathers while that round runs (see `running` above).
                 tokio::time::sleep(SETTLE).await;
             }
-            // The peer's round may have left it short of what arrived meanwhile.
-            _ = rounds.changed() => {}
+            // A round ending may have left the peer short of what arrived meanwhile.
+            _ = running.changed() => {}
             _ = link.conn.closed() => return false,
         }
     }

@@ -297,7 +297,6 @@ impl Node {
             return Err(anyhow::Error::new(why).context(format!("could not connect to {addr}")));
         }
         let actual = tls::peer_cert(&conn)?;
-        self.ctx.note_role(actual.node_id, actual.role);
         if actual.node_id != mem.peer.node_id {
             conn.close(crate::wire::code(ErrorCode::Protocol), b"unexpected peer");
             anyhow::bail!(
@@ -337,7 +336,6 @@ impl Node {
         zero_rtt: ZeroRtt,
     ) -> Result<Opened> {
         let peer = tls::peer_cert(&conn)?;
-        self.ctx.note_role(peer.node_id, peer.role);
         // Wants from the peer's last summary save a round trip here too.
         let summary = remembered
             .filter(|m| m.peer.node_id == peer.node_id)
@@ -422,7 +420,6 @@ pub fn report(link: &Link, round: RoundReport, zero_rtt: ZeroRtt) -> SyncReport 
 /// `add_counts` once per connection, when it ends: the link's counters are
 /// cumulative.
 pub fn record(ctx: &NodeCtx, link: &Link, error: Option<String>, add_counts: bool) {
-    ctx.note_role(link.peer.node_id, link.peer.role);
     let Some(dir) = &ctx.data_dir else { return };
     let result = dir.record_peer(link.peer.node_id, |p| {
         p.name = link.peer.name.clone();
@@ -470,7 +467,6 @@ async fn accept_loop(ctx: Arc<NodeCtx>, endpoint: quinn::Endpoint) {
             let (conn, peer) = peer;
             tracing::info!(%addr, peer = %peer.node_id.short(), name = %peer.name, "peer connected");
             ctx.totals.connections_accepted.fetch_add(1, Relaxed);
-            ctx.note_role(peer.node_id, peer.role);
             let link = Link::new(conn, peer, addr, started, true, crate::netwatch::on_link(addr.ip()));
             ctx.adopt(&link);
             let news = ctx

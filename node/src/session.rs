@@ -45,11 +45,11 @@ pub struct Link {
     pub first_event: OnceLock<Instant>,
     /// The peer's summary from the last round, for the next reconnect's 0-RTT wants.
     pub last_summary: Mutex<Option<(Summary, Classes)>>,
-    /// Rounds running on this connection, either way.
-    pub running: std::sync::atomic::AtomicU32,
-    /// Bumped as a round starts or ends, to wake `round_due`.
-    pub rounds: tokio::sync::watch::Sender<u64>,
-    /// What the peer offered in a round that is still running.
+    /// Rounds running on this connection, either way; a watch, so that
+    /// `round_due` wakes as one starts or ends.
+    pub running: tokio::sync::watch::Sender<u32>,
+    /// The summary the peer sent at the start of the latest round: what it
+    /// offers while that round runs.
     pub offered: Mutex<Option<Summary>>,
     /// What the latest round expects to move, for progress display.
     pub expected: Mutex<crate::progress::Expected>,
@@ -61,16 +61,14 @@ struct Running<'a>(&'a Link);
 impl<'a> Running<'a> {
     fn new(link: &'a Link, offered: &Summary) -> Self {
         *link.offered.lock().unwrap_or_else(|p| p.into_inner()) = Some(offered.clone());
-        link.running.fetch_add(1, Relaxed);
-        link.rounds.send_modify(|n| *n += 1);
+        link.running.send_modify(|n| *n += 1);
         Running(link)
     }
 }
 
 impl Drop for Running<'_> {
     fn drop(&mut self) {
-        self.0.running.fetch_sub(1, Relaxed);
-        self.0.rounds.send_modify(|n| *n += 1);
+        self.0.running.send_modify(|n| *n -= 1);
     }
 }
 
@@ -93,9 +91,8 @@ impl Link {
             started,
             first_event: OnceLock::new(),
             last_summary: Mutex::new(None),
-            rounds: tokio::sync::watch::Sender::new(0),
+            running: tokio::sync::watch::Sender::new(0),
             offered: Mutex::new(None),
-            running: Default::default(),
             expected: Default::default(),
         })
     }
@@ -316,8 +313,8 @@ pub async fn open_round(
 ) -> Result<OpenRound> {
     let (mut send, recv) = link.conn.open_bi().await.context("could not open a control stream")?;
     write_frame(&mut send, &ctx.hello()).await?;
-    let sent = ctx.summary_for(&link.peer);
-    write_frame(&mut send, &sent).await?;
+    let (sent, classes) = ctx.summary_for(&link.peer);
+    write_frame(&mut send, &Frame::Summary(sent.clone(), classes)).await?;
     let mut puller = Puller::default();
     let asked = remembered.map(|(theirs, classes)| {
         let ours = ctx.wal.summary();
@@ -334,15 +331,8 @@ pub async fn open_round(
         recv,
         puller,
         asked,
-        sent: summary_of(sent),
+        sent,
     })
-}
-
-fn summary_of(frame: Frame) -> Summary {
-    match frame {
-        Frame::Summary(s, _) => s,
-        _ => Summary::default(),
-    }
 }
 
 impl OpenRound {
@@ -381,11 +371,11 @@ async fn respond_round(
     check_hello(&hello, link)?;
     let theirs = expect_summary(recv).await?;
     write_frame(send, &ctx.hello()).await?;
-    let sent = ctx.summary_for(&link.peer);
-    write_frame(send, &sent).await?;
+    let (sent, classes) = ctx.summary_for(&link.peer);
+    write_frame(send, &Frame::Summary(sent.clone(), classes)).await?;
     let round = Round {
         theirs,
-        sent: summary_of(sent),
+        sent,
         asked: None,
     };
     finish_round(ctx, link, send, recv, round, Puller::default()).await

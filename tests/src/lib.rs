@@ -79,6 +79,17 @@ pub async fn start_with(dir: &DataDir, policy: Option<Policy>, profile: &Transpo
     Ok(Arc::new(Node::start(ctx, &tls, "127.0.0.1:0".parse()?, profile)?))
 }
 
+/// As `start_with`, sending at most `kbps` (the node's bandwidth cap): a
+/// peer that serves slowly enough for a test to act mid-transfer.
+pub fn start_capped(dir: &DataDir, kbps: u64, profile: &TransportProfile) -> Result<Arc<Node>> {
+    let overrides = ferry::node::Overrides {
+        bandwidth_kbps: Some(kbps),
+        ..Default::default()
+    };
+    let (ctx, tls) = ferry::node::open_ctx_with(dir, overrides)?;
+    Ok(Arc::new(Node::start(ctx, &tls, "127.0.0.1:0".parse()?, profile)?))
+}
+
 /// A netsim UDP relay in front of `node`, with the given profile.
 pub async fn link_to(node: &Node, profile: ferry_netsim::Profile, seed: u64) -> Result<ferry_netsim::Netsim> {
     let mut cfg = ferry_netsim::Config::new("127.0.0.1:0".parse()?, node.local_addr()?, profile);

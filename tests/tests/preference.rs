@@ -1,13 +1,11 @@
 //! When a LAN peer and the hub both hold what a clinic lacks, the clinic
 //! pulls it from the LAN peer and not over the WAN.
 
-use ferry::node::{open_ctx_with, Node, Overrides};
 use ferry::pki::Role;
 use ferry::transport::TransportProfile;
 use ferry_proto::Priority;
-use ferry_tests::{all_events, eventually, init_logging, start, workload, write_events, Deployment};
+use ferry_tests::{all_events, eventually, init_logging, start, start_capped, workload, write_events, Deployment};
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -15,17 +13,15 @@ async fn a_range_both_peers_hold_comes_from_the_lan_peer() {
     init_logging();
     let dep = Deployment::new("test").unwrap();
     let hub = start(&dep.enroll("hub", Role::Hub).unwrap(), None).await.unwrap();
-    // The neighbour serves slowly (1 Mbit/s cap), so its round is still
-    // running when the clinic reaches the hub.
-    let (ctx, tls) = open_ctx_with(
+    // The neighbour serves slowly (300 kbit/s: about a second for what the
+    // clinic lacks), so its round is still running when the clinic reaches
+    // the hub.
+    let neighbour = start_capped(
         &dep.enroll("neighbour", Role::Clinic).unwrap(),
-        Overrides {
-            bandwidth_kbps: Some(1000),
-            ..Default::default()
-        },
+        300,
+        &TransportProfile::lan(),
     )
     .unwrap();
-    let neighbour = Arc::new(Node::start(ctx, &tls, "127.0.0.1:0".parse().unwrap(), &TransportProfile::lan()).unwrap());
     let clinic = start(&dep.enroll("clinic", Role::Clinic).unwrap(), None).await.unwrap();
 
     write_events(&hub.ctx.wal, workload("HUB", 2000, 7).unwrap(), Priority::Normal)
@@ -60,6 +56,10 @@ async fn a_range_both_peers_hold_comes_from_the_lan_peer() {
     .unwrap();
 
     let wan = clinic.sync_once(hub.local_addr().unwrap()).await.unwrap();
+    assert!(
+        !lan_round.is_finished(),
+        "the LAN round ended before the WAN round: nothing was left to prefer"
+    );
     assert_eq!(wan.events_received, 0, "pulled over the WAN what the LAN peer offers");
     let lan_report = lan_round.await.unwrap().unwrap();
     assert_eq!(lan_report.events_received, 1000);

@@ -2,15 +2,13 @@
 //! the same command picks up where its WAL left off: nothing to repair by
 //! hand, and none of what it had stored is sent to it again.
 
-use ferry::node::{open_ctx_with, Node, Overrides};
 use ferry::pki::Role;
 use ferry::transport::TransportProfile;
 use ferry_proto::Priority;
 use ferry_tests::netns::Proc;
-use ferry_tests::{all_events, eventually, init_logging, workload, write_events, Deployment};
+use ferry_tests::{all_events, eventually, init_logging, start_capped, workload, write_events, Deployment};
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
 
 const EVENTS: u64 = 5000;
@@ -36,21 +34,13 @@ async fn sigkill_mid_transfer_then_restart_resumes_and_sends_nothing_twice() {
     let dep = Deployment::new("test").unwrap();
     // The hub serves at 500 kbit/s, so the transfer (about 120 KB) lasts
     // a couple of seconds: long enough to cut.
-    let (ctx, tls) = open_ctx_with(
-        &dep.enroll("hub", Role::Hub).unwrap(),
-        Overrides {
-            bandwidth_kbps: Some(500),
-            ..Default::default()
-        },
-    )
-    .unwrap();
     // A short idle timeout, so the hub soon gives up the killed connection.
     let profile = TransportProfile {
         idle_timeout: Duration::from_secs(2),
         keep_alive: Duration::from_millis(500),
         ..TransportProfile::lan()
     };
-    let hub = Arc::new(Node::start(ctx, &tls, "127.0.0.1:0".parse().unwrap(), &profile).unwrap());
+    let hub = start_capped(&dep.enroll("hub", Role::Hub).unwrap(), 500, &profile).unwrap();
     let hub_dir = hub.ctx.data_dir.clone().unwrap();
     write_events(
         &hub.ctx.wal,
