@@ -81,7 +81,19 @@ async fn rejected_0rtt_falls_back_to_a_full_handshake() {
     hub.shutdown().await;
     drop(hub);
     let (ctx, tls) = ferry::node::open_ctx(&hub_dir, None).unwrap();
-    let hub = Arc::new(Node::start(ctx, &tls, hub_addr, &TransportProfile::wan()).unwrap());
+    // quinn's endpoint driver releases the old socket on its own task,
+    // shortly after the last handle is dropped: retry the bind briefly.
+    let mut tries = 0;
+    let hub = loop {
+        match Node::start(ctx.clone(), &tls, hub_addr, &TransportProfile::wan()) {
+            Ok(node) => break Arc::new(node),
+            Err(_) if tries < 50 => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("the hub could not listen on its old port again: {e:#}"),
+        }
+    };
     write_events(&clinic.ctx.wal, after.to_vec(), Priority::Normal)
         .await
         .unwrap();
