@@ -16,35 +16,7 @@ use std::path::Path;
 /// check the node id from the certificate's key.
 pub const SERVER_NAME: &str = "ferry-node";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Hub,
-    Clinic,
-    Mule,
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Role::Hub => "hub",
-            Role::Clinic => "clinic",
-            Role::Mule => "mule",
-        })
-    }
-}
-
-impl std::str::FromStr for Role {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "hub" => Ok(Role::Hub),
-            "clinic" => Ok(Role::Clinic),
-            "mule" => Ok(Role::Mule),
-            _ => bail!("unknown role '{s}': use hub, clinic or mule"),
-        }
-    }
-}
+pub use ferry_proto::Role;
 
 /// What a verified certificate says about its holder.
 #[derive(Clone, Debug, PartialEq, Eq)]

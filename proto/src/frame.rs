@@ -1,34 +1,64 @@
-//! Messages of `ferry/1` and their framing.
+//! Messages of `ferry/2` and their framing.
 //!
-//! A frame is `u32 length (big endian) | u8 type | CBOR body`, where length
-//! counts the type byte and the body. Event batches are a zstd-compressed CBOR
-//! array. Every size is bounded before memory is committed to it.
+//! A frame is `u32 length (big endian) | u8 type | body`, where length
+//! counts the type byte and the body. Bodies are CBOR, except event chunks,
+//! which are a piece of a zstd stream (see `batch`). Every size is bounded
+//! before memory is committed to it.
+//!
+//! A connection has one control stream, opened by the dialer, carrying
+//! `Hello`, `Summary`, `Want`, `Subscribe`, `Done`, `Refused` and `Error`
+//! both ways; and per direction up to three data streams, one per priority
+//! class, opened by the sender with `Open` and carrying `Events` and `End`.
 
-use crate::{Classes, NodeId, Origin, Priority, Summary};
+use crate::{Classes, NodeId, Origin, Priority, Role, Summary};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
-/// Largest frame accepted, compressed (a batch of events or a summary).
-pub const MAX_FRAME_LEN: usize = 4 << 20;
-/// Largest decompressed event batch accepted (guards against zip bombs).
-pub const MAX_BATCH_DECOMPRESSED: usize = 16 << 20;
+/// Largest frame accepted. An event chunk carries at most `BATCH_BYTES` of
+/// events or one piece of a large event, so this only needs room for a
+/// summary of a hub with many holey logs.
+pub const MAX_FRAME_LEN: usize = 1 << 20;
+/// Largest decompressed event chunk accepted (guards against zip bombs).
+pub const MAX_BATCH_DECOMPRESSED: usize = 256 << 10;
+/// A chunk stops taking events once their payloads reach this many bytes;
+/// an event larger than this travels in pieces of this size, so a photo
+/// shares its stream with small events instead of blocking them.
+pub const BATCH_BYTES: usize = 32 << 10;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
     pub node: NodeId,
-    pub role: String,
+    pub role: Role,
     pub name: String,
     pub version: u32,
+    /// The sender keeps the connection open and takes live pushes (a
+    /// daemon); `false` for a one-shot `ferry sync`.
+    pub live: bool,
 }
 
-/// "Send me `origin` events `first..=last`", the first frame of a pull stream.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// "Send me `origin` events `first..=last`". The sender answers on the data
+/// stream of `priority` and ends with `End` of the same range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Want {
     pub origin: Origin,
     pub first: u64,
     pub last: u64,
-    /// The class of every event in the range: the server sends urgent
-    /// streams first.
+    /// The class of every event in the range, as the sender reported it.
     pub priority: Priority,
+}
+
+/// Which new events the receiver wants pushed to it on this connection as
+/// they arrive at the sender: those of every node but `nodes` (`all`), or
+/// of `nodes` only.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subscription {
+    pub all: bool,
+    pub nodes: Vec<NodeId>,
+}
+
+impl Subscription {
+    pub fn covers(&self, node: &NodeId) -> bool {
+        self.nodes.contains(node) != self.all
+    }
 }
 
 /// Stable error codes, used in `Error` frames, stream resets and connection
@@ -66,20 +96,42 @@ impl ErrorCode {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Frame {
     Hello(Hello),
-    /// What the sender holds, and which of it is urgent or bulk.
-    Summary(Summary, Classes),
+    /// What the sender holds (cut down to what its policy lets the receiver
+    /// have), and which of it is urgent or bulk. `id` counts the sender's
+    /// summaries on this connection; `ask`: answer with yours.
+    Summary {
+        id: u32,
+        ask: bool,
+        summary: Summary,
+        classes: Classes,
+    },
     Want(Want),
-    /// The next piece of a want stream's compressed events; decoded with the
-    /// stream's `batch::StreamDecompressor`.
-    EventChunk(Vec<u8>),
-    /// The sender has pulled everything it wanted in this round.
-    RoundDone {
+    Subscribe(Subscription),
+    /// The sender has pulled everything the receiver's summary `summary`
+    /// offered; `received` events arrived for it.
+    Done {
+        summary: u32,
         received: u64,
+    },
+    /// A want the sender of this frame will not serve.
+    Refused {
+        want: Want,
+        code: u16,
+        message: String,
     },
     Error {
         code: u16,
         message: String,
     },
+    /// First frame of a data stream: the class of everything on it.
+    Open {
+        class: Priority,
+    },
+    /// The next piece of a data stream's compressed events; decoded with the
+    /// stream's `batch::StreamDecompressor`.
+    Events(Vec<u8>),
+    /// Everything of this want the sender holds has been sent.
+    End(Want),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -106,9 +158,13 @@ impl FrameError {
 const T_HELLO: u8 = 1;
 const T_SUMMARY: u8 = 2;
 const T_WANT: u8 = 3;
-const T_ROUND_DONE: u8 = 5;
+const T_SUBSCRIBE: u8 = 4;
+const T_DONE: u8 = 5;
 const T_ERROR: u8 = 6;
-const T_EVENT_CHUNK: u8 = 7;
+const T_EVENTS: u8 = 7;
+const T_REFUSED: u8 = 8;
+const T_OPEN: u8 = 9;
+const T_END: u8 = 10;
 
 fn cbor<T: Serialize>(v: &T, out: &mut Vec<u8>) {
     // Serialising into a Vec cannot fail: the writer is infallible and our
@@ -123,6 +179,16 @@ fn uncbor<T: DeserializeOwned>(kind: &'static str, body: &[u8]) -> Result<T, Fra
     })
 }
 
+fn check_want(w: Want, kind: &'static str) -> Result<Want, FrameError> {
+    if w.first == 0 || w.first > w.last {
+        return Err(FrameError::Malformed {
+            kind,
+            detail: format!("bad range {}..={}", w.first, w.last),
+        });
+    }
+    Ok(w)
+}
+
 impl Frame {
     /// The whole frame including its length prefix.
     pub fn encode(&self) -> Vec<u8> {
@@ -132,25 +198,46 @@ impl Frame {
                 out.push(T_HELLO);
                 cbor(h, &mut out);
             }
-            Frame::Summary(s, c) => {
+            Frame::Summary {
+                id,
+                ask,
+                summary,
+                classes,
+            } => {
                 out.push(T_SUMMARY);
-                cbor(&(s, c), &mut out);
+                cbor(&(id, ask, summary, classes), &mut out);
             }
             Frame::Want(w) => {
                 out.push(T_WANT);
                 cbor(w, &mut out);
             }
-            Frame::EventChunk(bytes) => {
-                out.push(T_EVENT_CHUNK);
-                out.extend_from_slice(bytes);
+            Frame::Subscribe(s) => {
+                out.push(T_SUBSCRIBE);
+                cbor(s, &mut out);
             }
-            Frame::RoundDone { received } => {
-                out.push(T_ROUND_DONE);
-                cbor(received, &mut out);
+            Frame::Done { summary, received } => {
+                out.push(T_DONE);
+                cbor(&(summary, received), &mut out);
+            }
+            Frame::Refused { want, code, message } => {
+                out.push(T_REFUSED);
+                cbor(&(want, code, message), &mut out);
             }
             Frame::Error { code, message } => {
                 out.push(T_ERROR);
                 cbor(&(code, message), &mut out);
+            }
+            Frame::Open { class } => {
+                out.push(T_OPEN);
+                cbor(class, &mut out);
+            }
+            Frame::Events(bytes) => {
+                out.push(T_EVENTS);
+                out.extend_from_slice(bytes);
+            }
+            Frame::End(w) => {
+                out.push(T_END);
+                cbor(w, &mut out);
             }
         }
         let len = (out.len() - 4) as u32;
@@ -176,27 +263,37 @@ impl Frame {
         Ok(match ty {
             T_HELLO => Frame::Hello(uncbor("hello", rest)?),
             T_SUMMARY => {
-                let (s, c) = uncbor("summary", rest)?;
-                Frame::Summary(s, c)
-            }
-            T_WANT => {
-                let w: Want = uncbor("want", rest)?;
-                if w.first == 0 || w.first > w.last {
-                    return Err(FrameError::Malformed {
-                        kind: "want",
-                        detail: format!("bad range {}..={}", w.first, w.last),
-                    });
+                let (id, ask, summary, classes) = uncbor("summary", rest)?;
+                Frame::Summary {
+                    id,
+                    ask,
+                    summary,
+                    classes,
                 }
-                Frame::Want(w)
             }
-            T_EVENT_CHUNK => Frame::EventChunk(rest.to_vec()),
-            T_ROUND_DONE => Frame::RoundDone {
-                received: uncbor("round-done", rest)?,
-            },
+            T_WANT => Frame::Want(check_want(uncbor("want", rest)?, "want")?),
+            T_SUBSCRIBE => Frame::Subscribe(uncbor("subscribe", rest)?),
+            T_DONE => {
+                let (summary, received) = uncbor("done", rest)?;
+                Frame::Done { summary, received }
+            }
+            T_REFUSED => {
+                let (want, code, message): (Want, u16, String) = uncbor("refused", rest)?;
+                Frame::Refused {
+                    want: check_want(want, "refused")?,
+                    code,
+                    message,
+                }
+            }
             T_ERROR => {
                 let (code, message): (u16, String) = uncbor("error", rest)?;
                 Frame::Error { code, message }
             }
+            T_OPEN => Frame::Open {
+                class: uncbor("open", rest)?,
+            },
+            T_EVENTS => Frame::Events(rest.to_vec()),
+            T_END => Frame::End(check_want(uncbor("end", rest)?, "end")?),
             other => return Err(FrameError::UnknownType(other)),
         })
     }
@@ -212,6 +309,22 @@ impl Frame {
         };
         Ok(Some((Self::decode_body(body)?, 4 + len)))
     }
+
+    /// The frame's name, for messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Frame::Hello(_) => "Hello",
+            Frame::Summary { .. } => "Summary",
+            Frame::Want(_) => "Want",
+            Frame::Subscribe(_) => "Subscribe",
+            Frame::Done { .. } => "Done",
+            Frame::Refused { .. } => "Refused",
+            Frame::Error { .. } => "Error",
+            Frame::Open { .. } => "Open",
+            Frame::Events(_) => "Events",
+            Frame::End(_) => "End",
+        }
+    }
 }
 
 #[cfg(test)]
@@ -220,42 +333,72 @@ mod tests {
     use crate::RangeSet;
     use proptest::prelude::*;
 
+    fn arb_origin() -> impl Strategy<Value = Origin> {
+        (any::<[u8; 16]>(), any::<u32>()).prop_map(|(n, epoch)| Origin { node: NodeId(n), epoch })
+    }
+
+    fn arb_want() -> impl Strategy<Value = Want> {
+        (arb_origin(), 1u64..1000, 0u64..1000, 0u8..3).prop_map(|(origin, first, len, p)| Want {
+            origin,
+            first,
+            last: first + len,
+            priority: Priority::try_from(p).unwrap(), // p < 3
+        })
+    }
+
     fn arb_frame() -> impl Strategy<Value = Frame> {
         prop_oneof![
-            (any::<[u8; 16]>(), "[a-z]{0,8}", "[ -~]{0,20}", any::<u32>()).prop_map(|(n, role, name, version)| {
-                Frame::Hello(Hello {
-                    node: NodeId(n),
-                    role,
-                    name,
-                    version,
+            (any::<[u8; 16]>(), 0u8..3, "[ -~]{0,20}", any::<u32>(), any::<bool>()).prop_map(
+                |(n, role, name, version, live)| {
+                    Frame::Hello(Hello {
+                        node: NodeId(n),
+                        role: [Role::Hub, Role::Clinic, Role::Mule][role as usize],
+                        name,
+                        version,
+                        live,
+                    })
+                }
+            ),
+            (
+                any::<u32>(),
+                any::<bool>(),
+                proptest::collection::btree_map(
+                    arb_origin(),
+                    proptest::collection::vec((1u64..1000, 0u64..50), 0..5)
+                        .prop_map(|v| RangeSet::from_ranges(v.into_iter().map(|(a, l)| (a, a + l)))),
+                    0..4
+                )
+            )
+                .prop_map(|(id, ask, m)| {
+                    let urgent = m.iter().take(1).map(|(o, r)| (*o, r.clone())).collect();
+                    Frame::Summary {
+                        id,
+                        ask,
+                        summary: Summary(m),
+                        classes: Classes {
+                            urgent,
+                            bulk: Default::default(),
+                        },
+                    }
+                }),
+            arb_want().prop_map(Frame::Want),
+            arb_want().prop_map(Frame::End),
+            (any::<bool>(), proptest::collection::vec(any::<[u8; 16]>(), 0..4)).prop_map(|(all, nodes)| {
+                Frame::Subscribe(Subscription {
+                    all,
+                    nodes: nodes.into_iter().map(NodeId).collect(),
                 })
             }),
-            proptest::collection::btree_map(
-                (any::<[u8; 16]>(), any::<u32>()).prop_map(|(n, epoch)| Origin { node: NodeId(n), epoch }),
-                proptest::collection::vec((1u64..1000, 0u64..50), 0..5)
-                    .prop_map(|v| RangeSet::from_ranges(v.into_iter().map(|(a, l)| (a, a + l)))),
-                0..4
-            )
-            .prop_map(|m| {
-                let urgent = m.iter().take(1).map(|(o, r)| (*o, r.clone())).collect();
-                Frame::Summary(
-                    Summary(m),
-                    Classes {
-                        urgent,
-                        bulk: Default::default(),
-                    },
-                )
+            (any::<u32>(), any::<u64>()).prop_map(|(summary, received)| Frame::Done { summary, received }),
+            (arb_want(), any::<u16>(), "[ -~]{0,40}").prop_map(|(want, code, message)| Frame::Refused {
+                want,
+                code,
+                message
             }),
-            (any::<[u8; 16]>(), any::<u32>(), 1u64..1000, 0u64..1000).prop_map(|(n, epoch, first, len)| Frame::Want(
-                Want {
-                    origin: Origin { node: NodeId(n), epoch },
-                    first,
-                    last: first + len,
-                    priority: Priority::Bulk,
-                }
-            )),
-            any::<u64>().prop_map(|received| Frame::RoundDone { received }),
-            proptest::collection::vec(any::<u8>(), 0..64).prop_map(Frame::EventChunk),
+            (0u8..3).prop_map(|p| Frame::Open {
+                class: Priority::try_from(p).unwrap() // p < 3
+            }),
+            proptest::collection::vec(any::<u8>(), 0..64).prop_map(Frame::Events),
             (any::<u16>(), "[ -~]{0,40}").prop_map(|(code, message)| Frame::Error { code, message }),
         ]
     }
@@ -300,13 +443,25 @@ mod tests {
             node: NodeId([1; 16]),
             epoch: 0,
         };
-        let bytes = Frame::Want(Want {
+        let want = Want {
             origin,
             first: 5,
             last: 4,
             priority: Priority::Normal,
-        })
-        .encode();
-        assert!(Frame::decode(&bytes).is_err());
+        };
+        assert!(Frame::decode(&Frame::Want(want).encode()).is_err());
+        assert!(Frame::decode(&Frame::End(want).encode()).is_err());
+    }
+
+    #[test]
+    fn subscriptions_cover_by_inclusion_or_exclusion() {
+        let (a, b) = (NodeId([1; 16]), NodeId([2; 16]));
+        let only_a = Subscription {
+            all: false,
+            nodes: vec![a],
+        };
+        assert!(only_a.covers(&a) && !only_a.covers(&b));
+        let all_but_a = Subscription { all: true, nodes: vec![a] };
+        assert!(!all_but_a.covers(&a) && all_but_a.covers(&b));
     }
 }

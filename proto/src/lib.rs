@@ -10,15 +10,17 @@ pub mod frame;
 pub mod hlc;
 pub mod id;
 pub mod rangeset;
+pub mod role;
 pub mod summary;
 
 pub use event::{Event, Priority};
-pub use frame::{ErrorCode, Frame, FrameError, Hello, Want};
+pub use frame::{ErrorCode, Frame, FrameError, Hello, Subscription, Want};
 pub use hlc::{Clock, Hlc};
 pub use id::{NodeId, Origin, ParseIdError};
 pub use rangeset::RangeSet;
+pub use role::{ParseRoleError, Role};
 pub use summary::{Classes, Gap, Summary};
 
 /// ALPN protocol id and the version carried in `Hello`.
-pub const ALPN: &[u8] = b"ferry/1";
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const ALPN: &[u8] = b"ferry/2";
+pub const PROTOCOL_VERSION: u32 = 2;

@@ -1,0 +1,86 @@
+//! How a replica behaves: who it is, what it gives whom, how hard it works
+//! the link.
+
+use crate::io::Time;
+use crate::policy::Policy;
+use ferry_proto::{NodeId, Role};
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub node: NodeId,
+    pub role: Role,
+    pub name: String,
+    pub policy: Policy,
+    /// A daemon: connections stay open, new events are pushed as they
+    /// arrive. `false` for a one-shot sync.
+    pub live: bool,
+    /// A dialer asks its peer for a fresh summary this often, to heal
+    /// anything a push missed. `None`: only at connect.
+    pub round_interval: Option<Time>,
+    /// Wants outstanding per connection.
+    pub wants_in_flight: usize,
+    /// A gap longer than this is asked for in several wants, so that a
+    /// slow link does not claim a whole backlog at once.
+    pub want_max_events: u64,
+    /// zstd levels for WAN and LAN links.
+    pub level_wan: i32,
+    pub level_lan: i32,
+    /// Deliberate faults, for the simulator to prove it catches them.
+    pub bugs: Bugs,
+}
+
+impl Config {
+    pub fn new(node: NodeId, role: Role, name: impl Into<String>) -> Self {
+        Config {
+            node,
+            role,
+            name: name.into(),
+            policy: Policy::All,
+            live: false,
+            round_interval: None,
+            wants_in_flight: 16,
+            want_max_events: 2048,
+            level_wan: ferry_proto::batch::LEVEL_WAN,
+            level_lan: ferry_proto::batch::LEVEL_LAN,
+            bugs: Bugs::default(),
+        }
+    }
+}
+
+/// Faults the simulator can switch on (`ferry-sim --inject-bug NAME`). They
+/// only take effect in builds with the `fault-injection` feature.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bugs {
+    /// Claims are never released: ranges once asked for are never asked
+    /// for again, from anyone.
+    pub claims_never_released: bool,
+    /// Wants and pushes are served whatever the policy says.
+    pub skip_policy_check: bool,
+    /// On a reconnect, the wants sent before the peer's summary ask for
+    /// everything the peer held last time, held here or not.
+    pub duplicate_after_reconnect: bool,
+}
+
+impl Bugs {
+    pub const NAMES: [&'static str; 3] = [
+        "claims-never-released",
+        "skip-policy-check",
+        "duplicate-after-reconnect",
+    ];
+
+    pub fn parse(name: &str) -> Option<Bugs> {
+        let mut b = Bugs::default();
+        match name {
+            "claims-never-released" => b.claims_never_released = true,
+            "skip-policy-check" => b.skip_policy_check = true,
+            "duplicate-after-reconnect" => b.duplicate_after_reconnect = true,
+            _ => return None,
+        }
+        Some(b)
+    }
+
+    /// Whether a fault is on: never, without the feature.
+    pub(crate) fn on(&self, f: impl Fn(&Bugs) -> bool) -> bool {
+        cfg!(feature = "fault-injection") && f(self)
+    }
+}

@@ -1,0 +1,230 @@
+//! The sending half of a connection's data: one lane per priority class,
+//! each a data stream with its own compression context.
+//!
+//! A lane serves jobs (a want the peer sent, or new events the peer
+//! subscribed to) a frame at a time, taking turns among the first few jobs,
+//! so a want of large events does not hold back the small events of
+//! another. Events larger than a chunk go in pieces, one piece per turn.
+//! Nothing the peer holds or was already sent on this connection is sent.
+
+use crate::store::{Store, StoreError};
+use ferry_proto::batch::{piece, Item, StreamCompressor};
+use ferry_proto::frame::BATCH_BYTES;
+use ferry_proto::{Event, Frame, Origin, Priority, RangeSet, Want};
+use std::collections::{BTreeMap, VecDeque};
+
+/// Jobs that take turns; later ones wait.
+const ACTIVE_JOBS: usize = 4;
+/// Events per chunk at most (a chunk of tiny events is still bounded).
+const CHUNK_EVENTS: usize = 512;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Source {
+    /// Answers a want; ends with `End`.
+    Want(Want),
+    /// New events the peer subscribed to.
+    Push,
+}
+
+#[derive(Debug)]
+struct Job {
+    source: Source,
+    origin: Origin,
+    /// What remains to consider sending.
+    todo: RangeSet,
+    /// A large event part sent: its seq and the offset of the next piece.
+    piece: Option<(u64, u32)>,
+}
+
+/// What one turn of a lane produced.
+pub(crate) struct Turn {
+    /// Frames to write, already encoded.
+    pub bytes: Vec<u8>,
+    /// Events whose last byte is in `bytes`.
+    pub events: u64,
+}
+
+pub(crate) struct Lane {
+    class: Priority,
+    enc: Option<StreamCompressor>,
+    jobs: VecDeque<Job>,
+    /// A frame is with the driver; the next waits for `handle_sent`.
+    pub busy: bool,
+}
+
+impl Lane {
+    pub fn new(class: Priority) -> Self {
+        Lane {
+            class,
+            enc: None,
+            jobs: VecDeque::new(),
+            busy: false,
+        }
+    }
+
+    pub fn class(&self) -> Priority {
+        self.class
+    }
+
+    pub fn has_work(&self) -> bool {
+        !self.jobs.is_empty()
+    }
+
+    pub fn serve(&mut self, want: Want) {
+        self.jobs.push_back(Job {
+            source: Source::Want(want),
+            origin: want.origin,
+            todo: RangeSet::from_range(want.first, want.last),
+            piece: None,
+        });
+    }
+
+    /// Queues new events of `origin` for the peer; joins an unstarted push
+    /// of the same origin.
+    pub fn push(&mut self, origin: Origin, seqs: &RangeSet) {
+        if let Some(job) = self
+            .jobs
+            .iter_mut()
+            .rev()
+            .find(|j| j.source == Source::Push && j.origin == origin)
+        {
+            job.todo = job.todo.union(seqs);
+            return;
+        }
+        self.jobs.push_back(Job {
+            source: Source::Push,
+            origin,
+            todo: seqs.clone(),
+            piece: None,
+        });
+    }
+
+    /// The next frame(s) of this lane, or `None` when it has nothing to send.
+    /// `peer_has`: what the peer holds or was sent; updated with what this
+    /// turn sends. `level`: zstd level for a new context.
+    pub fn turn<S: Store>(
+        &mut self,
+        store: &S,
+        peer_has: &mut BTreeMap<Origin, RangeSet>,
+        level: i32,
+    ) -> Result<Option<Turn>, StoreError> {
+        while let Some(mut job) = self.jobs.pop_front() {
+            let has = peer_has.entry(job.origin).or_default();
+            let (items, events) = match job.piece {
+                Some((seq, offset)) => self.next_piece(store, &mut job, seq, offset)?,
+                None => {
+                    job.todo = job.todo.difference(has);
+                    let Some(&(first, last)) = job.todo.ranges().first() else {
+                        if let Some(bytes) = finish(job) {
+                            return Ok(Some(Turn { bytes, events: 0 }));
+                        }
+                        continue;
+                    };
+                    let read = store.read(&job.origin, first, last, CHUNK_EVENTS, BATCH_BYTES)?;
+                    self.next_events(&mut job, has, first, last, read)
+                }
+            };
+            if items.is_empty() {
+                // Nothing held in the range that was left: look again.
+                self.jobs.push_front(job);
+                continue;
+            }
+            let enc = self.enc.get_or_insert_with(|| StreamCompressor::new(level));
+            let mut bytes = Frame::Events(enc.compress(&items)).encode();
+            if job.todo.is_empty() && job.piece.is_none() {
+                if let Some(end) = finish(job) {
+                    bytes.extend(end);
+                }
+            } else {
+                // Takes its turn again after the other active jobs.
+                let at = self.jobs.len().min(ACTIVE_JOBS - 1);
+                self.jobs.insert(at, job);
+            }
+            return Ok(Some(Turn { bytes, events }));
+        }
+        Ok(None)
+    }
+
+    /// Whole events from the front of the job's range, or the first piece
+    /// of a large one.
+    fn next_events(
+        &mut self,
+        job: &mut Job,
+        has: &mut RangeSet,
+        first: u64,
+        last: u64,
+        read: Vec<Event>,
+    ) -> (Vec<Item>, u64) {
+        let mut items = Vec::new();
+        let mut events = 0;
+        let mut through = match read.last() {
+            // Nothing held from `first` to `last`.
+            None => last,
+            Some(_) => first.saturating_sub(1),
+        };
+        for e in read {
+            if e.payload.len() > BATCH_BYTES {
+                if items.is_empty() {
+                    has.insert(e.seq);
+                    through = e.seq;
+                    if let Some(first_piece) = piece(&e, 0) {
+                        job.piece = Some((e.seq, first_piece.bytes.len() as u32));
+                        items.push(Item::Piece(first_piece));
+                    }
+                }
+                break;
+            }
+            if has.contains(e.seq) {
+                through = e.seq;
+                continue;
+            }
+            has.insert(e.seq);
+            through = e.seq;
+            events += 1;
+            items.push(Item::Event(e));
+        }
+        if through >= first {
+            job.todo = job.todo.difference(&RangeSet::from_range(first, through));
+        }
+        (items, events)
+    }
+
+    /// The next piece of a large event in progress.
+    fn next_piece<S: Store>(
+        &mut self,
+        store: &S,
+        job: &mut Job,
+        seq: u64,
+        offset: u32,
+    ) -> Result<(Vec<Item>, u64), StoreError> {
+        let Some(e) = store.read(&job.origin, seq, seq, 1, usize::MAX)?.pop() else {
+            // Gone from the store mid-way (it cannot be, for a durable
+            // log; a peer asking again later gets it whole).
+            job.piece = None;
+            return Ok((Vec::new(), 0));
+        };
+        let Some(p) = piece(&e, offset as usize) else {
+            job.piece = None;
+            return Ok((Vec::new(), 0));
+        };
+        let next = offset + p.bytes.len() as u32;
+        let whole = next as usize >= e.payload.len();
+        job.piece = (!whole).then_some((seq, next));
+        Ok((vec![Item::Piece(p)], u64::from(whole)))
+    }
+
+    /// Forgets every job: the connection is gone.
+    pub fn clear(&mut self) {
+        self.jobs.clear();
+        self.enc = None;
+        self.busy = false;
+    }
+}
+
+/// The frame that ends a finished job: `End` for a want.
+fn finish(job: Job) -> Option<Vec<u8>> {
+    match job.source {
+        Source::Want(w) => Some(Frame::End(w).encode()),
+        Source::Push => None,
+    }
+}

@@ -1,0 +1,449 @@
+//! A node's replication state: its store, its sessions and what they share
+//! (claims, appends on their way to disk, the hubs it knows), driven from
+//! outside in the manner of quinn-proto: `handle_*` for what happened,
+//! `poll_action` and `poll_timeout` for what to do.
+
+use crate::claims::Claims;
+use crate::config::Config;
+use crate::io::{Action, ConnId, PeerInfo, StreamId, StreamKind, Ticket, Time};
+use crate::pending::Pending;
+use crate::rng::Rng;
+use crate::session::{Cx, Session, SessionStats};
+use crate::store::{AppendReport, Store, StoreError};
+use ferry_proto::{Classes, ErrorCode, NodeId, Origin, Priority, RangeSet, Role, Subscription, Summary};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+pub struct Replica<S: Store> {
+    cfg: Config,
+    store: S,
+    claims: Claims,
+    sessions: BTreeMap<ConnId, Session>,
+    pending: Pending,
+    hubs: BTreeSet<NodeId>,
+    out: VecDeque<Action>,
+    rng: Rng,
+    /// Subscriptions must be worked out again (a session came, went, or
+    /// said what it offers).
+    subs_dirty: bool,
+}
+
+/// What one open session looks like from outside.
+#[derive(Debug, Clone)]
+pub struct SessionView {
+    pub conn: ConnId,
+    pub peer: PeerInfo,
+    pub stats: SessionStats,
+    /// Both sides have pulled what the other's latest summary offered.
+    pub in_step: bool,
+    /// Events the peer offers that this node lacks, and events this node
+    /// may send that the peer lacks, as far as this node knows.
+    pub we_lack: u64,
+    pub they_lack: u64,
+}
+
+macro_rules! cx {
+    ($self:ident, $now:expr) => {
+        Cx {
+            store: &mut $self.store,
+            claims: &mut $self.claims,
+            out: &mut $self.out,
+            cfg: &$self.cfg,
+            hubs: &$self.hubs,
+            pending: &mut $self.pending,
+            rng: &mut $self.rng,
+            now: $now,
+        }
+    };
+}
+
+impl<S: Store> Replica<S> {
+    /// `hubs`: nodes known, from verified certificates, to be hubs.
+    pub fn new(cfg: Config, store: S, seed: u64, mut hubs: BTreeSet<NodeId>) -> Self {
+        if cfg.role == Role::Hub {
+            hubs.insert(cfg.node);
+        }
+        Replica {
+            cfg,
+            store,
+            claims: Claims::default(),
+            sessions: BTreeMap::new(),
+            pending: Pending::default(),
+            hubs,
+            out: VecDeque::new(),
+            rng: Rng::new(seed),
+            subs_dirty: false,
+        }
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    pub fn store_mut(&mut self) -> &mut S {
+        &mut self.store
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    pub fn hubs(&self) -> &BTreeSet<NodeId> {
+        &self.hubs
+    }
+
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.out.pop_front()
+    }
+
+    /// When `handle_timeout` is next due.
+    pub fn poll_timeout(&self) -> Option<Time> {
+        self.sessions.values().filter_map(|s| s.next_round_at).min()
+    }
+
+    /// A connection to a verified peer is up. A dialer opens the session at
+    /// once; `remembered` is what the peer held at the end of the last
+    /// connection to it, from which wants go out before its summary.
+    pub fn connect(&mut self, now: Time, conn: ConnId, peer: PeerInfo, remembered: Option<&(Summary, Classes)>) {
+        assert!(!self.sessions.contains_key(&conn), "connection {conn:?} is new");
+        if peer.role == Role::Hub {
+            self.hubs.insert(peer.node);
+        }
+        let dialer_of = |s: &Session, me: NodeId| if s.peer.dialer { me } else { s.peer.node };
+        let mut session = Session::new(conn, peer, &self.cfg);
+        let new_dialer = dialer_of(&session, self.cfg.node);
+        // One connection per peer. A reconnect replaces the old one (its
+        // claims go with it); of two dialled from both ends at once, both
+        // sides keep the one the lower node id dialled.
+        let same: Vec<(ConnId, NodeId)> = self
+            .sessions
+            .values()
+            .filter(|s| s.peer.node == session.peer.node)
+            .map(|s| (s.conn, dialer_of(s, self.cfg.node)))
+            .collect();
+        for (old, old_dialer) in same {
+            if old_dialer == new_dialer || new_dialer < old_dialer {
+                self.close(now, old, ErrorCode::Done, "replaced by a newer connection from the same node");
+            } else {
+                self.out.push_back(Action::Close {
+                    conn,
+                    code: ErrorCode::Done as u16,
+                    reason: "already connected to this node".into(),
+                });
+                return;
+            }
+        }
+        if session.peer.dialer {
+            session.open_as_dialer(&mut cx!(self, now), remembered);
+        }
+        self.sessions.insert(conn, session);
+        self.subs_dirty = true;
+        self.follow_up(now);
+    }
+
+    /// Bytes arrived on a stream. `kind` says how the stream was opened.
+    pub fn handle_stream_data(&mut self, now: Time, conn: ConnId, stream: StreamId, kind: StreamKind, bytes: &[u8]) {
+        let Some(s) = self.sessions.get_mut(&conn) else { return };
+        let had_hello = s.hello.is_some();
+        let had_offer = s.theirs.is_some();
+        let result = s.on_data(&mut cx!(self, now), stream, kind, bytes);
+        if s.hello.is_some() != had_hello || s.theirs.is_some() != had_offer {
+            self.subs_dirty = true;
+        }
+        if let Err(f) = result {
+            self.close(now, conn, f.code, &f.message);
+        }
+        self.follow_up(now);
+    }
+
+    /// The peer finished or reset a stream.
+    pub fn handle_stream_end(&mut self, now: Time, conn: ConnId, stream: StreamId) {
+        let Some(s) = self.sessions.get_mut(&conn) else { return };
+        if let Err(f) = s.on_stream_end(stream) {
+            self.close(now, conn, f.code, &f.message);
+        }
+        self.follow_up(now);
+    }
+
+    /// The driver wrote the last `Send` of a data stream; it may take more.
+    pub fn handle_sent(&mut self, now: Time, conn: ConnId, stream: StreamId) {
+        let Some(s) = self.sessions.get_mut(&conn) else { return };
+        if let Err(f) = s.on_sent(&mut cx!(self, now), stream) {
+            self.close(now, conn, f.code, &f.message);
+        }
+        self.follow_up(now);
+    }
+
+    /// The connection is gone (closed by either side, timed out, reset).
+    pub fn handle_closed(&mut self, now: Time, conn: ConnId) {
+        if let Some(mut s) = self.sessions.remove(&conn) {
+            s.close(&mut self.claims, &self.pending);
+            self.replan_waiting();
+            self.subs_dirty = true;
+        }
+        self.follow_up(now);
+    }
+
+    /// An `Action::Append` finished.
+    pub fn handle_appended(&mut self, now: Time, ticket: Ticket, result: Result<AppendReport, StoreError>) {
+        let Some(append) = self.pending.take(ticket) else { return };
+        if !self.cfg.bugs.on(|b| b.claims_never_released) {
+            for (origin, set) in by_origin(&append.events) {
+                self.claims.release(append.conn, &origin, &set);
+            }
+        }
+        match result {
+            Ok(report) => {
+                if let Some(s) = self.sessions.get_mut(&append.conn) {
+                    s.appended(report);
+                }
+                self.stored(now, &append.events);
+            }
+            Err(e) => self.close(
+                now,
+                append.conn,
+                ErrorCode::Internal,
+                &format!("could not store received events: {e}"),
+            ),
+        }
+        self.replan_waiting();
+        self.follow_up(now);
+    }
+
+    /// This node's own events were appended (by the application).
+    pub fn handle_local_appended(&mut self, now: Time, events: &[(Origin, u64, Priority)]) {
+        self.stored(now, events);
+        self.follow_up(now);
+    }
+
+    pub fn handle_timeout(&mut self, now: Time) {
+        let due: Vec<ConnId> = self
+            .sessions
+            .values()
+            .filter(|s| s.next_round_at.is_some_and(|t| t <= now))
+            .map(|s| s.conn)
+            .collect();
+        for conn in due {
+            self.start_round(now, conn);
+        }
+    }
+
+    /// Asks the peer for a fresh summary (and sends this node's).
+    pub fn start_round(&mut self, now: Time, conn: ConnId) {
+        if let Some(s) = self.sessions.get_mut(&conn) {
+            s.start_round(&mut cx!(self, now));
+        }
+        self.follow_up(now);
+    }
+
+    /// Closes a connection from this side.
+    pub fn close(&mut self, now: Time, conn: ConnId, code: ErrorCode, reason: &str) {
+        if self.sessions.contains_key(&conn) {
+            self.out.push_back(Action::Close {
+                conn,
+                code: code as u16,
+                reason: reason.to_string(),
+            });
+            self.handle_closed(now, conn);
+        }
+    }
+
+    /// New events are held: offer them to every subscribed peer.
+    fn stored(&mut self, now: Time, events: &[(Origin, u64, Priority)]) {
+        let mut groups: BTreeMap<(Origin, Priority), RangeSet> = BTreeMap::new();
+        for (origin, seq, priority) in events {
+            groups.entry((*origin, *priority)).or_default().insert(*seq);
+        }
+        let conns: Vec<ConnId> = self.sessions.keys().copied().collect();
+        for conn in conns {
+            for ((origin, priority), seqs) in &groups {
+                let Some(s) = self.sessions.get_mut(&conn) else { break };
+                if let Err(f) = s.on_stored(&mut cx!(self, now), *origin, seqs, *priority) {
+                    self.close(now, conn, f.code, &f.message);
+                }
+            }
+        }
+    }
+
+    /// Sessions still owing a `Done` look again: claims they waited on may
+    /// have ended.
+    fn replan_waiting(&mut self) {
+        for s in self.sessions.values_mut() {
+            if s.their_id.is_some() && s.their_id != s.done_sent {
+                s.needs_plan = true;
+            }
+        }
+    }
+
+    /// What open LAN sessions offer: over the WAN, that is not asked for.
+    fn lan_offers(&self) -> Summary {
+        self.sessions
+            .values()
+            .filter(|s| s.peer.lan)
+            .filter_map(|s| s.offers())
+            .fold(Summary::default(), |all, o| all.union(o))
+    }
+
+    fn follow_up(&mut self, now: Time) {
+        if self.subs_dirty {
+            self.subs_dirty = false;
+            self.resubscribe(now);
+        }
+        if self.sessions.values().any(|s| s.needs_plan) {
+            let lan = self.lan_offers();
+            let conns: Vec<ConnId> = self.sessions.keys().copied().collect();
+            for conn in conns {
+                let Some(s) = self.sessions.get_mut(&conn) else { continue };
+                if s.needs_plan {
+                    s.plan(&mut cx!(self, now), &lan);
+                }
+            }
+        }
+        self.check_claims_owned();
+    }
+
+    /// Works out which connection pushes which nodes' new events to this
+    /// node, so that each new event crosses to it once: a node's own events
+    /// come from it directly when it is connected and offers them; the rest
+    /// from one connection, a hub's if there is one, else a LAN peer's.
+    fn resubscribe(&mut self, now: Time) {
+        if !self.cfg.live {
+            return;
+        }
+        let live: Vec<&Session> = self
+            .sessions
+            .values()
+            .filter(|s| s.hello.as_ref().is_some_and(|h| h.live))
+            .collect();
+        let mut direct: BTreeMap<NodeId, ConnId> = BTreeMap::new();
+        for s in &live {
+            let offers_own = s.offers().is_some_and(|o| o.0.keys().any(|k| k.node == s.peer.node));
+            if offers_own {
+                direct.entry(s.peer.node).or_insert(s.conn);
+            }
+        }
+        let rest = live
+            .iter()
+            .min_by_key(|s| (s.peer.role != Role::Hub, !s.peer.lan, s.conn))
+            .map(|s| s.conn);
+        let wanted: Vec<(ConnId, Subscription)> = live
+            .iter()
+            .map(|s| {
+                let mine: Vec<NodeId> = direct
+                    .iter()
+                    .filter(|(_, c)| **c == s.conn)
+                    .map(|(n, _)| *n)
+                    .collect();
+                let sub = if Some(s.conn) == rest {
+                    Subscription {
+                        all: true,
+                        nodes: direct
+                            .iter()
+                            .filter(|(_, c)| **c != s.conn)
+                            .map(|(n, _)| *n)
+                            .collect(),
+                    }
+                } else {
+                    Subscription {
+                        all: false,
+                        nodes: mine,
+                    }
+                };
+                (s.conn, sub)
+            })
+            .collect();
+        for (conn, sub) in wanted {
+            let Some(s) = self.sessions.get_mut(&conn) else { continue };
+            let widened = s.subscribe(&mut cx!(self, now), sub);
+            if widened && s.their_id.is_some() {
+                // What no one pushed while another connection had it.
+                s.start_round(&mut cx!(self, now));
+            }
+        }
+    }
+
+    /// Every claim has an owner: an open session or an append on its way.
+    fn check_claims_owned(&self) {
+        if cfg!(debug_assertions) || cfg!(feature = "fault-injection") {
+            for conn in self.claims.owners() {
+                assert!(
+                    self.sessions.contains_key(&conn) || self.pending.any_for(conn),
+                    "a claim of {conn:?} outlived its connection and appends"
+                );
+            }
+        }
+    }
+
+    /// Checks what must always hold; the simulator calls it after every step.
+    pub fn check_invariants(&self) {
+        self.check_claims_owned();
+        for s in self.sessions.values() {
+            assert!(
+                s.wants.len() <= self.cfg.wants_in_flight,
+                "{} wants outstanding, limit {}",
+                s.wants.len(),
+                self.cfg.wants_in_flight
+            );
+            for w in &s.wants {
+                let owned = self.claims.owned(s.conn, &w.origin);
+                let range = RangeSet::from_range(w.first, w.last);
+                let held = self.store.have(&w.origin);
+                assert!(
+                    range.difference(&owned).difference(&held).is_empty()
+                        || self.cfg.bugs.on(|b| b.duplicate_after_reconnect),
+                    "want {}:{}..={} is not all claimed by its connection",
+                    w.origin,
+                    w.first,
+                    w.last
+                );
+            }
+        }
+    }
+
+    /// Open sessions.
+    pub fn sessions(&self) -> Vec<SessionView> {
+        self.sessions
+            .values()
+            .map(|s| {
+                let (we_lack, they_lack) = self.lag(s);
+                SessionView {
+                    conn: s.conn,
+                    peer: s.peer.clone(),
+                    stats: s.stats,
+                    in_step: s.in_step,
+                    we_lack,
+                    they_lack,
+                }
+            })
+            .collect()
+    }
+
+    fn lag(&self, s: &Session) -> (u64, u64) {
+        let ours = self.store.summary();
+        let we_lack = s.offers().map(|t| ours.lacking(t)).unwrap_or(0);
+        let theirs = Summary(s.peer_has.clone());
+        let mine = ours.filtered(|o| self.cfg.policy.allows(&s.peer.node, s.peer.role, o, &self.hubs));
+        (we_lack, theirs.lacking(&mine))
+    }
+
+    pub fn session(&self, conn: ConnId) -> Option<SessionView> {
+        self.sessions().into_iter().find(|v| v.conn == conn)
+    }
+
+    /// Sequence numbers claimed right now.
+    pub fn claimed(&self) -> u64 {
+        self.claims.total()
+    }
+
+    /// Appends handed out and not reported yet.
+    pub fn appends_pending(&self) -> usize {
+        self.pending.len()
+    }
+}
+
+fn by_origin(events: &[(Origin, u64, Priority)]) -> BTreeMap<Origin, RangeSet> {
+    let mut out: BTreeMap<Origin, RangeSet> = BTreeMap::new();
+    for (origin, seq, _) in events {
+        out.entry(*origin).or_default().insert(*seq);
+    }
+    out
+}

@@ -1,0 +1,115 @@
+//! The sending half of a session: answering wants and pushing new events
+//! the peer subscribed to, through the lanes.
+
+use crate::io::{Action, StreamKind};
+use crate::lane::Lane;
+use crate::session::{fault, Cx, Fault, Session};
+use crate::store::Store;
+use ferry_proto::{ErrorCode, Frame, Origin, Priority, RangeSet, Want};
+
+fn lane_index(p: Priority) -> usize {
+    match p {
+        Priority::Urgent => 0,
+        Priority::Normal => 1,
+        Priority::Bulk => 2,
+    }
+}
+
+/// QUIC stream priority of a lane: urgent ranges cross a thin link first.
+fn stream_priority(p: Priority) -> i32 {
+    match p {
+        Priority::Urgent => 3,
+        Priority::Normal => 2,
+        Priority::Bulk => 1,
+    }
+}
+
+impl Session {
+    pub fn on_want<S: Store>(&mut self, cx: &mut Cx<'_, S>, want: Want) -> Result<(), Fault> {
+        if !cx.allows(&self.peer, &want.origin) {
+            let message = format!(
+                "policy does not let {} receive events of {}",
+                self.peer.name, want.origin
+            );
+            self.send_control(
+                cx,
+                &Frame::Refused {
+                    want,
+                    code: ErrorCode::Policy as u16,
+                    message,
+                },
+            );
+            return Ok(());
+        }
+        self.lanes[lane_index(want.priority)].serve(want);
+        self.pump(cx)
+    }
+
+    /// Events newly held here: queue those the peer subscribed to and may
+    /// have, and does not hold.
+    pub fn on_stored<S: Store>(
+        &mut self,
+        cx: &mut Cx<'_, S>,
+        origin: Origin,
+        seqs: &RangeSet,
+        priority: Priority,
+    ) -> Result<(), Fault> {
+        let Some(sub) = &self.peer_sub else { return Ok(()) };
+        if self.closed || !sub.covers(&origin.node) || !cx.allows(&self.peer, &origin) {
+            return Ok(());
+        }
+        let todo = match self.peer_has.get(&origin) {
+            Some(has) => seqs.difference(has),
+            None => seqs.clone(),
+        };
+        if todo.is_empty() {
+            return Ok(());
+        }
+        self.lanes[lane_index(priority)].push(origin, &todo);
+        self.pump(cx)
+    }
+
+    /// The driver took the last frame of a data stream: send the next.
+    pub fn on_sent<S: Store>(&mut self, cx: &mut Cx<'_, S>, stream: crate::io::StreamId) -> Result<(), Fault> {
+        if let Some(i) = self.lane_streams.iter().position(|s| *s == Some(stream)) {
+            self.lanes[i].busy = false;
+        }
+        self.pump(cx)
+    }
+
+    /// Gives every idle lane with work its next turn.
+    pub fn pump<S: Store>(&mut self, cx: &mut Cx<'_, S>) -> Result<(), Fault> {
+        if self.closed {
+            return Ok(());
+        }
+        for i in 0..self.lanes.len() {
+            let lane: &mut Lane = &mut self.lanes[i];
+            if lane.busy || !lane.has_work() {
+                continue;
+            }
+            let turn = lane
+                .turn(&*cx.store, &mut self.peer_has, self.level)
+                .map_err(|e| fault(ErrorCode::Internal, format!("could not read events to send: {e}")))?;
+            let Some(turn) = turn else { continue };
+            let class = lane.class();
+            lane.busy = true;
+            let (stream, mut bytes) = match self.lane_streams[i] {
+                Some(s) => (s, Vec::new()),
+                None => {
+                    let s = self.open_stream(cx, StreamKind::Uni, stream_priority(class));
+                    self.lane_streams[i] = Some(s);
+                    (s, Frame::Open { class }.encode())
+                }
+            };
+            bytes.extend(turn.bytes);
+            self.stats.events_sent += turn.events;
+            self.stats.bytes_sent += bytes.len() as u64;
+            cx.out.push_back(Action::Send {
+                conn: self.conn,
+                stream,
+                bytes,
+            });
+        }
+        Ok(())
+    }
+}

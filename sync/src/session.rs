@@ -1,0 +1,491 @@
+//! One connection to one verified peer, as a state machine.
+//!
+//! The dialer opens the control stream with `Hello` and its `Summary`
+//! (plus, on a reconnect, wants computed from what the peer held last time,
+//! all of which can travel as 0-RTT data). The acceptor answers with its own
+//! `Hello` and `Summary`. From then on both sides are alike: each pulls what
+//! the other's summary offers (`pull.rs`), serves what the other wants and
+//! pushes what it subscribed to (`serve.rs`), and says `Done` once it has
+//! pulled everything a summary offered. A daemon keeps the connection open;
+//! a dialer asks for a fresh summary every `round_interval`.
+
+use crate::claims::Claims;
+use crate::config::Config;
+use crate::io::{Action, ConnId, Notice, PeerInfo, StreamId, StreamKind, Time};
+use crate::lane::Lane;
+use crate::pending::Pending;
+use crate::reader::FrameReader;
+use crate::rng::Rng;
+use crate::store::Store;
+use ferry_proto::batch::{Assembly, StreamDecompressor};
+use ferry_proto::{
+    Classes, ErrorCode, Frame, Gap, Hello, NodeId, Origin, Priority, RangeSet, Subscription, Summary, Want,
+    PROTOCOL_VERSION,
+};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// Priority of the control stream: above every data stream.
+pub(crate) const CONTROL_PRIORITY: i32 = 10;
+
+/// Everything outside the session that its handlers use.
+pub(crate) struct Cx<'a, S> {
+    pub store: &'a mut S,
+    pub claims: &'a mut Claims,
+    pub out: &'a mut VecDeque<Action>,
+    pub cfg: &'a Config,
+    pub hubs: &'a BTreeSet<NodeId>,
+    pub pending: &'a mut Pending,
+    pub rng: &'a mut Rng,
+    pub now: Time,
+}
+
+impl<S: Store> Cx<'_, S> {
+    pub fn allows(&self, peer: &PeerInfo, origin: &Origin) -> bool {
+        self.cfg.bugs.on(|b| b.skip_policy_check) || self.cfg.policy.allows(&peer.node, peer.role, origin, self.hubs)
+    }
+
+    /// What this node holds, cut down to what policy lets `peer` have.
+    pub fn summary_for(&self, peer: &PeerInfo) -> (Summary, Classes) {
+        let allow = |o: &Origin| self.allows(peer, o);
+        (self.store.summary().filtered(allow), self.store.classes().filtered(allow))
+    }
+}
+
+/// A connection-level failure: the session closes with this code.
+#[derive(Debug)]
+pub(crate) struct Fault {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+pub(crate) fn fault(code: ErrorCode, message: impl Into<String>) -> Fault {
+    Fault {
+        code,
+        message: message.into(),
+    }
+}
+
+/// Counters of one connection.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    pub events_sent: u64,
+    pub events_received: u64,
+    /// Events that arrived already held here.
+    pub duplicates_received: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub wants_sent: u64,
+    pub rounds: u64,
+}
+
+/// A data stream the peer opened.
+#[derive(Default)]
+pub(crate) struct DataIn {
+    pub class: Option<Priority>,
+    pub reader: FrameReader,
+    pub dec: StreamDecompressor,
+    pub assembly: Assembly,
+}
+
+pub(crate) struct Session {
+    pub conn: ConnId,
+    pub peer: PeerInfo,
+    next_stream: u32,
+    pub(crate) control: Option<StreamId>,
+    control_in: FrameReader,
+    pub hello: Option<Hello>,
+    pub closed: bool,
+    // Pulling (pull.rs).
+    /// The peer's latest summary, and everything seen of it since.
+    pub theirs: Option<(Summary, Classes)>,
+    pub their_id: Option<u32>,
+    pub done_sent: Option<u32>,
+    pub received_in_round: u64,
+    pub wants: BTreeSet<Want>,
+    pub queued: VecDeque<Gap>,
+    /// What the peer offered, was asked for, and did not send (it should
+    /// not happen: a summary lists only durable events).
+    pub unserved: BTreeMap<Origin, RangeSet>,
+    pub data_in: BTreeMap<StreamId, DataIn>,
+    /// What this node asked the peer to push, and every node it ever asked
+    /// for (pushes sent before a narrower subscription arrived are fine).
+    pub subscribed: Option<Subscription>,
+    pub ever_subscribed: Subscription,
+    /// Gaps must be computed again (a summary came).
+    pub needs_plan: bool,
+    // Serving (serve.rs).
+    /// What the peer holds, by its summaries and what was sent to it.
+    pub peer_has: BTreeMap<Origin, RangeSet>,
+    pub our_id: u32,
+    our_summary: Summary,
+    pub peer_done: Option<u32>,
+    pub peer_sub: Option<Subscription>,
+    pub lanes: [Lane; 3],
+    pub lane_streams: [Option<StreamId>; 3],
+    pub level: i32,
+    // Both.
+    pub next_round_at: Option<Time>,
+    pub in_step: bool,
+    pub stats: SessionStats,
+}
+
+impl Session {
+    pub fn new(conn: ConnId, peer: PeerInfo, cfg: &Config) -> Self {
+        let level = if peer.lan { cfg.level_lan } else { cfg.level_wan };
+        Session {
+            conn,
+            peer,
+            next_stream: 0,
+            control: None,
+            control_in: FrameReader::default(),
+            hello: None,
+            closed: false,
+            theirs: None,
+            their_id: None,
+            done_sent: None,
+            received_in_round: 0,
+            wants: BTreeSet::new(),
+            queued: VecDeque::new(),
+            unserved: BTreeMap::new(),
+            data_in: BTreeMap::new(),
+            subscribed: None,
+            ever_subscribed: Subscription::default(),
+            needs_plan: false,
+            peer_has: BTreeMap::new(),
+            our_id: 0,
+            our_summary: Summary::default(),
+            peer_done: None,
+            peer_sub: None,
+            lanes: [
+                Lane::new(Priority::Urgent),
+                Lane::new(Priority::Normal),
+                Lane::new(Priority::Bulk),
+            ],
+            lane_streams: [None; 3],
+            level,
+            next_round_at: None,
+            in_step: false,
+            stats: SessionStats::default(),
+        }
+    }
+
+    pub fn open_stream<S>(&mut self, cx: &mut Cx<'_, S>, kind: StreamKind, priority: i32) -> StreamId {
+        let stream = StreamId::Local(self.next_stream);
+        self.next_stream += 1;
+        cx.out.push_back(Action::Open {
+            conn: self.conn,
+            stream,
+            kind,
+            priority,
+        });
+        stream
+    }
+
+    pub fn send_control<S>(&mut self, cx: &mut Cx<'_, S>, frame: &Frame) {
+        let Some(stream) = self.control else { return };
+        let bytes = frame.encode();
+        assert!(bytes.len() <= ferry_proto::frame::MAX_FRAME_LEN + 4, "a frame within its limit");
+        self.stats.bytes_sent += bytes.len() as u64;
+        cx.out.push_back(Action::Send {
+            conn: self.conn,
+            stream,
+            bytes,
+        });
+    }
+
+    fn hello<S>(&self, cx: &Cx<'_, S>) -> Frame {
+        Frame::Hello(Hello {
+            node: cx.cfg.node,
+            role: cx.cfg.role,
+            name: cx.cfg.name.clone(),
+            version: PROTOCOL_VERSION,
+            live: cx.cfg.live,
+        })
+    }
+
+    /// Sends this node's summary; `ask`: the peer answers with its own.
+    pub fn send_summary<S: Store>(&mut self, cx: &mut Cx<'_, S>, ask: bool) {
+        let (summary, classes) = cx.summary_for(&self.peer);
+        self.our_id += 1;
+        self.our_summary = summary.clone();
+        self.in_step = false;
+        let frame = Frame::Summary {
+            id: self.our_id,
+            ask,
+            summary,
+            classes,
+        };
+        self.send_control(cx, &frame);
+    }
+
+    /// The opening of a connection this node dialled: control stream,
+    /// `Hello`, `Summary`, and wants from what the peer held last time.
+    pub fn open_as_dialer<S: Store>(&mut self, cx: &mut Cx<'_, S>, remembered: Option<&(Summary, Classes)>) {
+        debug_assert!(self.peer.dialer);
+        self.control = Some(self.open_stream(cx, StreamKind::Bidi, CONTROL_PRIORITY));
+        let hello = self.hello(cx);
+        self.send_control(cx, &hello);
+        self.send_summary(cx, true);
+        if let Some(mem) = remembered {
+            self.early_wants(cx, mem);
+        }
+    }
+
+    /// Bytes arrived on a stream.
+    pub fn on_data<S: Store>(
+        &mut self,
+        cx: &mut Cx<'_, S>,
+        stream: StreamId,
+        kind: StreamKind,
+        bytes: &[u8],
+    ) -> Result<(), Fault> {
+        self.stats.bytes_received += bytes.len() as u64;
+        let is_control = match (self.control, kind) {
+            (Some(c), _) if c == stream => true,
+            // The dialer's one bidirectional stream is the control stream.
+            (None, StreamKind::Bidi) if !self.peer.dialer => true,
+            (_, StreamKind::Bidi) => return Err(fault(ErrorCode::Protocol, "a second bidirectional stream")),
+            (_, StreamKind::Uni) => false,
+        };
+        if is_control {
+            self.control = Some(stream);
+            let frames = self
+                .control_in
+                .push(bytes)
+                .map_err(|e| fault(e.code(), format!("control stream: {e}")))?;
+            for f in frames {
+                self.on_control(cx, f)?;
+            }
+            return Ok(());
+        }
+        let StreamId::Remote(_) = stream else {
+            return Err(fault(ErrorCode::Protocol, "data on a stream this node sends"));
+        };
+        let frames = {
+            let data = self.data_in.entry(stream).or_default();
+            data.reader
+                .push(bytes)
+                .map_err(|e| fault(e.code(), format!("data stream: {e}")))?
+        };
+        for f in frames {
+            self.on_data_frame(cx, stream, f)?;
+        }
+        Ok(())
+    }
+
+    /// The peer finished or reset a stream.
+    pub fn on_stream_end(&mut self, stream: StreamId) -> Result<(), Fault> {
+        if Some(stream) == self.control {
+            return Err(fault(ErrorCode::Protocol, "the peer ended the control stream"));
+        }
+        if let Some(data) = self.data_in.remove(&stream) {
+            if data.reader.partial() > 0 || data.assembly.in_progress().is_some() {
+                return Err(fault(ErrorCode::Malformed, "a data stream ended in the middle of a frame"));
+            }
+        }
+        Ok(())
+    }
+
+    fn on_control<S: Store>(&mut self, cx: &mut Cx<'_, S>, frame: Frame) -> Result<(), Fault> {
+        if self.hello.is_none() {
+            let Frame::Hello(hello) = frame else {
+                return Err(fault(
+                    ErrorCode::Protocol,
+                    format!("expected Hello, got {}", frame.kind()),
+                ));
+            };
+            return self.on_hello(cx, hello);
+        }
+        match frame {
+            Frame::Summary {
+                id,
+                ask,
+                summary,
+                classes,
+            } => self.on_summary(cx, id, ask, summary, classes),
+            Frame::Want(w) => self.on_want(cx, w),
+            Frame::Subscribe(s) => {
+                self.peer_sub = Some(s);
+                Ok(())
+            }
+            Frame::Done { summary, received: _ } => {
+                self.peer_done = Some(summary);
+                if summary == self.our_id {
+                    // The peer pulled everything that summary offered.
+                    for (origin, set) in &self.our_summary.0 {
+                        let has = self.peer_has.entry(*origin).or_default();
+                        *has = has.union(set);
+                    }
+                }
+                self.check_in_step(cx);
+                Ok(())
+            }
+            Frame::Refused { want, code, message } => {
+                self.on_refused(cx, want, code, message);
+                Ok(())
+            }
+            Frame::Error { code, message } => Err(fault(
+                ErrorCode::from_u64(code as u64).unwrap_or(ErrorCode::Protocol),
+                format!("peer reported error {code}: {message}"),
+            )),
+            Frame::Hello(_) | Frame::Open { .. } | Frame::Events(_) | Frame::End(_) => Err(fault(
+                ErrorCode::Protocol,
+                format!("{} does not belong on the control stream", frame.kind()),
+            )),
+        }
+    }
+
+    fn on_hello<S: Store>(&mut self, cx: &mut Cx<'_, S>, hello: Hello) -> Result<(), Fault> {
+        if hello.version != PROTOCOL_VERSION {
+            return Err(fault(
+                ErrorCode::Unsupported,
+                format!(
+                    "peer speaks ferry/{}, this node ferry/{PROTOCOL_VERSION}",
+                    hello.version
+                ),
+            ));
+        }
+        if hello.node != self.peer.node {
+            return Err(fault(
+                ErrorCode::Protocol,
+                format!(
+                    "peer claims node {} but its certificate is for {}",
+                    hello.node, self.peer.node
+                ),
+            ));
+        }
+        self.hello = Some(hello);
+        if !self.peer.dialer {
+            let hello = self.hello(cx);
+            self.send_control(cx, &hello);
+        }
+        Ok(())
+    }
+
+    fn on_summary<S: Store>(
+        &mut self,
+        cx: &mut Cx<'_, S>,
+        id: u32,
+        ask: bool,
+        summary: Summary,
+        classes: Classes,
+    ) -> Result<(), Fault> {
+        check_restored(cx, &summary);
+        for (origin, set) in &summary.0 {
+            let has = self.peer_has.entry(*origin).or_default();
+            *has = has.union(set);
+        }
+        self.theirs = Some((summary, classes));
+        self.their_id = Some(id);
+        self.in_step = false;
+        self.stats.rounds += 1;
+        if ask {
+            self.send_summary(cx, false);
+        }
+        self.needs_plan = true;
+        Ok(())
+    }
+
+    /// Both sides have pulled what the other's latest summary offered.
+    pub fn check_in_step<S>(&mut self, cx: &mut Cx<'_, S>) {
+        let in_step =
+            self.their_id.is_some() && self.done_sent == self.their_id && self.our_id > 0 && self.peer_done == Some(self.our_id);
+        if !in_step || self.in_step {
+            return;
+        }
+        self.in_step = true;
+        cx.out.push_back(Action::Notice(Notice::InStep { conn: self.conn }));
+        let classes = self.theirs.as_ref().map(|(_, c)| c.clone()).unwrap_or_default();
+        cx.out.push_back(Action::Notice(Notice::PeerHolds {
+            conn: self.conn,
+            summary: Summary(self.peer_has.clone()),
+            classes,
+        }));
+        if self.peer.dialer {
+            self.next_round_at = cx.cfg.round_interval.map(|t| cx.now.saturating_add(t));
+        }
+    }
+
+    /// Starts a round: a fresh summary, and the peer's in answer.
+    pub fn start_round<S: Store>(&mut self, cx: &mut Cx<'_, S>) {
+        if self.hello.is_none() && !self.peer.dialer {
+            return;
+        }
+        self.next_round_at = None;
+        self.send_summary(cx, true);
+    }
+
+    /// Sets what this node asks the peer to push; true when it now covers
+    /// a node it did not before (what nobody pushed meanwhile needs a round).
+    pub fn subscribe<S>(&mut self, cx: &mut Cx<'_, S>, sub: Subscription) -> bool {
+        if self.subscribed.as_ref() == Some(&sub) {
+            return false;
+        }
+        let widened = match &self.subscribed {
+            None => false,
+            Some(old) => {
+                (sub.all && !old.all)
+                    || sub.nodes.iter().any(|n| sub.covers(n) && !old.covers(n))
+                    || old.nodes.iter().any(|n| sub.covers(n) && !old.covers(n))
+            }
+        };
+        let ever = &mut self.ever_subscribed;
+        if sub.all {
+            if !ever.all {
+                ever.all = true;
+                ever.nodes.clear();
+            } else {
+                // Nodes excluded before and still excluded stay excluded.
+                ever.nodes.retain(|n| sub.nodes.contains(n));
+            }
+        } else if ever.all {
+            ever.nodes.retain(|n| !sub.nodes.contains(n));
+        } else {
+            for n in &sub.nodes {
+                if !ever.nodes.contains(n) {
+                    ever.nodes.push(*n);
+                }
+            }
+        }
+        self.send_control(cx, &Frame::Subscribe(sub.clone()));
+        self.subscribed = Some(sub);
+        widened
+    }
+
+    /// The connection is gone: release what it claimed (but appends still
+    /// on their way to disk) and forget what it was sending.
+    pub fn close(&mut self, claims: &mut Claims, pending: &Pending) {
+        self.closed = true;
+        claims.release_all_but(self.conn, &pending.held_by(self.conn));
+        for lane in &mut self.lanes {
+            lane.clear();
+        }
+        self.wants.clear();
+        self.queued.clear();
+        self.data_in.clear();
+    }
+
+    /// What the peer is known to offer, for LAN-first pulling elsewhere.
+    pub fn offers(&self) -> Option<&Summary> {
+        self.theirs.as_ref().map(|(s, _)| s)
+    }
+
+}
+
+/// A peer holding more of this node's own current log than this node means
+/// its data directory was restored from an old copy: writing on would reuse
+/// sequence numbers. Start a new log; the old one comes back as any other.
+fn check_restored<S: Store>(cx: &mut Cx<'_, S>, theirs: &Summary) {
+    let local = cx.store.local_origin();
+    let their_last = theirs.get(&local).and_then(RangeSet::last).unwrap_or(0);
+    let our_last = cx.store.have(&local).last().unwrap_or(0);
+    if their_last > our_last {
+        let epoch = (cx.rng.next_u64() >> 32) as u32;
+        let origin = Origin {
+            node: local.node,
+            epoch,
+        };
+        cx.store.set_local_origin(origin);
+        cx.out.push_back(Action::NewEpoch(origin));
+    }
+}

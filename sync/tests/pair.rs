@@ -1,0 +1,283 @@
+//! Replicas wired together with perfect, instant links: the protocol's
+//! logic without any transport, in the manner of quinn-proto's `Pair`.
+
+use ferry_proto::{NodeId, Origin, Priority, Role};
+use ferry_sync::{Action, Config, ConnId, MemStore, Notice, PeerInfo, Policy, Replica, Store, StreamId, StreamKind, Time};
+use std::collections::{BTreeMap, VecDeque};
+
+struct Node {
+    replica: Replica<MemStore>,
+    notices: Vec<Notice>,
+}
+
+/// A connection's two ends: node and its ConnId on each side.
+#[derive(Clone, Copy)]
+struct Link {
+    a: (usize, ConnId),
+    b: (usize, ConnId),
+}
+
+enum Delivery {
+    Data(usize, ConnId, StreamId, StreamKind, Vec<u8>),
+    Closed(usize, ConnId),
+}
+
+struct Net {
+    nodes: Vec<Node>,
+    links: BTreeMap<(usize, ConnId), (usize, ConnId)>,
+    kinds: BTreeMap<(usize, ConnId, StreamId), StreamKind>,
+    next_conn: u64,
+    now: Time,
+    /// Drop everything sent on data streams (a link that dies mid-transfer).
+    blackhole: bool,
+}
+
+fn id(n: u8) -> NodeId {
+    NodeId([n; 16])
+}
+
+fn config(n: u8, role: Role, live: bool) -> Config {
+    let mut c = Config::new(id(n), role, format!("node{n}"));
+    c.live = live;
+    c
+}
+
+impl Net {
+    fn new() -> Self {
+        Net {
+            nodes: Vec::new(),
+            links: BTreeMap::new(),
+            kinds: BTreeMap::new(),
+            next_conn: 1,
+            now: Time(0),
+            blackhole: false,
+        }
+    }
+
+    fn add(&mut self, cfg: Config) -> usize {
+        let origin = Origin { node: cfg.node, epoch: 1 };
+        let replica = Replica::new(cfg, MemStore::new(origin), 7, Default::default());
+        self.nodes.push(Node {
+            replica,
+            notices: Vec::new(),
+        });
+        self.nodes.len() - 1
+    }
+
+    fn write(&mut self, n: usize, count: usize, size: usize) {
+        let items = (0..count)
+            .map(|i| {
+                let payload = format!("{{\"n\":{n},\"i\":{i},\"pad\":\"{}\"}}", "x".repeat(size));
+                ("clinic/visit".to_string(), Priority::Normal, payload.into_bytes())
+            })
+            .collect();
+        let r = &mut self.nodes[n].replica;
+        let (g, events) = r.store_mut().write_local(items, 1_000);
+        r.store_mut().sync(g);
+        let keys: Vec<_> = events.iter().map(|e| (e.origin, e.seq, e.priority)).collect();
+        r.handle_local_appended(self.now, &keys);
+        self.run();
+    }
+
+    fn connect(&mut self, a: usize, b: usize) -> Link {
+        let (ca, cb) = (ConnId(self.next_conn), ConnId(self.next_conn + 1));
+        self.next_conn += 2;
+        self.links.insert((a, ca), (b, cb));
+        self.links.insert((b, cb), (a, ca));
+        let info = |n: &Node, dialer: bool| PeerInfo {
+            node: n.replica.config().node,
+            role: n.replica.config().role,
+            name: n.replica.config().name.clone(),
+            lan: false,
+            dialer,
+        };
+        let (ia, ib) = (info(&self.nodes[b], true), info(&self.nodes[a], false));
+        self.nodes[b].replica.connect(self.now, cb, ib, None);
+        self.nodes[a].replica.connect(self.now, ca, ia, None);
+        self.run();
+        Link { a: (a, ca), b: (b, cb) }
+    }
+
+    fn cut(&mut self, link: Link) {
+        self.nodes[link.a.0].replica.handle_closed(self.now, link.a.1);
+        self.nodes[link.b.0].replica.handle_closed(self.now, link.b.1);
+        self.run();
+    }
+
+    /// Carries out actions until nothing is left to do.
+    fn run(&mut self) {
+        let mut queue: VecDeque<Delivery> = VecDeque::new();
+        loop {
+            let mut progress = false;
+            for n in 0..self.nodes.len() {
+                while let Some(a) = self.nodes[n].replica.poll_action() {
+                    progress = true;
+                    self.act(n, a, &mut queue);
+                }
+            }
+            while let Some(d) = queue.pop_front() {
+                progress = true;
+                match d {
+                    Delivery::Data(n, conn, stream, kind, bytes) => {
+                        self.nodes[n]
+                            .replica
+                            .handle_stream_data(self.now, conn, stream, kind, &bytes)
+                    }
+                    Delivery::Closed(n, conn) => self.nodes[n].replica.handle_closed(self.now, conn),
+                }
+            }
+            if !progress {
+                break;
+            }
+        }
+    }
+
+    fn act(&mut self, n: usize, action: Action, queue: &mut VecDeque<Delivery>) {
+        match action {
+            Action::Open { conn, stream, kind, .. } => {
+                self.kinds.insert((n, conn, stream), kind);
+            }
+            Action::Send { conn, stream, bytes } => {
+                let kind = self.kinds[&(n, conn, stream)];
+                let Some(&(peer, pconn)) = self.links.get(&(n, conn)) else { return };
+                let remote = match stream {
+                    StreamId::Local(i) => StreamId::Remote(i),
+                    StreamId::Remote(i) => StreamId::Local(i),
+                };
+                if !(self.blackhole && kind == StreamKind::Uni) {
+                    queue.push_back(Delivery::Data(peer, pconn, remote, kind, bytes));
+                }
+                self.kinds.entry((peer, pconn, remote)).or_insert(kind);
+                if kind == StreamKind::Uni {
+                    self.nodes[n].replica.handle_sent(self.now, conn, stream);
+                }
+            }
+            Action::Close { conn, .. } => {
+                if let Some((peer, pconn)) = self.links.remove(&(n, conn)) {
+                    self.links.remove(&(peer, pconn));
+                    queue.push_back(Delivery::Closed(peer, pconn));
+                }
+            }
+            Action::Append { ticket, events } => {
+                let r = &mut self.nodes[n].replica;
+                let (g, report) = r.store_mut().write_replicated(events, 1_000);
+                r.store_mut().sync(g);
+                r.handle_appended(self.now, ticket, Ok(report));
+            }
+            Action::NewEpoch(_) => {}
+            Action::Notice(notice) => self.nodes[n].notices.push(notice),
+        }
+    }
+
+    fn held(&self, n: usize) -> u64 {
+        self.nodes[n].replica.store().summary().total_events()
+    }
+}
+
+#[test]
+fn two_nodes_converge_and_say_so() {
+    let mut net = Net::new();
+    let a = net.add(config(1, Role::Clinic, false));
+    let b = net.add(config(2, Role::Hub, false));
+    net.write(a, 500, 200);
+    net.write(b, 300, 100);
+    let link = net.connect(a, b);
+    assert_eq!(net.held(a), 800);
+    assert_eq!(net.held(b), 800);
+    for (n, conn) in [link.a, link.b] {
+        assert!(net.nodes[n]
+            .notices
+            .iter()
+            .any(|x| matches!(x, Notice::InStep { conn: c } if *c == conn)));
+        let view = net.nodes[n].replica.session(conn).unwrap(); // still open
+        assert_eq!(view.stats.duplicates_received, 0);
+        assert_eq!(view.we_lack + view.they_lack, 0);
+    }
+    assert_eq!(net.nodes[a].replica.claimed(), 0);
+}
+
+#[test]
+fn large_events_travel_in_pieces_and_arrive_whole() {
+    let mut net = Net::new();
+    let a = net.add(config(1, Role::Clinic, false));
+    let b = net.add(config(2, Role::Hub, false));
+    net.write(a, 3, 760_000);
+    net.write(a, 50, 100);
+    net.connect(a, b);
+    assert_eq!(net.held(b), 53);
+    let origin = Origin { node: id(1), epoch: 1 };
+    for seq in 1..=53 {
+        assert_eq!(
+            net.nodes[a].replica.store().get(&origin, seq),
+            net.nodes[b].replica.store().get(&origin, seq)
+        );
+    }
+}
+
+#[test]
+fn live_events_are_pushed_without_a_round() {
+    let mut net = Net::new();
+    let a = net.add(config(1, Role::Clinic, true));
+    let b = net.add(config(2, Role::Hub, true));
+    net.write(a, 10, 100);
+    let link = net.connect(a, b);
+    assert_eq!(net.held(b), 10);
+    let rounds = net.nodes[b].replica.session(link.b.1).unwrap().stats.rounds;
+    net.write(a, 1, 100);
+    assert_eq!(net.held(b), 11);
+    net.write(b, 1, 100);
+    assert_eq!(net.held(a), 12);
+    assert_eq!(net.nodes[b].replica.session(link.b.1).unwrap().stats.rounds, rounds);
+}
+
+#[test]
+fn a_dead_connection_leaves_nothing_claimed() {
+    let mut net = Net::new();
+    let a = net.add(config(1, Role::Clinic, false));
+    let b = net.add(config(2, Role::Hub, false));
+    net.write(a, 1000, 100);
+    net.blackhole = true;
+    let link = net.connect(a, b);
+    assert_eq!(net.held(b), 0);
+    assert!(net.nodes[b].replica.claimed() > 0);
+    net.cut(link);
+    assert_eq!(net.nodes[b].replica.claimed(), 0);
+    net.blackhole = false;
+    net.connect(a, b);
+    assert_eq!(net.held(b), 1000);
+}
+
+#[test]
+fn a_reconnect_replaces_the_old_connection_and_its_claims() {
+    let mut net = Net::new();
+    let a = net.add(config(1, Role::Clinic, false));
+    let b = net.add(config(2, Role::Hub, false));
+    net.write(a, 1000, 100);
+    net.blackhole = true;
+    // The clinic dies without a word: the hub keeps the old connection.
+    net.connect(a, b);
+    assert!(net.nodes[b].replica.claimed() > 0);
+    net.blackhole = false;
+    net.connect(a, b);
+    assert_eq!(net.held(b), 1000);
+    assert_eq!(net.nodes[b].replica.sessions().len(), 1);
+}
+
+#[test]
+fn role_policy_keeps_clinic_events_from_other_clinics() {
+    let mut net = Net::new();
+    let mut hub_cfg = config(9, Role::Hub, false);
+    hub_cfg.policy = Policy::Role;
+    let hub = net.add(hub_cfg);
+    let a = net.add(config(1, Role::Clinic, false));
+    let b = net.add(config(2, Role::Clinic, false));
+    net.write(a, 5, 10);
+    net.write(b, 7, 10);
+    net.write(hub, 3, 10);
+    net.connect(a, hub);
+    net.connect(b, hub);
+    net.connect(a, hub);
+    assert_eq!(net.held(hub), 15);
+    assert_eq!(net.held(a), 8, "own 5 and the hub's 3, not b's");
+    assert_eq!(net.held(b), 10);
+}
