@@ -77,13 +77,14 @@ impl Claims {
         self.by_origin.values().flat_map(|o| o.keys().copied()).collect()
     }
 
-    /// Sequence numbers claimed, over all origins and owners.
+    /// Sequence numbers claimed, over all origins and owners (an
+    /// open-ended claim counts as all that remain: saturating).
     pub fn total(&self) -> u64 {
         self.by_origin
             .values()
             .flat_map(|owners| owners.values())
             .map(RangeSet::count)
-            .sum()
+            .fold(0, u64::saturating_add)
     }
 
     /// Owners' claims never overlap: a range has one fetcher.

@@ -59,13 +59,16 @@ pub struct Bugs {
     /// On a reconnect, the wants sent before the peer's summary ask for
     /// everything the peer held last time, held here or not.
     pub duplicate_after_reconnect: bool,
+    /// `MemStore::crash` loses the last group it had acknowledged.
+    pub drop_acked_append_on_crash: bool,
 }
 
 impl Bugs {
-    pub const NAMES: [&'static str; 3] = [
+    pub const NAMES: [&'static str; 4] = [
         "claims-never-released",
         "skip-policy-check",
         "duplicate-after-reconnect",
+        "drop-acked-append-on-crash",
     ];
 
     pub fn parse(name: &str) -> Option<Bugs> {
@@ -74,13 +77,14 @@ impl Bugs {
             "claims-never-released" => b.claims_never_released = true,
             "skip-policy-check" => b.skip_policy_check = true,
             "duplicate-after-reconnect" => b.duplicate_after_reconnect = true,
+            "drop-acked-append-on-crash" => b.drop_acked_append_on_crash = true,
             _ => return None,
         }
         Some(b)
     }
 
     /// Whether a fault is on: never, without the feature.
-    pub(crate) fn on(&self, f: impl Fn(&Bugs) -> bool) -> bool {
+    pub fn on(&self, f: impl Fn(&Bugs) -> bool) -> bool {
         cfg!(feature = "fault-injection") && f(self)
     }
 }

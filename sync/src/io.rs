@@ -94,8 +94,13 @@ pub enum Action {
     Send { conn: ConnId, stream: StreamId, bytes: Vec<u8> },
     /// Close the connection with an error code (`ErrorCode`) and a reason.
     Close { conn: ConnId, code: u16, reason: String },
-    /// Append these events durably, then call `handle_appended`.
-    Append { ticket: Ticket, events: Vec<Event> },
+    /// Append these events, received on `conn`, durably; then call
+    /// `handle_appended`.
+    Append {
+        conn: ConnId,
+        ticket: Ticket,
+        events: Vec<Event>,
+    },
     /// This node starts a new log for its own events: persist the epoch.
     NewEpoch(Origin),
     /// Something the driver may want to show or record.

@@ -108,20 +108,30 @@ impl Lane {
         peer_has: &mut BTreeMap<Origin, RangeSet>,
         level: i32,
     ) -> Result<Option<Turn>, StoreError> {
-        while let Some(mut job) = self.jobs.pop_front() {
+        // Jobs whose next event is large while another large event is in
+        // pieces on this stream: the receiver puts one together at a time.
+        let mut parked = Vec::new();
+        let turn = loop {
+            let Some(mut job) = self.jobs.pop_front() else { break None };
+            let may_start_large = !self.jobs.iter().chain(parked.iter()).any(|j: &Job| j.piece.is_some());
             let has = peer_has.entry(job.origin).or_default();
             let (items, events) = match job.piece {
                 Some((seq, offset)) => self.next_piece(store, &mut job, seq, offset)?,
                 None => {
                     job.todo = job.todo.difference(has);
                     let Some(&(first, last)) = job.todo.ranges().first() else {
-                        if let Some(bytes) = finish(job) {
-                            return Ok(Some(Turn { bytes, events: 0 }));
+                        match finish(job) {
+                            Some(bytes) => break Some(Turn { bytes, events: 0 }),
+                            None => continue,
                         }
-                        continue;
                     };
                     let read = store.read(&job.origin, first, last, CHUNK_EVENTS, BATCH_BYTES)?;
-                    self.next_events(&mut job, has, first, last, read)
+                    let (items, events, blocked) = next_events(&mut job, has, first, last, read, may_start_large);
+                    if blocked {
+                        parked.push(job);
+                        continue;
+                    }
+                    (items, events)
                 }
             };
             if items.is_empty() {
@@ -140,53 +150,12 @@ impl Lane {
                 let at = self.jobs.len().min(ACTIVE_JOBS - 1);
                 self.jobs.insert(at, job);
             }
-            return Ok(Some(Turn { bytes, events }));
-        }
-        Ok(None)
-    }
-
-    /// Whole events from the front of the job's range, or the first piece
-    /// of a large one.
-    fn next_events(
-        &mut self,
-        job: &mut Job,
-        has: &mut RangeSet,
-        first: u64,
-        last: u64,
-        read: Vec<Event>,
-    ) -> (Vec<Item>, u64) {
-        let mut items = Vec::new();
-        let mut events = 0;
-        let mut through = match read.last() {
-            // Nothing held from `first` to `last`.
-            None => last,
-            Some(_) => first.saturating_sub(1),
+            break Some(Turn { bytes, events });
         };
-        for e in read {
-            if e.payload.len() > BATCH_BYTES {
-                if items.is_empty() {
-                    has.insert(e.seq);
-                    through = e.seq;
-                    if let Some(first_piece) = piece(&e, 0) {
-                        job.piece = Some((e.seq, first_piece.bytes.len() as u32));
-                        items.push(Item::Piece(first_piece));
-                    }
-                }
-                break;
-            }
-            if has.contains(e.seq) {
-                through = e.seq;
-                continue;
-            }
-            has.insert(e.seq);
-            through = e.seq;
-            events += 1;
-            items.push(Item::Event(e));
+        for job in parked.into_iter().rev() {
+            self.jobs.push_front(job);
         }
-        if through >= first {
-            job.todo = job.todo.difference(&RangeSet::from_range(first, through));
-        }
-        (items, events)
+        Ok(turn)
     }
 
     /// The next piece of a large event in progress.
@@ -227,4 +196,54 @@ fn finish(job: Job) -> Option<Vec<u8>> {
         Source::Want(w) => Some(Frame::End(w).encode()),
         Source::Push => None,
     }
+}
+
+/// Whole events from the front of the job's range, or the first piece of a
+/// large one if `may_start_large`; `blocked` when the job can send nothing
+/// until another large event is through.
+fn next_events(
+    job: &mut Job,
+    has: &mut RangeSet,
+    first: u64,
+    last: u64,
+    read: Vec<Event>,
+    may_start_large: bool,
+) -> (Vec<Item>, u64, bool) {
+    let mut items = Vec::new();
+    let mut events = 0;
+    let mut through = match read.last() {
+        // Nothing held from `first` to `last`.
+        None => last,
+        Some(_) => first.saturating_sub(1),
+    };
+    let mut blocked = false;
+    for e in read {
+        if e.payload.len() > BATCH_BYTES {
+            if items.is_empty() {
+                if !may_start_large {
+                    blocked = true;
+                    break;
+                }
+                has.insert(e.seq);
+                through = e.seq;
+                if let Some(first_piece) = piece(&e, 0) {
+                    job.piece = Some((e.seq, first_piece.bytes.len() as u32));
+                    items.push(Item::Piece(first_piece));
+                }
+            }
+            break;
+        }
+        if has.contains(e.seq) {
+            through = e.seq;
+            continue;
+        }
+        has.insert(e.seq);
+        through = e.seq;
+        events += 1;
+        items.push(Item::Event(e));
+    }
+    if through >= first {
+        job.todo = job.todo.difference(&RangeSet::from_range(first, through));
+    }
+    (items, events, blocked)
 }

@@ -127,9 +127,10 @@ impl MemStore {
 
     /// The power goes: `survive` unsynced groups reached the disk anyway,
     /// the rest are lost. The clock restarts from what the log holds, as
-    /// the WAL's does. `lose_acked` is a deliberate bug: the last synced
-    /// group is lost too.
-    pub fn crash(&mut self, survive: usize, lose_acked: bool) {
+    /// the WAL's does. With the `drop_acked_append_on_crash` fault on, the
+    /// last synced group is lost too.
+    pub fn crash(&mut self, survive: usize, bugs: &crate::Bugs) {
+        let lose_acked = bugs.on(|b| b.drop_acked_append_on_crash);
         self.unsynced.truncate(survive);
         if let Some(&(last, _)) = self.unsynced.back() {
             self.sync(last);
@@ -265,7 +266,7 @@ mod tests {
         assert!(s.have(&origin()).is_empty());
         s.sync(g1);
         assert_eq!(s.have(&origin()), RangeSet::from_range(1, 2));
-        s.crash(0, false);
+        s.crash(0, &crate::Bugs::default());
         assert_eq!(s.have(&origin()), RangeSet::from_range(1, 2));
         let (_, again) = s.write_local(vec![item(4)], 1002);
         assert_eq!(again[0].seq, 3, "an unsynced seq was never acknowledged and is reused");
@@ -278,7 +279,7 @@ mod tests {
         s.write_local(vec![item(1)], 1);
         s.write_local(vec![item(2)], 2);
         s.write_local(vec![item(3)], 3);
-        s.crash(2, false);
+        s.crash(2, &crate::Bugs::default());
         assert_eq!(s.have(&origin()), RangeSet::from_range(1, 2));
         assert_eq!(s.unsynced_groups(), 0);
     }

@@ -71,6 +71,11 @@ impl Session {
     fn queue<S>(&mut self, cx: &Cx<'_, S>, gaps: Vec<Gap>) {
         let max = cx.cfg.want_max_events.max(1);
         for g in gaps {
+            if g.last == u64::MAX {
+                // An open-ended tail: the peer sends what it has.
+                self.queued.push_back(g);
+                continue;
+            }
             let mut first = g.first;
             loop {
                 let last = g.last.min(first.saturating_add(max - 1));
@@ -234,7 +239,11 @@ impl Session {
                     events: fresh.iter().map(|e| (e.origin, e.seq, e.priority)).collect(),
                 },
             );
-            cx.out.push_back(Action::Append { ticket, events: fresh });
+            cx.out.push_back(Action::Append {
+                conn: self.conn,
+                ticket,
+                events: fresh,
+            });
         }
         for origin in pushed {
             self.fill_holes(cx, origin);

@@ -83,6 +83,11 @@ impl<S: Store> Replica<S> {
         &mut self.store
     }
 
+    /// The store, for a node that stops (the simulator's crash).
+    pub fn into_store(self) -> S {
+        self.store
+    }
+
     pub fn config(&self) -> &Config {
         &self.cfg
     }

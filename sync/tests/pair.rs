@@ -158,7 +158,7 @@ impl Net {
                     queue.push_back(Delivery::Closed(peer, pconn));
                 }
             }
-            Action::Append { ticket, events } => {
+            Action::Append { ticket, events, .. } => {
                 let r = &mut self.nodes[n].replica;
                 let (g, report) = r.store_mut().write_replicated(events, 1_000);
                 r.store_mut().sync(g);

@@ -1,0 +1,216 @@
+//! Invariants, checked as the simulation runs and at its end. Each check
+//! watches the bytes and actions between nodes, not the core's own
+//! bookkeeping, so a bug in the core cannot hide itself.
+
+use ferry_proto::batch::{Assembly, Item, StreamDecompressor};
+use ferry_proto::{Event, Frame, Hlc, NodeId, Origin, RangeSet, Role};
+use ferry_sync::{FrameReader, Policy, StreamId};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Who a node is, as the checks need it.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub id: NodeId,
+    pub role: Role,
+    pub policy: Policy,
+}
+
+/// A data stream as seen arriving at one end.
+#[derive(Default)]
+struct DataTap {
+    reader: FrameReader,
+    dec: StreamDecompressor,
+    assembly: Assembly,
+    opened: bool,
+}
+
+/// What crossed one connection into one node.
+#[derive(Default)]
+pub struct Tap {
+    data: BTreeMap<StreamId, DataTap>,
+    control_out: FrameReader,
+    received: BTreeSet<(Origin, u64)>,
+}
+
+#[derive(Default)]
+pub struct Checker {
+    /// Per node: events acknowledged to their writer (local) or reported
+    /// durable (replicated): they must survive every crash.
+    acked: Vec<BTreeSet<(Origin, u64)>>,
+    /// Per node: the highest HLC of its own durable events.
+    last_hlc: Vec<Hlc>,
+    /// Events a restored data directory lost at their only holder.
+    pub lost_to_restore: u64,
+    /// Events that arrived at a node already holding them (any connection).
+    pub duplicates: u64,
+    pub events_received: u64,
+}
+
+impl Checker {
+    pub fn new(nodes: usize) -> Self {
+        Checker {
+            acked: vec![BTreeSet::new(); nodes],
+            last_hlc: vec![Hlc::default(); nodes],
+            ..Default::default()
+        }
+    }
+
+    /// A node's own events were written: their stamps must move forward.
+    pub fn local_written(&mut self, node: usize, events: &[Event]) -> Result<(), String> {
+        for e in events {
+            if e.hlc <= self.last_hlc[node] {
+                return Err(format!(
+                    "HLC went backwards at node {node}: {}:{} stamped {:?} after {:?}",
+                    e.origin, e.seq, e.hlc, self.last_hlc[node]
+                ));
+            }
+            self.last_hlc[node] = e.hlc;
+        }
+        Ok(())
+    }
+
+    /// Events are durable at `node` and were acknowledged as such.
+    pub fn acked(&mut self, node: usize, keys: impl IntoIterator<Item = (Origin, u64)>) {
+        self.acked[node].extend(keys);
+    }
+
+    /// After a crash: everything acknowledged must still be there.
+    pub fn after_crash(&mut self, node: usize, holds: impl Fn(&Origin, u64) -> bool) -> Result<(), String> {
+        if let Some((o, s)) = self.acked[node].iter().find(|(o, s)| !holds(o, *s)) {
+            return Err(format!("node {node} lost {o}:{s}, which it had acknowledged, in a crash"));
+        }
+        Ok(())
+    }
+
+    /// A data directory was replaced by an older copy: what it acknowledged
+    /// since is no longer owed by that node; its clock restarts from the copy.
+    pub fn after_restore(&mut self, node: usize, holds: impl Fn(&Origin, u64) -> bool, last_hlc: Hlc) {
+        self.acked[node].retain(|(o, s)| holds(o, *s));
+        self.last_hlc[node] = last_hlc;
+    }
+
+    pub fn acked_count(&self, node: usize) -> usize {
+        self.acked.get(node).map_or(0, |a| a.len())
+    }
+
+    /// Not yet sized for the deployment.
+    pub fn is_empty(&self) -> bool {
+        self.acked.is_empty()
+    }
+
+    /// Bytes a node sends on its control stream: it never asks for events
+    /// it holds.
+    pub fn control_out(
+        &mut self,
+        tap: &mut Tap,
+        bytes: &[u8],
+        have: impl Fn(&Origin) -> RangeSet,
+    ) -> Result<(), String> {
+        for f in tap.control_out.push(bytes).map_err(|e| format!("node sent a bad frame: {e}"))? {
+            if let Frame::Want(w) = f {
+                let held = have(&w.origin).intersection(&RangeSet::from_range(w.first, w.last));
+                if !held.is_empty() {
+                    return Err(format!(
+                        "asked for {}:{}..={} while holding {:?} of it",
+                        w.origin, w.first, w.last, held
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes arrived on a data stream: no event twice on one connection,
+    /// and only what the sender's policy lets the receiver have.
+    pub fn data_in(
+        &mut self,
+        tap: &mut Tap,
+        stream: StreamId,
+        bytes: &[u8],
+        sender: &Identity,
+        sender_hubs: &BTreeSet<NodeId>,
+        receiver: &Identity,
+    ) -> Result<(), String> {
+        let t = tap.data.entry(stream).or_default();
+        let frames = t.reader.push(bytes).map_err(|e| format!("bad frame on the wire: {e}"))?;
+        let mut events = Vec::new();
+        for f in frames {
+            match f {
+                Frame::Open { .. } => t.opened = true,
+                Frame::Events(chunk) => {
+                    for item in t.dec.decompress(&chunk).map_err(|e| format!("bad chunk: {e}"))? {
+                        match item {
+                            Item::Event(e) => events.push(e),
+                            Item::Piece(p) => {
+                                if let Some(e) = t.assembly.add(p)? {
+                                    events.push(e);
+                                }
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        for e in events {
+            if !tap.received.insert((e.origin, e.seq)) {
+                return Err(format!("{}:{} arrived twice on one connection", e.origin, e.seq));
+            }
+            if !sender.policy.allows(&receiver.id, receiver.role, &e.origin, sender_hubs) {
+                return Err(format!(
+                    "{:?} policy of {} let {} have {}:{}",
+                    sender.policy, sender.id, receiver.id, e.origin, e.seq
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What every node should hold once links heal: what it holds, its own
+/// events wherever they are, and, repeatedly, whatever a neighbour holds
+/// and its policy lets the node have. (What arrived earlier by paths now
+/// gone stays; each delivery was checked against policy when it happened.)
+pub fn expected(
+    identities: &[Identity],
+    edges: &[(usize, usize)],
+    holdings: &[BTreeSet<(Origin, u64)>],
+) -> Vec<BTreeSet<(Origin, u64)>> {
+    let universe: BTreeSet<(Origin, u64)> = holdings.iter().flatten().copied().collect();
+    let hubs: BTreeSet<NodeId> = identities
+        .iter()
+        .filter(|i| i.role == Role::Hub)
+        .map(|i| i.id)
+        .collect();
+    let mut reach: Vec<BTreeSet<(Origin, u64)>> = identities
+        .iter()
+        .zip(holdings)
+        .map(|(me, held)| {
+            let mut r: BTreeSet<(Origin, u64)> = universe.iter().filter(|(o, _)| o.node == me.id).copied().collect();
+            r.extend(held.iter().copied());
+            r
+        })
+        .collect();
+    loop {
+        let mut changed = false;
+        for &(a, b) in edges {
+            for (from, to) in [(a, b), (b, a)] {
+                let give: Vec<(Origin, u64)> = reach[from]
+                    .iter()
+                    .filter(|(o, _)| {
+                        identities[from]
+                            .policy
+                            .allows(&identities[to].id, identities[to].role, o, &hubs)
+                    })
+                    .filter(|k| !reach[to].contains(k))
+                    .copied()
+                    .collect();
+                changed |= !give.is_empty();
+                reach[to].extend(give);
+            }
+        }
+        if !changed {
+            return reach;
+        }
+    }
+}
