@@ -28,6 +28,21 @@ use tokio::sync::oneshot;
 
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
 
+/// Unix time in milliseconds. The WAL reads the time only through this, so a
+/// test or a simulator decides what time it is.
+pub type WallClock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// The machine's clock; before 1970 (a board without an RTC after a power
+/// cut) it reads 0, and the hybrid logical clock still moves forward.
+pub fn system_clock() -> WallClock {
+    Arc::new(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    })
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum WalError {
     #[error("could not {op} {path}: {source}")]
@@ -84,6 +99,9 @@ pub struct WalOptions {
     /// Read without taking the lock, truncating or writing: for looking at a
     /// WAL another process is writing.
     pub read_only: bool,
+    /// Stamps local events (through the hybrid logical clock) and dates
+    /// idempotency keys.
+    pub clock: WallClock,
 }
 
 impl WalOptions {
@@ -94,6 +112,7 @@ impl WalOptions {
             local_origin,
             segment_bytes: DEFAULT_SEGMENT_BYTES,
             read_only: false,
+            clock: system_clock(),
         }
     }
 }
@@ -322,6 +341,7 @@ impl Wal {
                 opts.keys.current.clone(),
                 opts.segment_bytes,
                 last_hlc,
+                opts.clock.clone(),
             )?;
             wal.tx = Some(tx);
             wal.writer = Some(handle);

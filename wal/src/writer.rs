@@ -6,7 +6,7 @@
 
 use crate::index::Index;
 use crate::record::{encode_commit, encode_record, SegmentHeader, HEADER_LEN};
-use crate::{segment_path, sync_dir, AppendReport, NewEvent, SegmentFile, Shared, WalError, WalKey};
+use crate::{segment_path, sync_dir, AppendReport, NewEvent, SegmentFile, Shared, WalError, WalKey, WallClock};
 use ferry_proto::event::check_limits;
 use ferry_proto::{Clock, Event, Hlc, Origin};
 use std::collections::HashSet;
@@ -30,18 +30,12 @@ struct Writer {
     local_origin: Arc<RwLock<Origin>>,
     key: Option<WalKey>,
     segment_bytes: u64,
+    wall: WallClock,
     clock: Clock,
     file: File,
     segment: u32,
     len: u64,
     stopped: Option<String>,
-}
-
-fn wall_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 pub(crate) fn start(
@@ -50,6 +44,7 @@ pub(crate) fn start(
     key: Option<WalKey>,
     segment_bytes: u64,
     last_hlc: Hlc,
+    wall: WallClock,
 ) -> Result<(Sender<Command>, std::thread::JoinHandle<()>), WalError> {
     let last = shared
         .segments
@@ -77,6 +72,7 @@ pub(crate) fn start(
         local_origin,
         key,
         segment_bytes,
+        wall,
         clock: Clock::starting_after(last_hlc),
         file,
         segment,
@@ -164,7 +160,7 @@ impl Writer {
             }
             return;
         }
-        let wall = wall_ms();
+        let wall = (self.wall)();
         let origin = *self.local_origin.read().unwrap_or_else(|p| p.into_inner());
         let clock_before = self.clock.clone();
         let mut buf = Vec::new();
