@@ -448,8 +448,28 @@ impl Wal {
 
     /// Stored events of `origin` in `first..=last`, ascending, at most `limit`.
     pub fn read_range(&self, origin: &Origin, first: u64, last: u64, limit: usize) -> Result<Vec<Event>, WalError> {
-        let chunks = self.index().chunks_for(origin, first, last);
+        self.read_range_capped(origin, first, last, limit, usize::MAX)
+    }
+
+    /// Like `read_range`, and also stops before the payloads' total length
+    /// would pass `max_bytes`, so a sender can fill a frame of bounded size.
+    /// The first event held in the range is returned whatever its size (when
+    /// `max_events > 0`): a caller that loops from the last seq returned
+    /// always makes progress, even past an event larger than its cap.
+    pub fn read_range_capped(
+        &self,
+        origin: &Origin,
+        first: u64,
+        last: u64,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Event>, WalError> {
         let mut out = Vec::new();
+        if max_events == 0 || first > last {
+            return Ok(out);
+        }
+        let chunks = self.index().chunks_for(origin, first, last);
+        let mut bytes = 0usize;
         let mut buf = Vec::new();
         for (_, chunk) in chunks {
             let (path, file, key) = {
@@ -476,8 +496,13 @@ impl Wal {
                 let rec = parse_record(&buf[pos..]).map_err(|e| corrupt(format!("{e:?}")))?;
                 if let Record::Event(meta) = rec {
                     if meta.origin == *origin && (first..=last).contains(&meta.seq) {
-                        out.push(decode_record(&buf[pos..], &meta, key.as_ref()).map_err(corrupt)?);
-                        if out.len() >= limit {
+                        let e = decode_record(&buf[pos..], &meta, key.as_ref()).map_err(corrupt)?;
+                        bytes = bytes.saturating_add(e.payload.len());
+                        if bytes > max_bytes && !out.is_empty() {
+                            return Ok(out);
+                        }
+                        out.push(e);
+                        if out.len() >= max_events {
                             return Ok(out);
                         }
                     }
