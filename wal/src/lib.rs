@@ -10,6 +10,7 @@ mod idem;
 mod index;
 pub mod key;
 mod open;
+mod perms;
 mod record;
 mod rekey;
 mod scan;
@@ -261,7 +262,7 @@ pub(crate) fn key_for<'a>(keys: &'a Keyring, path: &Path, h: &SegmentHeader) -> 
 /// Takes the WAL directory's lock, so two writers never open one WAL.
 pub(crate) fn lock_dir(dir: &Path) -> Result<File, WalError> {
     let path = dir.join("LOCK");
-    let f = std::fs::OpenOptions::new()
+    let f = perms::private_file()
         .create(true)
         .truncate(false)
         .write(true)

@@ -3,7 +3,9 @@
 
 use crate::index::Index;
 use crate::record::{decode_key_record, SegmentHeader};
-use crate::{idem, key_for, list_segments, lock_dir, scan, writer, SegmentFile, Shared, Wal, WalError, WalOptions};
+use crate::{
+    idem, key_for, list_segments, lock_dir, perms, scan, writer, SegmentFile, Shared, Wal, WalError, WalOptions,
+};
 use ferry_proto::Hlc;
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -14,7 +16,7 @@ use std::sync::{Arc, RwLock};
 impl Wal {
     pub fn open(opts: WalOptions) -> Result<Wal, WalError> {
         if !opts.read_only {
-            std::fs::create_dir_all(&opts.dir).map_err(|e| WalError::io("create WAL directory", &opts.dir, e))?;
+            perms::create_dir(&opts.dir)?;
         }
         let lock = if opts.read_only {
             None
@@ -22,6 +24,13 @@ impl Wal {
             Some(lock_dir(&opts.dir)?)
         };
         let listed = list_segments(&opts.dir)?;
+        if !opts.read_only {
+            perms::tighten(&opts.dir, perms::DIR_MODE);
+            perms::tighten(&opts.dir.join("LOCK"), perms::FILE_MODE);
+            for (_, path) in &listed {
+                perms::tighten(path, perms::FILE_MODE);
+            }
+        }
 
         // Keys still within their window, in log order; a read-only WAL
         // never answers an append, so it skips them.

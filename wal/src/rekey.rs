@@ -9,7 +9,8 @@ use crate::record::{
     decode_key_record, decode_record, encode_commit, encode_key_record, encode_record, parse_record, Record,
     SegmentHeader, HEADER_LEN,
 };
-use crate::{header_error, key_for, list_segments, lock_dir, sync_dir, Keyring, WalError, WalKey};
+use crate::{header_error, key_for, list_segments, lock_dir, perms, sync_dir, Keyring, WalError, WalKey};
+use std::io::Write;
 use std::path::Path;
 
 /// Rewrites every segment of the WAL in `dir` that is not yet under `new_key`.
@@ -63,10 +64,23 @@ pub fn rekey(dir: &Path, old: &Keyring, new_key: &WalKey) -> Result<usize, WalEr
             pos += rec.len() as usize;
         }
         let tmp = path.with_extension("seg.rekey");
-        std::fs::write(&tmp, &out).map_err(|e| WalError::io("write re-encrypted segment", &tmp, e))?;
-        std::fs::File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| WalError::io("sync re-encrypted segment", &tmp, e))?;
+        // A leftover from an interrupted rekey may have an older build's mode:
+        // start afresh, so the file that replaces the segment is private.
+        match std::fs::remove_file(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(WalError::io("remove stale re-encrypted segment", &tmp, e))
+            }
+            _ => {}
+        }
+        perms::private_file()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .and_then(|mut f| {
+                f.write_all(&out)?;
+                f.sync_all()
+            })
+            .map_err(|e| WalError::io("write re-encrypted segment", &tmp, e))?;
         std::fs::rename(&tmp, &path).map_err(|e| WalError::io("replace segment", &path, e))?;
         sync_dir(dir)?;
         rewritten += 1;

@@ -100,7 +100,7 @@ pub(crate) fn start(
 
 fn create_segment(shared: &Shared, n: u32, key: Option<&WalKey>) -> Result<(File, u32, u64), WalError> {
     let path = segment_path(&shared.dir, n);
-    let file = std::fs::OpenOptions::new()
+    let file = crate::perms::private_file()
         .read(true)
         .write(true)
         .create_new(true)
