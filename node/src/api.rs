@@ -12,7 +12,7 @@
 //! `bad_request`, `invalid_event`, `disk_full`, `storage_error`.
 
 use crate::datadir::DataDir;
-use crate::session::NodeCtx;
+use crate::ctx::NodeCtx;
 use anyhow::{bail, Context, Result};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};

@@ -95,7 +95,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 /// Turns "WAL locked" into what to do about it.
 /// Transfers draw progress on stderr when it is a terminal.
-fn show_progress(ctx: &crate::session::NodeCtx) {
+fn show_progress(ctx: &crate::ctx::NodeCtx) {
     if let Some(bars) = crate::progress::terminal() {
         let _ = ctx.progress.set(bars);
     }

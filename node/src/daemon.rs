@@ -1,8 +1,8 @@
-//! `ferry run`: listen, keep a connection to every configured peer, and
-//! sync on connect, on new local events and on a timer, until stopped.
+//! `ferry run`: listen, keep a connection to every configured peer and to
+//! neighbours found on the LAN, until stopped. What flows on a connection is
+//! the sync core's business (see `driver`); this file decides whom to dial.
 
-use crate::node::{record, Node};
-use crate::session;
+use crate::node::Node;
 use anyhow::Context;
 use anyhow::Result;
 use ferry_discovery::mdns::{Advert, Mdns};
@@ -54,7 +54,7 @@ pub fn backoff(attempt: u32) -> Duration {
 }
 
 pub async fn run(node: Arc<Node>, opts: DaemonOptions, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
-    node.ctx.live.store(true, std::sync::atomic::Ordering::Relaxed);
+    node.serve_live(opts.interval);
     let mut tasks = tokio::task::JoinSet::new();
     for peer in opts.peers {
         tasks.spawn(peer_loop(
@@ -188,7 +188,7 @@ async fn dial(node: &Node, target: &Target) -> Result<crate::node::Opened> {
                     Ok(o) if o.link.peer.node_id == *id => return Ok(o),
                     Ok(o) => {
                         o.link.conn.close(
-                            crate::wire::code(ferry_proto::ErrorCode::Protocol),
+                            crate::link::code(ferry_proto::ErrorCode::Protocol),
                             b"not the advertised node",
                         );
                         last = anyhow::anyhow!(
@@ -201,20 +201,6 @@ async fn dial(node: &Node, target: &Target) -> Result<crate::node::Opened> {
             }
             Err(last)
         }
-    }
-}
-
-/// Records how a connection went when its loop ends, also when the loop is
-/// aborted at shutdown, so `ferry peers` counts every connection.
-struct Ended {
-    ctx: Arc<crate::session::NodeCtx>,
-    link: Arc<crate::session::Link>,
-    error: Option<String>,
-}
-
-impl Drop for Ended {
-    fn drop(&mut self) {
-        record(&self.ctx, &self.link, self.error.take(), true);
     }
 }
 
@@ -258,7 +244,7 @@ async fn peer_loop(node: Arc<Node>, target: Target, interval: Duration, wake: Ar
     let mut attempt = 0u32;
     loop {
         if let Target::Lan(id, _) = &target {
-            if node.ctx.connected_to(id) {
+            if node.driver.connected_to(id) {
                 // Already connected: it dialed this node, or it is also a
                 // static peer. One connection per peer; look again later.
                 retry_after(&node, interval, &wake).await;
@@ -278,48 +264,17 @@ async fn peer_loop(node: Arc<Node>, target: Target, interval: Duration, wake: Ar
         };
         attempt = 0;
         let link = opened.link;
-        if matches!(target, Target::Static(_)) && node.ctx.lan_link_to(&link) {
+        if matches!(target, Target::Static(_)) && node.driver.lan_link_to(&link) {
             // The static peer is on the LAN and already connected there.
             tracing::info!(%peer, name = %link.peer.name, "already connected on the LAN; not keeping a second connection");
             link.conn
-                .close(crate::wire::code(ferry_proto::ErrorCode::Done), b"already connected");
+                .close(crate::link::code(ferry_proto::ErrorCode::Done), b"already connected");
             retry_after(&node, interval, &wake).await;
             continue;
         }
         tracing::info!(%peer, name = %link.peer.name, zero_rtt = ?opened.zero_rtt, "connected");
-        let server = node.ctx.tasks.spawn(session::serve(node.ctx.clone(), link.clone()));
-        let mut changes = node.ctx.wal.subscribe();
-        let mut ended = Ended {
-            ctx: node.ctx.clone(),
-            link: link.clone(),
-            error: None,
-        };
-        let mut opening = Some(opened.round);
-        loop {
-            let round = match opening.take() {
-                Some(open) => open.finish(&node.ctx, &link).await,
-                None => session::initiate_round(&node.ctx, &link).await,
-            };
-            match round {
-                Ok(round) => {
-                    tracing::info!(%peer, ?round, "round finished");
-                    node.remember(&link);
-                    record(&node.ctx, &link, None, false);
-                }
-                Err(e) => {
-                    tracing::warn!(%peer, "round failed: {e:#}");
-                    ended.error = Some(format!("{e:#}"));
-                    break;
-                }
-            }
-            if !crate::live::round_due(&node.ctx, &link, &mut changes, Some(interval)).await {
-                break;
-            }
-        }
-        drop(ended);
-        link.conn
-            .close(crate::wire::code(ferry_proto::ErrorCode::Done), b"reconnecting");
-        server.abort();
+        let why = link.conn.closed().await;
+        tracing::info!(%peer, "connection ended ({why}); dialing again");
         retry_after(&node, backoff(0), &wake).await;
     }
 }

@@ -9,7 +9,7 @@
 //! ID and probe the path straight away; the peer validates the new path and
 //! the connection carries on without a new handshake.
 
-use crate::session::NodeCtx;
+use crate::ctx::NodeCtx;
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering::Relaxed;

@@ -1,13 +1,15 @@
-//! A running node: its context and its one QUIC endpoint, which both listens
-//! and dials.
+//! A running node: its context, its driver, and its QUIC endpoints (one
+//! listens, one dials), with dialling, 0-RTT resumption and accepting.
 
-use crate::datadir::{unix_now, DataDir, Policy};
+use crate::ctx::{Counters, NodeCtx};
+use crate::datadir::{DataDir, Policy};
+use crate::driver::{Driver, Mode};
+use crate::link::{code, Link};
 use crate::pki::{CertInfo, Role};
-use crate::session::{self, Counters, Link, NodeCtx, RoundReport};
 use crate::tls::{self, TlsIdentity};
 use crate::transport::TransportProfile;
 use anyhow::{Context, Result};
-use ferry_proto::{Classes, ErrorCode, Summary};
+use ferry_proto::ErrorCode;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -17,6 +19,7 @@ use std::time::Instant;
 
 pub struct Node {
     pub ctx: Arc<NodeCtx>,
+    pub driver: Arc<Driver>,
     /// Accepts peers on the configured address.
     pub endpoint: quinn::Endpoint,
     /// Dials peers from an ephemeral port, so it can move to a new socket
@@ -32,18 +35,13 @@ pub struct Node {
 }
 
 /// What this node keeps about an address it dials, so that a reconnect
-/// resumes the TLS session and opens its round in 0-RTT. Tickets live in
+/// resumes the TLS session and opens its session in 0-RTT. Tickets live in
 /// the client config's store; every peer presents the same server name, so
 /// each address gets a config, and a store, of its own.
 struct Dial {
     config: quinn::ClientConfig,
-    last: Option<Remembered>,
-}
-
-#[derive(Clone)]
-struct Remembered {
-    peer: CertInfo,
-    summary: (Summary, Classes),
+    /// Who answered at this address last time.
+    last: Option<CertInfo>,
 }
 
 /// How a connection's opening went.
@@ -54,14 +52,13 @@ pub enum ZeroRtt {
     NotTried,
     Accepted,
     /// The peer did not take the early data (it restarted, or the ticket
-    /// expired); the round was sent again after the handshake.
+    /// expired); the session was opened again after the handshake.
     Rejected,
 }
 
-/// A connection and the round it opened with.
+/// A connection this node dialled.
 pub struct Opened {
     pub link: Arc<Link>,
-    pub round: session::OpenRound,
     pub zero_rtt: ZeroRtt,
 }
 
@@ -74,7 +71,7 @@ pub struct SyncReport {
     pub events_received: u64,
     pub events_sent: u64,
     pub duplicates_received: u64,
-    pub wants: usize,
+    pub wants: u64,
     pub zero_rtt: ZeroRtt,
     /// From the start of dialling to the first event received.
     pub first_event_ms: Option<u64>,
@@ -85,7 +82,6 @@ pub struct SyncReport {
     pub udp_rx_bytes: u64,
 }
 
-/// Opens the WAL and identity of an enrolled data directory.
 /// Settings given on the command line, over the data directory's config.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Overrides {
@@ -93,6 +89,7 @@ pub struct Overrides {
     pub bandwidth_kbps: Option<u64>,
 }
 
+/// Opens the WAL and identity of an enrolled data directory.
 pub fn open_ctx(dir: &DataDir, policy: Option<Policy>) -> Result<(Arc<NodeCtx>, TlsIdentity)> {
     open_ctx_with(
         dir,
@@ -104,7 +101,6 @@ pub fn open_ctx(dir: &DataDir, policy: Option<Policy>) -> Result<(Arc<NodeCtx>, 
 }
 
 pub fn open_ctx_with(dir: &DataDir, overrides: Overrides) -> Result<(Arc<NodeCtx>, TlsIdentity)> {
-    let policy = overrides.policy;
     let cfg = dir.config()?;
     let id = dir.identity()?;
     let tls = TlsIdentity::from_identity(&id)?;
@@ -129,15 +125,12 @@ pub fn open_ctx_with(dir: &DataDir, overrides: Overrides) -> Result<(Arc<NodeCtx
         node_id: id.node_id,
         name: cfg.name.clone(),
         role,
-        policy: policy.unwrap_or(cfg.policy),
+        policy: overrides.policy.unwrap_or(cfg.policy),
         data_dir: Some(dir.clone()),
         totals: Counters::default(),
         tasks: Default::default(),
         stopping: Default::default(),
         deployment: Default::default(),
-        inflight: Default::default(),
-        links: Default::default(),
-        live: Default::default(),
         hubs: Mutex::new(hubs),
         addresses: tokio::sync::watch::Sender::new(0),
         progress: OnceLock::new(),
@@ -150,10 +143,17 @@ pub fn open_ctx_with(dir: &DataDir, overrides: Overrides) -> Result<(Arc<NodeCtx
 }
 
 impl Node {
-    /// Binds the endpoint and starts accepting peers. Needs a tokio runtime.
+    /// Binds the endpoint and starts accepting peers, as a one-shot node
+    /// (`Node::serve_live` makes it a daemon). Needs a tokio runtime.
     pub fn start(ctx: Arc<NodeCtx>, tls: &TlsIdentity, listen: SocketAddr, profile: &TransportProfile) -> Result<Node> {
-        let endpoint = quinn::Endpoint::server(tls.quinn_server(profile)?, listen)
+        let socket = std::net::UdpSocket::bind(listen)
             .with_context(|| format!("could not listen on {listen} (UDP); is another node using the port?"))?;
+        let endpoint = quinn::Endpoint::new(
+            endpoint_config(tls),
+            Some(tls.quinn_server(profile)?),
+            socket,
+            quinn::default_runtime().context("no async runtime")?,
+        )?;
         let dial_from = SocketAddr::new(
             match listen {
                 SocketAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
@@ -161,9 +161,18 @@ impl Node {
             },
             0,
         );
-        ctx.tasks.spawn(accept_loop(ctx.clone(), endpoint.clone()));
+        let driver = Driver::new(
+            ctx.clone(),
+            Mode {
+                live: false,
+                interval: None,
+            },
+        );
+        ctx.tasks.spawn(accept_loop(driver.clone(), endpoint.clone()));
+        ctx.tasks.spawn(crate::peers::refresh(driver.clone()));
         Ok(Node {
             ctx,
+            driver,
             endpoint,
             dialer: OnceLock::new(),
             dial_from,
@@ -174,12 +183,25 @@ impl Node {
         })
     }
 
+    /// Makes this node a daemon: connections stay open, news is pushed, and
+    /// a dialer asks for a fresh summary every `interval`.
+    pub fn serve_live(&self, interval: std::time::Duration) {
+        self.driver
+            .with_core(|core, now| core.set_live(now, true, Some(ferry_sync::Time::from(interval))));
+    }
+
     fn dialer(&self) -> Result<&quinn::Endpoint> {
         if let Some(d) = self.dialer.get() {
             return Ok(d);
         }
-        let dialer = quinn::Endpoint::client(self.dial_from)
+        let socket = std::net::UdpSocket::bind(self.dial_from)
             .with_context(|| format!("could not open a UDP socket on {}", self.dial_from))?;
+        let dialer = quinn::Endpoint::new(
+            endpoint_config(&self.tls),
+            None,
+            socket,
+            quinn::default_runtime().context("no async runtime")?,
+        )?;
         // Two first dials at once: the loser's endpoint is dropped unused.
         let dialer = self.dialer.get_or_init(|| {
             self.ctx
@@ -190,7 +212,7 @@ impl Node {
         Ok(dialer)
     }
 
-    fn dial(&self, addr: SocketAddr, lan: bool) -> Result<(quinn::ClientConfig, Option<Remembered>)> {
+    fn dial(&self, addr: SocketAddr, lan: bool) -> Result<(quinn::ClientConfig, Option<CertInfo>)> {
         let mut dials = self.dials.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(d) = dials.get(&addr) {
             return Ok((d.config.clone(), d.last.clone()));
@@ -211,18 +233,10 @@ impl Node {
         Ok((config, None))
     }
 
-    /// Keeps the peer's identity and its summary from the last round, for
-    /// the next connection to `addr`.
-    pub fn remember(&self, link: &Link) {
-        let Some(summary) = link.last_summary.lock().unwrap_or_else(|p| p.into_inner()).clone() else {
-            return;
-        };
+    fn remember(&self, addr: SocketAddr, peer: &CertInfo) {
         let mut dials = self.dials.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(d) = dials.get_mut(&link.addr) {
-            d.last = Some(Remembered {
-                peer: link.peer.clone(),
-                summary,
-            });
+        if let Some(d) = dials.get_mut(&addr) {
+            d.last = Some(peer.clone());
         }
     }
 
@@ -242,27 +256,24 @@ impl Node {
         )
     }
 
-    /// Connects to `addr` and opens a round. With a ticket from an earlier
-    /// connection to the same address, the TLS session resumes and the
-    /// round's opening (Hello, summary, and wants from the peer's last
-    /// summary) goes out as 0-RTT data; if the peer rejects it, the round is
-    /// sent again once the handshake completes.
-    /// `lan`: the peer was found on the LAN, use the LAN transport profile.
+    /// Connects to `addr` and hands the connection to the core, which opens
+    /// its session at once. With a ticket from an earlier connection to the
+    /// same address, the TLS session resumes and the opening (Hello,
+    /// summary, and wants from what the peer held last time) goes out as
+    /// 0-RTT data; if the peer rejects it, the session opens again once the
+    /// handshake completes. `lan`: the peer was found on the LAN.
     pub async fn open(&self, addr: SocketAddr, lan: bool) -> Result<Opened> {
         let started = Instant::now();
-        let (config, remembered) = self.dial(addr, lan)?;
+        let (config, last) = self.dial(addr, lan)?;
         let mut connecting = self.dialer()?.connect_with(config, addr, crate::pki::SERVER_NAME)?;
-        if let Some(mem) = &remembered {
+        if let Some(peer) = last {
             match connecting.into_0rtt() {
                 Ok((conn, accepted)) => {
-                    // Opening streams in 0-RTT can wait on the handshake
-                    // too, so the whole opening is bounded, not only the
-                    // wait for the server's answer.
-                    let early = self.open_early(addr, lan, conn.clone(), accepted, mem, started);
+                    let early = self.open_early(addr, lan, conn.clone(), accepted, peer, started);
                     return match tokio::time::timeout(self.connect_timeout(lan), early).await {
                         Ok(opened) => opened,
                         Err(_) => {
-                            conn.close(crate::wire::code(ErrorCode::Done), b"no answer");
+                            conn.close(code(ErrorCode::Done), b"no answer");
                             Err(self.unreachable(addr, lan))
                         }
                     };
@@ -274,8 +285,12 @@ impl Node {
             .await
             .map_err(|_| self.unreachable(addr, lan))?
             .with_context(|| format!("could not connect to {addr}"))?;
-        self.open_established(addr, lan, conn, remembered.as_ref(), started, ZeroRtt::NotTried)
-            .await
+        let peer = tls::peer_cert(&conn)?;
+        let link = self.adopt(conn, peer, addr, lan, started);
+        Ok(Opened {
+            link,
+            zero_rtt: ZeroRtt::NotTried,
+        })
     }
 
     async fn open_early(
@@ -284,91 +299,79 @@ impl Node {
         lan: bool,
         conn: quinn::Connection,
         accepted: quinn::ZeroRttAccepted,
-        mem: &Remembered,
+        peer: CertInfo,
         started: Instant,
     ) -> Result<Opened> {
-        let link = Link::new(conn.clone(), mem.peer.clone(), addr, started, false, lan);
-        self.ctx.adopt(&link);
-        let early = session::open_round(&self.ctx, &link, Some(&mem.summary)).await;
-        let accepted = tokio::time::timeout(self.connect_timeout(lan), accepted)
-            .await
-            .map_err(|_| self.unreachable(addr, lan))?;
+        let link = self.adopt(conn.clone(), peer.clone(), addr, lan, started);
+        let accepted = accepted.await;
         if let Some(why) = conn.close_reason() {
             return Err(anyhow::Error::new(why).context(format!("could not connect to {addr}")));
         }
         let actual = tls::peer_cert(&conn)?;
-        if actual.node_id != mem.peer.node_id {
-            conn.close(crate::wire::code(ErrorCode::Protocol), b"unexpected peer");
+        if actual.node_id != peer.node_id {
+            conn.close(code(ErrorCode::Protocol), b"unexpected peer");
             anyhow::bail!(
                 "{addr} resumed a session of node {} but presents {}",
-                mem.peer.node_id,
+                peer.node_id,
                 actual.node_id
             );
         }
-        match early {
-            Ok(round) if accepted => {
-                self.ctx.totals.zero_rtt_accepted.fetch_add(1, Relaxed);
-                tracing::info!(%addr, peer = %actual.node_id.short(), "0-RTT accepted");
-                Ok(Opened {
-                    link,
-                    round,
-                    zero_rtt: ZeroRtt::Accepted,
-                })
-            }
-            _ => {
-                // Streams opened in 0-RTT are void; the connection itself is fine.
-                self.ctx.totals.zero_rtt_rejected.fetch_add(1, Relaxed);
-                tracing::info!(%addr, peer = %actual.node_id.short(), "0-RTT rejected; opening the round again");
-                drop(early);
-                self.open_established(addr, lan, conn, Some(mem), started, ZeroRtt::Rejected)
-                    .await
-            }
-        }
+        let zero_rtt = if accepted {
+            self.ctx.totals.zero_rtt_accepted.fetch_add(1, Relaxed);
+            tracing::info!(%addr, peer = %actual.node_id.short(), "0-RTT accepted");
+            ZeroRtt::Accepted
+        } else {
+            // Streams opened in 0-RTT are void; the connection itself is fine.
+            self.ctx.totals.zero_rtt_rejected.fetch_add(1, Relaxed);
+            tracing::info!(%addr, peer = %actual.node_id.short(), "0-RTT rejected; opening the session again");
+            self.driver.reopen(&link);
+            ZeroRtt::Rejected
+        };
+        Ok(Opened { link, zero_rtt })
     }
 
-    async fn open_established(
-        &self,
-        addr: SocketAddr,
-        lan: bool,
-        conn: quinn::Connection,
-        remembered: Option<&Remembered>,
-        started: Instant,
-        zero_rtt: ZeroRtt,
-    ) -> Result<Opened> {
-        let peer = tls::peer_cert(&conn)?;
-        // Wants from the peer's last summary save a round trip here too.
-        let summary = remembered
-            .filter(|m| m.peer.node_id == peer.node_id)
-            .map(|m| &m.summary);
-        let link = Link::new(conn, peer, addr, started, false, lan);
-        self.ctx.adopt(&link);
-        let round = session::open_round(&self.ctx, &link, summary).await?;
-        Ok(Opened { link, round, zero_rtt })
+    /// Hands a dialled connection to the driver.
+    fn adopt(&self, conn: quinn::Connection, peer: CertInfo, addr: SocketAddr, lan: bool, started: Instant) -> Arc<Link> {
+        let link = Link::new(conn, self.driver.new_conn_id(), peer.clone(), addr, started, false, lan);
+        self.remember(addr, &peer);
+        crate::peers::record_start(&self.ctx, &link);
+        // The core's session first: what the peer sends is read only then.
+        self.driver.connect(&link, true);
+        link.serve(&self.driver);
+        crate::progress::track(&self.driver, &link);
+        link
     }
 
     pub fn local_addr(&self) -> Result<SocketAddr> {
         Ok(self.endpoint.local_addr()?)
     }
 
-    /// One round with the peer at `addr`, then close.
+    /// One sync with the peer at `addr`: both sides pull what the other
+    /// offers, then the connection closes. Fails unless every want was
+    /// answered.
     pub async fn sync_once(&self, addr: SocketAddr) -> Result<SyncReport> {
-        let Opened { link, round, zero_rtt } = self.open(addr, false).await?;
-        let server = self.ctx.tasks.spawn(session::serve(self.ctx.clone(), link.clone()));
-        let result = round.finish(&self.ctx, &link).await;
-        if result.is_ok() {
-            self.remember(&link);
-        }
-        let close_code = if result.is_ok() {
-            ErrorCode::Done
+        let Opened { link, zero_rtt } = self.open(addr, false).await?;
+        let done = link.wait_in_step().await;
+        if done {
+            // Goodbye: the peer closes once it has read all this node sent.
+            self.driver.with_core(|core, now| core.goodbye(now, link.id()));
+            let closed = tokio::time::timeout(self.connect_timeout(false), link.conn.closed()).await;
+            if closed.is_err() {
+                link.conn.close(code(ErrorCode::Done), b"sync finished");
+            }
         } else {
-            ErrorCode::Internal
-        };
-        link.conn.close(crate::wire::code(close_code), b"sync finished");
-        let _ = server.await;
-        let mut report = report(&link, result.as_ref().ok().copied().unwrap_or_default(), zero_rtt);
+            link.conn.close(code(ErrorCode::Internal), b"sync failed");
+        }
+        let mut report = report(&link, zero_rtt);
         report.rebinds = self.ctx.totals.rebinds.load(Relaxed);
-        record(&self.ctx, &link, result.as_ref().err().map(|e| format!("{e:#}")), true);
-        result.with_context(|| format!("sync with {addr} did not complete"))?;
+        if !done {
+            let why = link
+                .conn
+                .close_reason()
+                .map(|r| r.to_string())
+                .unwrap_or_else(|| "the connection ended".into());
+            anyhow::bail!("sync with {addr} did not complete: {why}");
+        }
         Ok(report)
     }
 
@@ -376,7 +379,7 @@ impl Node {
     pub async fn shutdown(&self) {
         let endpoints: Vec<&quinn::Endpoint> = std::iter::once(&self.endpoint).chain(self.dialer.get()).collect();
         for ep in &endpoints {
-            ep.close(crate::wire::code(ErrorCode::ShuttingDown), b"node shutting down");
+            ep.close(code(ErrorCode::ShuttingDown), b"node shutting down");
         }
         // Connections are closed, so every serving task ends soon; appends
         // they started finish first.
@@ -397,17 +400,27 @@ impl Node {
     }
 }
 
-pub fn report(link: &Link, round: RoundReport, zero_rtt: ZeroRtt) -> SyncReport {
+/// The stateless-reset key comes from the node's own key, so a node that
+/// restarts can still tell peers of connections it forgot that they are
+/// gone: they reconnect at once instead of waiting out the idle timeout.
+fn endpoint_config(tls: &TlsIdentity) -> quinn::EndpointConfig {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &tls.reset_secret());
+    quinn::EndpointConfig::new(Arc::new(key))
+}
+
+pub fn report(link: &Link, zero_rtt: ZeroRtt) -> SyncReport {
     let stats = link.conn.stats();
+    let view = link.last_view();
+    let s = view.as_ref().map(|v| v.stats).unwrap_or_default();
     SyncReport {
         peer: link.peer.node_id.to_string(),
         peer_name: link.peer.name.clone(),
         peer_role: link.peer.role.map(|r| r.to_string()).unwrap_or_default(),
         addr: link.addr,
-        events_received: link.counters.events_received.load(Relaxed),
-        events_sent: link.counters.events_sent.load(Relaxed),
-        duplicates_received: link.counters.duplicates_received.load(Relaxed),
-        wants: round.wants,
+        events_received: s.events_received,
+        events_sent: s.events_sent,
+        duplicates_received: s.duplicates_received,
+        wants: s.wants_sent,
         zero_rtt,
         first_event_ms: link.first_event_after().map(|d| d.as_millis() as u64),
         rebinds: 0,
@@ -416,76 +429,28 @@ pub fn report(link: &Link, round: RoundReport, zero_rtt: ZeroRtt) -> SyncReport 
     }
 }
 
-/// Remembers the peer and how the last session went, for `ferry status`.
-/// `add_counts` once per connection, when it ends: the link's counters are
-/// cumulative.
-pub fn record(ctx: &NodeCtx, link: &Link, error: Option<String>, add_counts: bool) {
-    let Some(dir) = &ctx.data_dir else { return };
-    let result = dir.record_peer(link.peer.node_id, |p| {
-        p.name = link.peer.name.clone();
-        p.role = link.peer.role;
-        p.verified = true;
-        if p.found_by.is_empty() {
-            p.found_by = if link.inbound { "dialed-us" } else { "static" }.into();
-        }
-        p.foreign = false;
-        p.connected = !add_counts;
-        if let Some((theirs, _)) = link.last_summary.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-            let ours = ctx.wal.summary();
-            p.we_lack = Some(ours.lacking(theirs));
-            p.they_lack = Some(theirs.lacking(&ours.filtered(|o| ctx.allows(&link.peer, o))));
-        }
-        // Where the peer is now: a migrated connection has moved on.
-        p.addr = link.conn.remote_address().to_string();
-        if error.is_none() {
-            p.last_sync_unix = Some(unix_now());
-        }
-        p.last_error = error;
-        if add_counts {
-            p.events_received += link.counters.events_received.load(Relaxed);
-            p.events_sent += link.counters.events_sent.load(Relaxed);
-        }
-    });
-    if let Err(e) = result {
-        tracing::warn!("could not record peer state: {e:#}");
-    }
-}
-
-async fn accept_loop(ctx: Arc<NodeCtx>, endpoint: quinn::Endpoint) {
+async fn accept_loop(driver: Arc<Driver>, endpoint: quinn::Endpoint) {
     while let Some(incoming) = endpoint.accept().await {
-        let ctx = ctx.clone();
-        ctx.tasks.clone().spawn(async move {
+        let driver = driver.clone();
+        driver.ctx.tasks.clone().spawn(async move {
             let addr = incoming.remote_address();
             let started = Instant::now();
-            let peer = match accept_peer(incoming).await {
+            let (conn, peer) = match accept_peer(incoming).await {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::warn!(%addr, "refused a connection: {e:#}");
                     return;
                 }
             };
-            let (conn, peer) = peer;
             tracing::info!(%addr, peer = %peer.node_id.short(), name = %peer.name, "peer connected");
-            ctx.totals.connections_accepted.fetch_add(1, Relaxed);
-            let link = Link::new(conn, peer, addr, started, true, crate::netwatch::on_link(addr.ip()));
-            ctx.adopt(&link);
-            let news = ctx
-                .live
-                .load(Relaxed)
-                .then(|| ctx.tasks.spawn(crate::live::push_news(ctx.clone(), link.clone())));
-            let why = session::serve(ctx.clone(), link.clone()).await;
-            if let Some(news) = news {
-                news.abort();
-            }
-            let error = match &why {
-                quinn::ConnectionError::ApplicationClosed(c) if c.error_code == crate::wire::code(ErrorCode::Done) => {
-                    None
-                }
-                quinn::ConnectionError::LocallyClosed => None,
-                other => Some(other.to_string()),
-            };
-            tracing::info!(%addr, "peer disconnected: {why}");
-            record(&ctx, &link, error, true);
+            driver.ctx.totals.connections_accepted.fetch_add(1, Relaxed);
+            let lan = crate::netwatch::on_link(addr.ip());
+            let link = Link::new(conn, driver.new_conn_id(), peer, addr, started, true, lan);
+            crate::peers::record_start(&driver.ctx, &link);
+            // The core's session first: what the peer sends is read only then.
+            driver.connect(&link, false);
+            link.serve(&driver);
+            crate::progress::track(&driver, &link);
         });
     }
 }
@@ -519,7 +484,7 @@ async fn accept_peer(incoming: quinn::Incoming) -> Result<(quinn::Connection, Ce
     match tls::peer_cert(&conn) {
         Ok(peer) => Ok((conn, peer)),
         Err(e) => {
-            conn.close(crate::wire::code(ErrorCode::Protocol), b"unreadable certificate");
+            conn.close(code(ErrorCode::Protocol), b"unreadable certificate");
             Err(e)
         }
     }

@@ -9,7 +9,6 @@ use rcgen::{
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
-use std::fmt;
 use std::path::Path;
 
 /// Every node certificate carries this DNS name; clients verify it, then

@@ -3,21 +3,12 @@
 //! done (a mule's visits read as a log). Nothing is drawn unless the CLI
 //! turned it on because stderr is a terminal.
 
-use crate::session::{Link, NodeCtx};
+use crate::driver::Driver;
+use crate::link::Link;
 use indicatif::{HumanBytes, MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// What a round expects to move, counted from when it began.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Expected {
-    pub received_from: u64,
-    pub receive: u64,
-    pub sent_from: u64,
-    pub send: u64,
-}
 
 /// Bars on stderr when it is a terminal; `None` otherwise.
 pub fn terminal() -> Option<MultiProgress> {
@@ -27,9 +18,9 @@ pub fn terminal() -> Option<MultiProgress> {
 }
 
 /// Follows `link` until it closes, if this node shows progress.
-pub fn track(ctx: &NodeCtx, link: &Arc<Link>) {
-    if let Some(multi) = ctx.progress.get() {
-        ctx.tasks.spawn(follow(multi.clone(), link.clone()));
+pub fn track(driver: &Arc<Driver>, link: &Arc<Link>) {
+    if let Some(multi) = driver.ctx.progress.get() {
+        driver.ctx.tasks.spawn(follow(driver.clone(), multi.clone(), link.clone()));
     }
 }
 
@@ -54,13 +45,16 @@ fn bytes(link: &Link) -> u64 {
     s.udp_rx.bytes + s.udp_tx.bytes
 }
 
-/// Events done and expected in the latest round, both ways.
-fn counts(link: &Link) -> (u64, u64) {
-    let e = *link.expected.lock().unwrap_or_else(|p| p.into_inner());
-    let c = &link.counters;
-    let received = c.events_received.load(Relaxed).saturating_sub(e.received_from);
-    let sent = c.events_sent.load(Relaxed).saturating_sub(e.sent_from);
-    (received + sent, e.receive + e.send)
+/// Events moved both ways on this connection, and those still to move as
+/// far as the core knows.
+fn counts(driver: &Arc<Driver>, link: &Link) -> (u64, u64) {
+    match driver.view(link.id()) {
+        Some(v) => {
+            let done = v.stats.events_received + v.stats.events_sent;
+            (done, done + v.we_lack + v.they_lack)
+        }
+        None => (0, 0),
+    }
 }
 
 /// Bytes moved and their rate, and the time left at the rate events move.
@@ -79,14 +73,14 @@ fn message(shown: &Shown, link: &Link, done: u64, total: u64) -> String {
     format!("{} at {rate}/s  {eta}", HumanBytes(b))
 }
 
-async fn follow(multi: MultiProgress, link: Arc<Link>) {
+async fn follow(driver: Arc<Driver>, multi: MultiProgress, link: Arc<Link>) {
     let mut shown: Option<Shown> = None;
     loop {
         let closed = tokio::select! {
             _ = link.conn.closed() => true,
             _ = tokio::time::sleep(Duration::from_millis(250)) => false,
         };
-        let (done, total) = counts(&link);
+        let (done, total) = counts(&driver, &link);
         if shown.is_none() && done < total && !closed {
             let bar = multi.add(ProgressBar::new(total).with_style(style()));
             bar.set_prefix(link.peer.name.clone());

@@ -44,6 +44,16 @@ impl TlsIdentity {
         })
     }
 
+    /// A secret for QUIC stateless resets, derived from the node's key so
+    /// that it is the same after a restart.
+    pub fn reset_secret(&self) -> [u8; 32] {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(b"ferry stateless reset key v1");
+        h.update(&self.key_der);
+        h.finalize().into()
+    }
+
     fn key(&self) -> PrivateKeyDer<'static> {
         PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_der.clone()))
     }

@@ -59,7 +59,8 @@ impl TransportProfile {
         t.max_idle_timeout(Some(self.idle_timeout.try_into().expect("idle timeout fits a VarInt")));
         t.keep_alive_interval(Some(self.keep_alive));
         t.max_concurrent_bidi_streams(self.max_concurrent_bidi.into());
-        t.max_concurrent_uni_streams(0u32.into());
+        // Data streams: one per priority class each way.
+        t.max_concurrent_uni_streams(8u32.into());
         if !self.mtu_discovery {
             t.mtu_discovery_config(None);
         }

@@ -33,6 +33,9 @@ pub struct Hello {
     /// The sender keeps the connection open and takes live pushes (a
     /// daemon); `false` for a one-shot `ferry sync`.
     pub live: bool,
+    /// The sender's policy lets the receiver have the events the sender
+    /// writes: the receiver then takes them from it directly.
+    pub gives_own: bool,
 }
 
 /// "Send me `origin` events `first..=last`". The sender answers on the data
@@ -348,14 +351,15 @@ mod tests {
 
     fn arb_frame() -> impl Strategy<Value = Frame> {
         prop_oneof![
-            (any::<[u8; 16]>(), 0u8..3, "[ -~]{0,20}", any::<u32>(), any::<bool>()).prop_map(
-                |(n, role, name, version, live)| {
+            (any::<[u8; 16]>(), 0u8..3, "[ -~]{0,20}", any::<u32>(), any::<bool>(), any::<bool>()).prop_map(
+                |(n, role, name, version, live, gives_own)| {
                     Frame::Hello(Hello {
                         node: NodeId(n),
                         role: [Role::Hub, Role::Clinic, Role::Mule][role as usize],
                         name,
                         version,
                         live,
+                        gives_own,
                     })
                 }
             ),

@@ -575,6 +575,8 @@ impl World {
                     }
                 }
             }
+            // Only one-shot syncs say goodbye; every simulated node is a daemon.
+            Action::Finish { .. } => {}
             Action::Close { conn, code, reason } => {
                 let Some(e) = self.end_of(conn.0, n) else { return };
                 let line = format!("{} closes connection {} (code {code}: {reason})", self.nodes[n].name, conn.0);

@@ -92,6 +92,8 @@ pub enum Action {
     /// Write these bytes on the stream, in order after earlier sends. On a
     /// data stream the core sends nothing more until `handle_sent`.
     Send { conn: ConnId, stream: StreamId, bytes: Vec<u8> },
+    /// End the stream: nothing more will be sent on it.
+    Finish { conn: ConnId, stream: StreamId },
     /// Close the connection with an error code (`ErrorCode`) and a reason.
     Close { conn: ConnId, code: u16, reason: String },
     /// Append these events, received on `conn`, durably; then call

@@ -25,6 +25,8 @@ pub struct Replica<S: Store> {
     /// Subscriptions must be worked out again (a session came, went, or
     /// said what it offers).
     subs_dirty: bool,
+    /// Counters of sessions that have ended.
+    ended: SessionStats,
 }
 
 /// What one open session looks like from outside.
@@ -72,6 +74,7 @@ impl<S: Store> Replica<S> {
             out: VecDeque::new(),
             rng: Rng::new(seed),
             subs_dirty: false,
+            ended: SessionStats::default(),
         }
     }
 
@@ -90,6 +93,21 @@ impl<S: Store> Replica<S> {
 
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+
+    /// Turns this node into a daemon (or back): peers hear it in a new
+    /// `Hello`, and subscriptions are worked out again.
+    pub fn set_live(&mut self, now: Time, live: bool, round_interval: Option<Time>) {
+        self.cfg.live = live;
+        self.cfg.round_interval = round_interval;
+        let conns: Vec<ConnId> = self.sessions.keys().copied().collect();
+        for conn in conns {
+            if let Some(s) = self.sessions.get_mut(&conn) {
+                s.say_hello_again(&mut cx!(self, now));
+            }
+        }
+        self.subs_dirty = true;
+        self.follow_up(now);
     }
 
     pub fn hubs(&self) -> &BTreeSet<NodeId> {
@@ -148,10 +166,9 @@ impl<S: Store> Replica<S> {
     /// Bytes arrived on a stream. `kind` says how the stream was opened.
     pub fn handle_stream_data(&mut self, now: Time, conn: ConnId, stream: StreamId, kind: StreamKind, bytes: &[u8]) {
         let Some(s) = self.sessions.get_mut(&conn) else { return };
-        let had_hello = s.hello.is_some();
-        let had_offer = s.theirs.is_some();
+        let had_hello = s.hello.as_ref().map(|h| (h.live, h.gives_own));
         let result = s.on_data(&mut cx!(self, now), stream, kind, bytes);
-        if s.hello.is_some() != had_hello || s.theirs.is_some() != had_offer {
+        if s.hello.as_ref().map(|h| (h.live, h.gives_own)) != had_hello {
             self.subs_dirty = true;
         }
         if let Err(f) = result {
@@ -182,6 +199,7 @@ impl<S: Store> Replica<S> {
     pub fn handle_closed(&mut self, now: Time, conn: ConnId) {
         if let Some(mut s) = self.sessions.remove(&conn) {
             s.close(&mut self.claims, &self.pending);
+            self.ended.add(&s.stats);
             self.replan_waiting();
             self.subs_dirty = true;
         }
@@ -238,6 +256,14 @@ impl<S: Store> Replica<S> {
             s.start_round(&mut cx!(self, now));
         }
         self.follow_up(now);
+    }
+
+    /// Ends a one-shot sync politely: the peer closes the connection once it
+    /// has read everything this node sent (so nothing in flight is lost).
+    pub fn goodbye(&mut self, now: Time, conn: ConnId) {
+        if let Some(s) = self.sessions.get_mut(&conn) {
+            s.goodbye(&mut cx!(self, now));
+        }
     }
 
     /// Closes a connection from this side.
@@ -307,9 +333,11 @@ impl<S: Store> Replica<S> {
     }
 
     /// Works out which connection pushes which nodes' new events to this
-    /// node, so that each new event crosses to it once: a node's own events
-    /// come from it directly when it is connected and offers them; the rest
-    /// from one connection, a hub's if there is one, else a LAN peer's.
+    /// node, so that each new event crosses to it once where that can be
+    /// known: a node's own events come from it directly when it is connected
+    /// and gives them; the rest from the hub's connection if there is one,
+    /// else from every connection (a hub, or a site reached only by LAN or
+    /// mule, hears relayed news from whoever has it first).
     fn resubscribe(&mut self, now: Time) {
         if !self.cfg.live {
             return;
@@ -321,24 +349,20 @@ impl<S: Store> Replica<S> {
             .collect();
         let mut direct: BTreeMap<NodeId, ConnId> = BTreeMap::new();
         for s in &live {
-            let offers_own = s.offers().is_some_and(|o| o.0.keys().any(|k| k.node == s.peer.node));
-            if offers_own {
+            if s.hello.as_ref().is_some_and(|h| h.gives_own) {
                 direct.entry(s.peer.node).or_insert(s.conn);
             }
         }
-        let rest = live
+        let hub = live
             .iter()
-            .min_by_key(|s| (s.peer.role != Role::Hub, !s.peer.lan, s.conn))
+            .filter(|s| s.peer.role == Role::Hub)
+            .min_by_key(|s| (!s.peer.lan, s.conn))
             .map(|s| s.conn);
         let wanted: Vec<(ConnId, Subscription)> = live
             .iter()
             .map(|s| {
-                let mine: Vec<NodeId> = direct
-                    .iter()
-                    .filter(|(_, c)| **c == s.conn)
-                    .map(|(n, _)| *n)
-                    .collect();
-                let sub = if Some(s.conn) == rest {
+                let rest = hub.is_none_or(|h| h == s.conn);
+                let sub = if rest {
                     Subscription {
                         all: true,
                         nodes: direct
@@ -350,7 +374,11 @@ impl<S: Store> Replica<S> {
                 } else {
                     Subscription {
                         all: false,
-                        nodes: mine,
+                        nodes: direct
+                            .iter()
+                            .filter(|(_, c)| **c == s.conn)
+                            .map(|(n, _)| *n)
+                            .collect(),
                     }
                 };
                 (s.conn, sub)
@@ -432,6 +460,15 @@ impl<S: Store> Replica<S> {
 
     pub fn session(&self, conn: ConnId) -> Option<SessionView> {
         self.sessions().into_iter().find(|v| v.conn == conn)
+    }
+
+    /// Counters over every session this replica has had.
+    pub fn totals(&self) -> SessionStats {
+        let mut t = self.ended;
+        for s in self.sessions.values() {
+            t.add(&s.stats);
+        }
+        t
     }
 
     /// Sequence numbers claimed right now.

@@ -78,6 +78,18 @@ pub struct SessionStats {
     pub rounds: u64,
 }
 
+impl SessionStats {
+    pub fn add(&mut self, o: &SessionStats) {
+        self.events_sent += o.events_sent;
+        self.events_received += o.events_received;
+        self.duplicates_received += o.duplicates_received;
+        self.bytes_sent += o.bytes_sent;
+        self.bytes_received += o.bytes_received;
+        self.wants_sent += o.wants_sent;
+        self.rounds += o.rounds;
+    }
+}
+
 /// A data stream the peer opened.
 #[derive(Default)]
 pub(crate) struct DataIn {
@@ -193,14 +205,30 @@ impl Session {
         });
     }
 
-    fn hello<S>(&self, cx: &Cx<'_, S>) -> Frame {
+    fn hello<S: Store>(&self, cx: &Cx<'_, S>) -> Frame {
+        let own = Origin {
+            node: cx.cfg.node,
+            epoch: 0,
+        };
         Frame::Hello(Hello {
             node: cx.cfg.node,
             role: cx.cfg.role,
             name: cx.cfg.name.clone(),
             version: PROTOCOL_VERSION,
             live: cx.cfg.live,
+            gives_own: cx.allows(&self.peer, &own),
         })
+    }
+
+    /// Tells the peer again who this node is (its `live` changed).
+    pub fn say_hello_again<S: Store>(&mut self, cx: &mut Cx<'_, S>) {
+        if self.peer.dialer || self.hello.is_some() {
+            let hello = self.hello(cx);
+            self.send_control(cx, &hello);
+        }
+        if self.peer.dialer {
+            self.next_round_at = cx.cfg.round_interval.map(|t| cx.now.saturating_add(t));
+        }
     }
 
     /// Sends this node's summary; `ask`: the peer answers with its own.
@@ -273,10 +301,11 @@ impl Session {
         Ok(())
     }
 
-    /// The peer finished or reset a stream.
+    /// The peer finished or reset a stream. Its control stream ending is
+    /// its goodbye (a one-shot sync that is done): the caller closes.
     pub fn on_stream_end(&mut self, stream: StreamId) -> Result<(), Fault> {
         if Some(stream) == self.control {
-            return Err(fault(ErrorCode::Protocol, "the peer ended the control stream"));
+            return Err(fault(ErrorCode::Done, "the peer said goodbye"));
         }
         if let Some(data) = self.data_in.remove(&stream) {
             if data.reader.partial() > 0 || data.assembly.in_progress().is_some() {
@@ -297,6 +326,15 @@ impl Session {
             return self.on_hello(cx, hello);
         }
         match frame {
+            // Said again: the peer became a daemon (or stopped being one).
+            Frame::Hello(hello) => {
+                let first = self.hello.as_ref().map(|h| (h.node, h.version));
+                if first != Some((hello.node, hello.version)) {
+                    return Err(fault(ErrorCode::Protocol, "a later Hello names another node or version"));
+                }
+                self.hello = Some(hello);
+                Ok(())
+            }
             Frame::Summary {
                 id,
                 ask,
@@ -328,7 +366,7 @@ impl Session {
                 ErrorCode::from_u64(code as u64).unwrap_or(ErrorCode::Protocol),
                 format!("peer reported error {code}: {message}"),
             )),
-            Frame::Hello(_) | Frame::Open { .. } | Frame::Events(_) | Frame::End(_) => Err(fault(
+            Frame::Open { .. } | Frame::Events(_) | Frame::End(_) => Err(fault(
                 ErrorCode::Protocol,
                 format!("{} does not belong on the control stream", frame.kind()),
             )),
@@ -463,6 +501,14 @@ impl Session {
         self.wants.clear();
         self.queued.clear();
         self.data_in.clear();
+    }
+
+    /// Says goodbye: ends the control stream. The peer closes the
+    /// connection once it has read everything before it.
+    pub fn goodbye<S>(&mut self, cx: &mut Cx<'_, S>) {
+        if let Some(stream) = self.control {
+            cx.out.push_back(Action::Finish { conn: self.conn, stream });
+        }
     }
 
     /// What the peer is known to offer, for LAN-first pulling elsewhere.

@@ -152,6 +152,7 @@ impl Net {
                     self.nodes[n].replica.handle_sent(self.now, conn, stream);
                 }
             }
+            Action::Finish { .. } => {}
             Action::Close { conn, .. } => {
                 if let Some((peer, pconn)) = self.links.remove(&(n, conn)) {
                     self.links.remove(&(peer, pconn));

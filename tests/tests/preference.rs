@@ -44,30 +44,25 @@ async fn a_range_both_peers_hold_comes_from_the_lan_peer() {
 
     let opened = clinic.open(neighbour.local_addr().unwrap(), true).await.unwrap();
     let lan = opened.link.clone();
-    let server = tokio::spawn(ferry::session::serve(clinic.ctx.clone(), lan.clone()));
-    let lan_round = {
-        let (ctx, lan) = (clinic.ctx.clone(), lan.clone());
-        tokio::spawn(async move { opened.round.finish(&ctx, &lan).await })
-    };
     eventually("the neighbour's summary", Duration::from_secs(20), || {
-        lan.offered.lock().unwrap().is_some()
+        clinic.driver.view(lan.id()).is_some_and(|v| v.we_lack > 0)
     })
     .await
     .unwrap();
 
     let wan = clinic.sync_once(hub.local_addr().unwrap()).await.unwrap();
     assert!(
-        !lan_round.is_finished(),
-        "the LAN round ended before the WAN round: nothing was left to prefer"
+        clinic.driver.view(lan.id()).is_some_and(|v| !v.in_step),
+        "the LAN sync ended before the WAN sync: nothing was left to prefer"
     );
     assert_eq!(wan.events_received, 0, "pulled over the WAN what the LAN peer offers");
-    let lan_report = lan_round.await.unwrap().unwrap();
-    assert_eq!(lan_report.events_received, 1000);
+    assert!(lan.wait_in_step().await, "the LAN connection ended early");
+    let lan_view = lan.last_view().unwrap(); // kept when it came in step
+    assert_eq!(lan_view.stats.events_received, 1000);
     assert_eq!(hub.ctx.totals.events_sent.load(Relaxed), sent_by_hub);
     assert_eq!(clinic.ctx.totals.duplicates_received.load(Relaxed), 0);
     assert_eq!(all_events(&clinic.ctx.wal).unwrap(), all_events(&hub.ctx.wal).unwrap());
     lan.conn.close(0u32.into(), b"done");
-    server.abort();
     for n in [hub, neighbour, clinic] {
         n.shutdown().await;
     }

@@ -79,22 +79,27 @@ async fn raw_connection(
     (ep, conn)
 }
 
-/// Sends `bytes` on a new stream and returns the code the node reset it with.
-async fn reset_code(conn: &quinn::Connection, bytes: &[u8]) -> Option<u64> {
-    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+/// Opens a new connection, sends `bytes` as the start of its control
+/// stream (after `prefix` frames), and returns the code the node closed the
+/// connection with.
+async fn close_code(dir: &ferry::datadir::DataDir, to: std::net::SocketAddr, prefix: &[Frame], bytes: &[u8]) -> u64 {
+    let (_ep, conn) = raw_connection(dir, to).await;
+    let (mut send, _recv) = conn.open_bi().await.unwrap();
+    for f in prefix {
+        send.write_all(&f.encode()).await.unwrap();
+    }
     send.write_all(bytes).await.unwrap();
-    let _ = send.finish();
-    match tokio::time::timeout(Duration::from_secs(10), recv.read_to_end(1 << 20))
+    match tokio::time::timeout(Duration::from_secs(10), conn.closed())
         .await
-        .expect("node never answered")
+        .expect("the node kept a connection that sent garbage")
     {
-        Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(code))) => Some(code.into_inner()),
-        other => panic!("stream was not reset: {other:?}"),
+        quinn::ConnectionError::ApplicationClosed(c) => c.error_code.into_inner(),
+        other => panic!("unexpected close: {other}"),
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn malformed_frames_end_the_stream_and_the_node_keeps_serving() {
+async fn malformed_frames_close_the_connection_and_the_node_keeps_serving() {
     init_logging();
     let dep = Deployment::new("test").unwrap();
     let node = start(&dep.enroll("hub", Role::Hub).unwrap(), None).await.unwrap();
@@ -104,115 +109,93 @@ async fn malformed_frames_end_the_stream_and_the_node_keeps_serving() {
     let before = all_events(&node.ctx.wal).unwrap();
     let addr = node.local_addr().unwrap();
     let rogue_dir = dep.enroll("rogue", Role::Clinic).unwrap();
-    let (_ep, conn) = raw_connection(&rogue_dir, addr).await;
+    let hello = Frame::Hello(Hello {
+        node: rogue_dir.identity().unwrap().node_id,
+        role: ferry_proto::Role::Clinic,
+        name: "rogue".into(),
+        version: PROTOCOL_VERSION,
+        live: false,
+        gives_own: true,
+    });
 
-    let malformed = ErrorCode::Malformed as u64;
     let mut rng_bytes = vec![0u8; 64];
     rand::Rng::fill(&mut rand::thread_rng(), &mut rng_bytes[..]);
     rng_bytes[0] = 0; // a plausible length so the body is parsed, not just refused
     rng_bytes[1] = 0;
     rng_bytes[2] = 0;
     rng_bytes[3] = 60;
-    assert_eq!(reset_code(&conn, &rng_bytes).await, Some(malformed), "random body");
-    assert_eq!(
-        reset_code(&conn, &[0xff, 0xff, 0xff, 0xff, 1, 2, 3]).await,
-        Some(ErrorCode::TooLarge as u64),
-        "huge length"
-    );
-    assert_eq!(
-        reset_code(&conn, &[0, 0, 0, 100, 3, 1, 2]).await,
-        Some(malformed),
-        "truncated frame"
-    );
-    assert_eq!(
-        reset_code(&conn, &[0, 0, 0, 3, 99, 0, 0]).await,
-        Some(malformed),
-        "unknown frame type"
-    );
-    assert_eq!(
-        reset_code(&conn, &[0, 0, 0, 4, 3, 0xa1, 0xff, 0x00]).await,
-        Some(malformed),
-        "want with bad CBOR"
-    );
-    let events_first = Frame::EventChunk(vec![]).encode();
-    assert_eq!(
-        reset_code(&conn, &events_first).await,
-        Some(ErrorCode::Protocol as u64),
-        "events as first frame"
-    );
-
-    // Meanwhile a well-behaved peer is served as usual.
-    let good = start(&dep.enroll("clinic", Role::Clinic).unwrap(), None).await.unwrap();
-    let report = good.sync_once(addr).await.unwrap();
-    assert_eq!(report.events_received, 300);
-
-    // A valid Want on the same rogue connection still works: only the bad streams died.
-    let origin = node.ctx.wal.local_origin();
-    let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    send.write_all(
-        &Frame::Want(Want {
-            origin,
-            first: 1,
-            last: 10,
-            priority: Priority::Normal,
-        })
-        .encode(),
-    )
-    .await
-    .unwrap();
-    send.finish().unwrap();
-    let bytes = recv.read_to_end(1 << 20).await.unwrap();
-    match Frame::decode(&bytes).unwrap() {
-        Some((Frame::EventChunk(chunk), _)) => {
-            let events = ferry_proto::batch::StreamDecompressor::new()
-                .decompress(&chunk)
-                .unwrap();
-            assert_eq!(events.len(), 10);
-        }
-        other => panic!("expected events, got {other:?}"),
+    let cases: Vec<(&str, Vec<Frame>, Vec<u8>, ErrorCode)> = vec![
+        ("random body", vec![], rng_bytes, ErrorCode::Malformed),
+        ("huge length", vec![], vec![0xff, 0xff, 0xff, 0xff, 1, 2, 3], ErrorCode::TooLarge),
+        ("unknown frame type", vec![], vec![0, 0, 0, 3, 99, 0, 0], ErrorCode::Malformed),
+        ("events before Hello", vec![], Frame::Events(vec![]).encode(), ErrorCode::Protocol),
+        ("want with bad CBOR after Hello", vec![hello.clone()], vec![0, 0, 0, 4, 3, 0xa1, 0xff, 0x00], ErrorCode::Malformed),
+        ("summary garbage after Hello", vec![hello.clone()], vec![0, 0, 0, 5, 2, 0xff, 0xff, 0xff, 0xff], ErrorCode::Malformed),
+        ("data frames on the control stream", vec![hello.clone()], Frame::Open { class: Priority::Normal }.encode(), ErrorCode::Protocol),
+    ];
+    for (what, prefix, bytes, code) in cases {
+        assert_eq!(close_code(&rogue_dir, addr, &prefix, &bytes).await, code as u64, "{what}");
     }
 
-    // Garbage after a valid Hello on a control stream closes the connection.
-    let (_ep2, conn2) = raw_connection(&rogue_dir, addr).await;
-    let (mut send, _recv) = conn2.open_bi().await.unwrap();
-    let hello = Hello {
-        node: rogue_dir.identity().unwrap().node_id,
-        role: "clinic".into(),
-        name: "rogue".into(),
+    // A Hello that names another node than the certificate is refused.
+    let (_ep, conn) = raw_connection(&rogue_dir, addr).await;
+    let (mut send, _recv) = conn.open_bi().await.unwrap();
+    let liar = Frame::Hello(Hello {
+        node: node.ctx.node_id,
+        role: ferry_proto::Role::Hub,
+        name: "liar".into(),
         version: PROTOCOL_VERSION,
-    };
-    send.write_all(&Frame::Hello(hello).encode()).await.unwrap();
-    send.write_all(&[0, 0, 0, 5, 2, 0xff, 0xff, 0xff, 0xff]).await.unwrap();
-    match tokio::time::timeout(Duration::from_secs(10), conn2.closed())
-        .await
-        .expect("connection stayed open")
-    {
-        quinn::ConnectionError::ApplicationClosed(c) => {
-            assert_eq!(c.error_code.into_inner(), malformed)
-        }
+        live: false,
+        gives_own: true,
+    });
+    send.write_all(&liar.encode()).await.unwrap();
+    match tokio::time::timeout(Duration::from_secs(10), conn.closed()).await.expect("liar kept") {
+        quinn::ConnectionError::ApplicationClosed(c) => assert_eq!(c.error_code.into_inner(), ErrorCode::Protocol as u64),
         other => panic!("unexpected close: {other}"),
     }
 
-    // Enough bad streams and the node gives up on the connection.
-    for _ in 0..8 {
-        if conn.close_reason().is_some() {
-            break;
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(5), async {
-            if let Ok((mut s, mut r)) = conn.open_bi().await {
-                let _ = s.write_all(&[0, 0, 0, 3, 99, 0, 0]).await;
-                let _ = s.finish();
-                let _ = r.read_to_end(1024).await;
-            }
-        })
-        .await;
-    }
-    assert!(
-        tokio::time::timeout(Duration::from_secs(10), conn.closed())
+    // A well-behaved peer is served as usual, and a valid Want on a raw
+    // connection gets its events on a data stream.
+    let good = start(&dep.enroll("clinic", Role::Clinic).unwrap(), None).await.unwrap();
+    assert_eq!(good.sync_once(addr).await.unwrap().events_received, 300);
+    let (_ep, conn) = raw_connection(&rogue_dir, addr).await;
+    let (mut send, _recv) = conn.open_bi().await.unwrap();
+    let origin = node.ctx.wal.local_origin();
+    send.write_all(&hello.encode()).await.unwrap();
+    let want = Want {
+        origin,
+        first: 1,
+        last: 10,
+        priority: Priority::Normal,
+    };
+    send.write_all(&Frame::Want(want).encode()).await.unwrap();
+    let mut data = tokio::time::timeout(Duration::from_secs(10), conn.accept_uni())
+        .await
+        .expect("no data stream")
+        .unwrap();
+    let mut reader = ferry_sync::FrameReader::default();
+    let mut dec = ferry_proto::batch::StreamDecompressor::new();
+    let mut got = 0;
+    let mut ended = false;
+    while !ended {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), data.read_chunk(1 << 16, true))
             .await
-            .is_ok(),
-        "abusive connection stayed open"
-    );
+            .expect("data stalled")
+            .unwrap()
+            .expect("data stream ended early");
+        for f in reader.push(&chunk.bytes).unwrap() {
+            match f {
+                Frame::Open { .. } => {}
+                Frame::Events(c) => got += dec.decompress(&c).unwrap().len(),
+                Frame::End(w) => {
+                    assert_eq!(w, want);
+                    ended = true;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    assert_eq!(got, 10);
     assert_eq!(all_events(&node.ctx.wal).unwrap(), before, "bad input changed the WAL");
 
     // And the node still serves after all of that.

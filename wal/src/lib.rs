@@ -363,6 +363,11 @@ impl Wal {
         self.index().have(origin)
     }
 
+    /// Whether one event is held.
+    pub fn holds(&self, origin: &Origin, seq: u64) -> bool {
+        self.index().contains(origin, seq)
+    }
+
     /// Which held events are urgent or bulk.
     pub fn classes(&self) -> ferry_proto::Classes {
         self.index().classes()

@@ -143,17 +143,24 @@ async fn reconnect_costs(
     }
     let opened = node.open(addr, false).await?;
     let link = opened.link.clone();
-    opened.round.finish(&node.ctx, &link).await?;
+    if !link.wait_in_step().await {
+        bail!("migration reconnect: the first sync did not complete");
+    }
     push_probe(hub_dir, 3)?;
     let before = sim.stats();
     let moved = Instant::now();
     sim.rebind(None).await?;
-    let round = ferry::session::initiate_round(&node.ctx, &link).await?;
-    let first = link.first_event.get().map(|t| t.duration_since(moved));
-    if round.events_received != 1 || sim.stats().rebinds != 1 {
-        bail!("migration reconnect: {round:?}");
+    let received_before = node.ctx.totals.events_received.load(std::sync::atomic::Ordering::Relaxed);
+    node.driver.with_core(|core, now| core.start_round(now, link.id()));
+    let got = ferry_tests::eventually("the probe after migrating", std::time::Duration::from_secs(60), || {
+        node.ctx.totals.events_received.load(std::sync::atomic::Ordering::Relaxed) > received_before
+    })
+    .await;
+    let first = link.first_event_after().map(|d| d.saturating_sub(moved.duration_since(link.started)));
+    if got.is_err() || sim.stats().rebinds != 1 {
+        bail!("migration reconnect: no event after the address change");
     }
-    rows.insert("migration".into(), row(first, &before, round.events_received));
+    rows.insert("migration".into(), row(first, &before, 1));
     link.conn.close(0u32.into(), b"done");
     node.shutdown().await;
     Ok(rows.into())

@@ -1,0 +1,338 @@
+//! The driver: the sync core (`ferry_sync::Replica`) on real QUIC, a real
+//! WAL and real time.
+//!
+//! Everything that happens (bytes on a stream, a connection up or down, an
+//! append made durable, a timer, a local write) is handed to the core under
+//! one lock; the actions it returns are carried out here: streams opened
+//! and written (`link.rs`), appends queued on the WAL, epochs persisted.
+//! The core decides everything about the protocol; this file only moves
+//! bytes and events between it and the world.
+
+use crate::ctx::NodeCtx;
+use crate::link::Link;
+use crate::store::WalStore;
+use ferry_proto::{Classes, NodeId, Origin, RangeSet, Summary};
+use ferry_sync::{Action, AppendReport, Config, ConnId, Notice, PeerInfo, Replica, SessionView, StoreError, Time};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::sync::Notify;
+
+pub struct Driver {
+    core: Mutex<Replica<WalStore>>,
+    pub ctx: Arc<NodeCtx>,
+    started: Instant,
+    links: Mutex<BTreeMap<ConnId, Arc<Link>>>,
+    next_conn: AtomicU64,
+    /// Wakes the timer task when the core's next deadline may have moved.
+    timer: Notify,
+    /// What each peer held at the end of the last connection, for the next
+    /// reconnect's 0-RTT wants.
+    remembered: Mutex<BTreeMap<NodeId, (Summary, Classes)>>,
+}
+
+/// Settings for the core that come from how the node runs.
+pub struct Mode {
+    /// A daemon (`ferry run`): connections stay open and news is pushed.
+    pub live: bool,
+    /// A dialer asks for a fresh summary this often.
+    pub interval: Option<std::time::Duration>,
+}
+
+impl Driver {
+    pub fn new(ctx: Arc<NodeCtx>, mode: Mode) -> Arc<Driver> {
+        let mut cfg = Config::new(ctx.node_id, ctx.role, ctx.name.clone());
+        cfg.policy = ctx.policy.into();
+        cfg.live = mode.live;
+        cfg.round_interval = mode.interval.map(Time::from);
+        let hubs = ctx.hubs.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let replica = Replica::new(cfg, WalStore(ctx.wal.clone()), rand::random(), hubs);
+        let driver = Arc::new(Driver {
+            core: Mutex::new(replica),
+            ctx: ctx.clone(),
+            started: Instant::now(),
+            links: Mutex::new(BTreeMap::new()),
+            next_conn: AtomicU64::new(1),
+            timer: Notify::new(),
+            remembered: Mutex::new(BTreeMap::new()),
+        });
+        ctx.tasks.spawn(timer_task(driver.clone()));
+        ctx.tasks.spawn(local_appends(driver.clone()));
+        driver
+    }
+
+    pub fn now(&self) -> Time {
+        Time::from(self.started.elapsed())
+    }
+
+    /// Runs `f` on the core, then carries out what it asked for.
+    pub fn with_core<R>(self: &Arc<Self>, f: impl FnOnce(&mut Replica<WalStore>, Time) -> R) -> R {
+        let (result, actions) = {
+            let mut core = self.core.lock().unwrap_or_else(|p| p.into_inner());
+            let result = f(&mut core, self.now());
+            let mut actions = Vec::new();
+            while let Some(a) = core.poll_action() {
+                actions.push(a);
+            }
+            let t = core.totals();
+            let totals = &self.ctx.totals;
+            totals.events_sent.store(t.events_sent, Relaxed);
+            totals.events_received.store(t.events_received, Relaxed);
+            totals.duplicates_received.store(t.duplicates_received, Relaxed);
+            (result, actions)
+        };
+        for a in actions {
+            self.act(a);
+        }
+        self.timer.notify_one();
+        result
+    }
+
+    pub fn new_conn_id(&self) -> ConnId {
+        ConnId(self.next_conn.fetch_add(1, Relaxed))
+    }
+
+    /// A connection to a verified peer is up: the core takes it over.
+    pub fn connect(self: &Arc<Self>, link: &Arc<Link>, remembered: bool) {
+        let id = link.id();
+        self.links.lock().unwrap_or_else(|p| p.into_inner()).insert(id, link.clone());
+        self.ctx.note_role(&link.peer);
+        let info = PeerInfo {
+            node: link.peer.node_id,
+            role: link.peer.role.unwrap_or(ferry_proto::Role::Clinic),
+            name: link.peer.name.clone(),
+            lan: link.lan,
+            dialer: !link.inbound,
+        };
+        let memory = remembered
+            .then(|| self.remembered(&link.peer.node_id))
+            .flatten();
+        self.with_core(|core, now| core.connect(now, id, info, memory.as_ref()));
+    }
+
+    /// The peer rejected 0-RTT: the streams opened early are void. The core
+    /// forgets that session and opens a new one on the same connection.
+    pub fn reopen(self: &Arc<Self>, link: &Arc<Link>) {
+        let old = link.id();
+        self.links.lock().unwrap_or_else(|p| p.into_inner()).remove(&old);
+        self.with_core(|core, now| core.handle_closed(now, old));
+        link.renumber(self.new_conn_id());
+        self.connect(link, true);
+    }
+
+    /// The connection ended, for whatever reason.
+    pub fn closed(self: &Arc<Self>, link: &Arc<Link>) {
+        let id = link.id();
+        let view = self.with_core(|core, now| {
+            let view = core.session(id);
+            core.handle_closed(now, id);
+            view
+        });
+        if let Some(v) = view {
+            link.keep_view(v);
+        }
+        link.forget_streams();
+        self.links.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+    }
+
+    pub fn link(&self, id: ConnId) -> Option<Arc<Link>> {
+        self.links.lock().unwrap_or_else(|p| p.into_inner()).get(&id).cloned()
+    }
+
+    /// Open connections.
+    pub fn links(&self) -> Vec<Arc<Link>> {
+        self.links.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+    }
+
+    /// What the core knows of a connection now.
+    pub fn view(self: &Arc<Self>, id: ConnId) -> Option<SessionView> {
+        self.core.lock().unwrap_or_else(|p| p.into_inner()).session(id)
+    }
+
+    pub fn views(&self) -> Vec<SessionView> {
+        self.core.lock().unwrap_or_else(|p| p.into_inner()).sessions()
+    }
+
+    /// Sequence numbers being fetched right now.
+    pub fn claimed(&self) -> u64 {
+        self.core.lock().unwrap_or_else(|p| p.into_inner()).claimed()
+    }
+
+    /// Whether a connection to `peer` is open, either way.
+    pub fn connected_to(&self, peer: &NodeId) -> bool {
+        self.links().iter().any(|l| l.peer.node_id == *peer)
+    }
+
+    /// Whether another open connection reaches the same peer on the LAN.
+    pub fn lan_link_to(&self, link: &Arc<Link>) -> bool {
+        self.links()
+            .iter()
+            .any(|l| l.lan && l.peer.node_id == link.peer.node_id && !Arc::ptr_eq(l, link))
+    }
+
+    pub fn remembered(&self, peer: &NodeId) -> Option<(Summary, Classes)> {
+        self.remembered.lock().unwrap_or_else(|p| p.into_inner()).get(peer).cloned()
+    }
+
+    fn act(self: &Arc<Self>, action: Action) {
+        match action {
+            Action::Open {
+                conn,
+                stream,
+                kind,
+                priority,
+            } => {
+                if let Some(link) = self.link(conn) {
+                    link.open(self, stream, kind, priority);
+                }
+            }
+            Action::Send { conn, stream, bytes } => {
+                if let Some(link) = self.link(conn) {
+                    link.send(stream, bytes);
+                }
+            }
+            Action::Finish { conn, stream } => {
+                if let Some(link) = self.link(conn) {
+                    link.finish(stream);
+                }
+            }
+            Action::Close { conn, code, reason } => {
+                if let Some(link) = self.link(conn) {
+                    tracing::info!(peer = %link.peer.node_id.short(), code, "closing connection: {reason}");
+                    link.conn.close(quinn::VarInt::from_u32(code.into()), reason.as_bytes());
+                }
+            }
+            Action::Append { conn, ticket, events } => {
+                let link = self.link(conn);
+                let driver = self.clone();
+                self.ctx.tasks.spawn(async move {
+                    let _slot = match &link {
+                        Some(l) => Some(l.append_slot().await),
+                        None => None,
+                    };
+                    if let Some(l) = &link {
+                        l.first_event();
+                    }
+                    let result = driver
+                        .ctx
+                        .wal
+                        .append_replicated(events)
+                        .await
+                        .map(|r| AppendReport {
+                            stored: r.stored,
+                            duplicates: r.duplicates,
+                        })
+                        .map_err(|e| StoreError(e.to_string()));
+                    if let Err(e) = &result {
+                        tracing::warn!("could not store received events: {e}");
+                    }
+                    driver.with_core(|core, now| core.handle_appended(now, ticket, result));
+                });
+            }
+            Action::NewEpoch(origin) => {
+                tracing::warn!(%origin, "a peer holds more of this node's log than this node: the data directory was restored from a backup; starting a new log epoch");
+                if let Some(dir) = &self.ctx.data_dir {
+                    if let Err(e) = dir.set_log_epoch(origin.epoch) {
+                        tracing::error!("could not record the new log epoch: {e:#}");
+                    }
+                }
+            }
+            Action::Notice(notice) => self.notice(notice),
+        }
+    }
+
+    fn notice(self: &Arc<Self>, notice: Notice) {
+        match notice {
+            Notice::InStep { conn } => {
+                if let Some(link) = self.link(conn) {
+                    tracing::info!(peer = %link.peer.node_id.short(), name = %link.peer.name, "in step with peer");
+                    if let Some(v) = self.core.lock().unwrap_or_else(|p| p.into_inner()).session(conn) {
+                        link.keep_view(v);
+                    }
+                    link.in_step();
+                    crate::peers::record(&self.ctx, &link, true);
+                }
+            }
+            Notice::PeerHolds { conn, summary, classes } => {
+                if let Some(link) = self.link(conn) {
+                    self.remembered
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(link.peer.node_id, (summary, classes));
+                }
+            }
+            Notice::RoundDone { conn, received } => {
+                tracing::debug!(conn = conn.0, received, "pulled what the peer's summary offered");
+            }
+            Notice::Refused { conn, code, message } => {
+                tracing::warn!(conn = conn.0, code, "peer refused a want: {message}");
+            }
+        }
+    }
+}
+
+/// Fires the core's timers.
+async fn timer_task(driver: Arc<Driver>) {
+    loop {
+        let next = driver.core.lock().unwrap_or_else(|p| p.into_inner()).poll_timeout();
+        let sleep = async {
+            match next {
+                Some(t) => {
+                    let wait = t.saturating_sub(driver.now());
+                    tokio::time::sleep(std::time::Duration::from_micros(wait.0)).await
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = driver.ctx.stopping.cancelled() => return,
+            _ = driver.timer.notified() => continue,
+            _ = sleep => {}
+        }
+        driver.with_core(|core, now| core.handle_timeout(now));
+    }
+}
+
+/// Tells the core of this node's own new events, however they were written
+/// (the local API, the CLI through it, the demo), so they are pushed to
+/// peers that subscribed.
+async fn local_appends(driver: Arc<Driver>) {
+    let wal = driver.ctx.wal.clone();
+    let mut changes = wal.subscribe();
+    let mut seen: BTreeMap<Origin, RangeSet> = BTreeMap::new();
+    let local = wal.local_origin();
+    seen.insert(local, wal.have(&local));
+    loop {
+        tokio::select! {
+            _ = driver.ctx.stopping.cancelled() => return,
+            changed = changes.changed() => if changed.is_err() { return },
+        }
+        let local = wal.local_origin();
+        let have = wal.have(&local);
+        let known = seen.entry(local).or_default();
+        let new = have.difference(known);
+        *known = have;
+        if new.is_empty() {
+            continue;
+        }
+        let classes = wal.classes();
+        let class_of = |seq: u64| {
+            if classes.urgent.get(&local).is_some_and(|r| r.contains(seq)) {
+                ferry_proto::Priority::Urgent
+            } else if classes.bulk.get(&local).is_some_and(|r| r.contains(seq)) {
+                ferry_proto::Priority::Bulk
+            } else {
+                ferry_proto::Priority::Normal
+            }
+        };
+        let events: Vec<_> = new
+            .ranges()
+            .iter()
+            .flat_map(|&(a, b)| a..=b)
+            .map(|seq| (local, seq, class_of(seq)))
+            .collect();
+        driver.with_core(|core, now| core.handle_local_appended(now, &events));
+    }
+}
+

@@ -1,0 +1,288 @@
+//! One QUIC connection to a verified peer: the streams the core opens and
+//! writes, the streams the peer opens and what arrives on them, and the
+//! connection's end, all handed to the driver.
+
+use crate::driver::Driver;
+use crate::pki::CertInfo;
+use ferry_sync::{ConnId, SessionView, StreamId, StreamKind};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+
+/// Appends in flight per connection before its streams stop being read: a
+/// slow disk slows the sender down instead of filling memory.
+const APPENDS_IN_FLIGHT: usize = 4;
+/// Bytes handed to the core per read.
+const READ_CHUNK: usize = 64 * 1024;
+
+enum Out {
+    Bytes(Vec<u8>),
+    Finish,
+}
+
+pub struct Link {
+    pub conn: quinn::Connection,
+    /// The core's name for the session on this connection (it changes when
+    /// 0-RTT is rejected and the session starts again).
+    id: AtomicU64,
+    pub peer: CertInfo,
+    pub addr: SocketAddr,
+    /// The peer dialled this node.
+    pub inbound: bool,
+    /// A peer on this node's LAN: cheaper to pull from than one over the WAN.
+    pub lan: bool,
+    /// When this node started dialling or accepting the connection.
+    pub started: Instant,
+    first_event: OnceLock<Instant>,
+    streams: Mutex<BTreeMap<StreamId, mpsc::UnboundedSender<Out>>>,
+    remote_next: AtomicU32,
+    appends: Arc<Semaphore>,
+    in_step: tokio::sync::watch::Sender<u64>,
+    view: Mutex<Option<SessionView>>,
+    /// peers.json's event counts for this peer when the connection began.
+    pub(crate) base: Mutex<(u64, u64)>,
+}
+
+pub fn code(c: ferry_proto::ErrorCode) -> quinn::VarInt {
+    quinn::VarInt::from_u32(c as u32)
+}
+
+impl Link {
+    pub fn new(
+        conn: quinn::Connection,
+        id: ConnId,
+        peer: CertInfo,
+        addr: SocketAddr,
+        started: Instant,
+        inbound: bool,
+        lan: bool,
+    ) -> Arc<Link> {
+        Arc::new(Link {
+            conn,
+            id: AtomicU64::new(id.0),
+            peer,
+            addr,
+            inbound,
+            lan,
+            started,
+            first_event: OnceLock::new(),
+            streams: Mutex::new(BTreeMap::new()),
+            remote_next: AtomicU32::new(0),
+            appends: Arc::new(Semaphore::new(APPENDS_IN_FLIGHT)),
+            in_step: tokio::sync::watch::Sender::new(0),
+            view: Mutex::new(None),
+            base: Mutex::new((0, 0)),
+        })
+    }
+
+    pub fn id(&self) -> ConnId {
+        ConnId(self.id.load(Relaxed))
+    }
+
+    /// Drops the senders of every stream: the connection is gone.
+    pub fn forget_streams(&self) {
+        self.streams.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    /// A new session on the same connection: streams of the old are void.
+    pub fn renumber(&self, id: ConnId) {
+        self.id.store(id.0, Relaxed);
+        self.streams.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    /// Starts reading what the peer sends and watching for the end.
+    pub fn serve(self: &Arc<Self>, driver: &Arc<Driver>) {
+        let tasks = &driver.ctx.tasks;
+        tasks.spawn(accept_bi(driver.clone(), self.clone()));
+        tasks.spawn(accept_uni(driver.clone(), self.clone()));
+        let (driver, link) = (driver.clone(), self.clone());
+        tasks.spawn(async move {
+            let why = link.conn.closed().await;
+            tracing::info!(peer = %link.peer.node_id.short(), addr = %link.addr, "connection ended: {why}");
+            driver.closed(&link);
+            let error = match &why {
+                quinn::ConnectionError::ApplicationClosed(c)
+                    if c.error_code == code(ferry_proto::ErrorCode::Done) =>
+                {
+                    None
+                }
+                quinn::ConnectionError::LocallyClosed => None,
+                other => Some(other.to_string()),
+            };
+            crate::peers::record_end(&driver.ctx, &link, error);
+        });
+    }
+
+    /// Opens a stream the core asked for; what it sends queues meanwhile.
+    pub fn open(self: &Arc<Self>, driver: &Arc<Driver>, stream: StreamId, kind: StreamKind, priority: i32) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.streams.lock().unwrap_or_else(|p| p.into_inner()).insert(stream, tx);
+        let (driver, link) = (driver.clone(), self.clone());
+        let session = self.id();
+        driver.ctx.tasks.clone().spawn(async move {
+            let send = match kind {
+                StreamKind::Bidi => match link.conn.open_bi().await {
+                    Ok((send, recv)) => {
+                        driver
+                            .ctx
+                            .tasks
+                            .spawn(read(driver.clone(), link.clone(), session, recv, stream, kind));
+                        send
+                    }
+                    Err(e) => return tracing::debug!("could not open a stream: {e}"),
+                },
+                StreamKind::Uni => match link.conn.open_uni().await {
+                    Ok(send) => send,
+                    Err(e) => return tracing::debug!("could not open a stream: {e}"),
+                },
+            };
+            let _ = send.set_priority(priority);
+            write(driver, link, session, send, rx, stream, kind).await;
+        });
+    }
+
+    pub fn send(&self, stream: StreamId, bytes: Vec<u8>) {
+        if let Some(tx) = self.streams.lock().unwrap_or_else(|p| p.into_inner()).get(&stream) {
+            let _ = tx.send(Out::Bytes(bytes));
+        }
+    }
+
+    pub fn finish(&self, stream: StreamId) {
+        if let Some(tx) = self.streams.lock().unwrap_or_else(|p| p.into_inner()).get(&stream) {
+            let _ = tx.send(Out::Finish);
+        }
+    }
+
+    /// Waits until an append may start (see `APPENDS_IN_FLIGHT`).
+    pub async fn append_slot(&self) -> Option<OwnedSemaphorePermit> {
+        self.appends.clone().acquire_owned().await.ok()
+    }
+
+    /// Notes that event data has arrived (the reconnect cost in time).
+    pub fn first_event(&self) {
+        let _ = self.first_event.set(Instant::now());
+    }
+
+    pub fn first_event_after(&self) -> Option<std::time::Duration> {
+        self.first_event.get().map(|t| t.duration_since(self.started))
+    }
+
+    pub fn in_step(&self) {
+        self.in_step.send_modify(|n| *n += 1);
+    }
+
+    /// Waits until both sides have pulled what the other offered, or the
+    /// connection ends (then false).
+    pub async fn wait_in_step(&self) -> bool {
+        let mut rx = self.in_step.subscribe();
+        let reached = tokio::select! {
+            r = rx.wait_for(|n| *n > 0) => r.is_ok(),
+            _ = self.conn.closed() => false,
+        };
+        reached || *self.in_step.borrow() > 0
+    }
+
+    pub fn keep_view(&self, v: SessionView) {
+        *self.view.lock().unwrap_or_else(|p| p.into_inner()) = Some(v);
+    }
+
+    /// The core's view of this connection when last looked at.
+    pub fn last_view(&self) -> Option<SessionView> {
+        self.view.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+async fn write(
+    driver: Arc<Driver>,
+    link: Arc<Link>,
+    session: ConnId,
+    mut send: quinn::SendStream,
+    mut rx: mpsc::UnboundedReceiver<Out>,
+    stream: StreamId,
+    kind: StreamKind,
+) {
+    loop {
+        // A stream's sender lives in the link; the connection's end is what
+        // lets this task (and what it holds) go.
+        let out = tokio::select! {
+            out = rx.recv() => out,
+            _ = link.conn.closed() => None,
+        };
+        let Some(out) = out else { return };
+        match out {
+            Out::Bytes(bytes) => {
+                if kind == StreamKind::Uni {
+                    if let Some(budget) = &driver.ctx.budget {
+                        budget.spend(bytes.len()).await;
+                    }
+                }
+                if let Err(e) = send.write_all(&bytes).await {
+                    tracing::debug!(peer = %link.peer.node_id.short(), "stream write failed: {e}");
+                    return;
+                }
+                if kind == StreamKind::Uni {
+                    driver.with_core(|core, now| core.handle_sent(now, session, stream));
+                }
+            }
+            Out::Finish => {
+                let _ = send.finish();
+            }
+        }
+    }
+}
+
+async fn read(
+    driver: Arc<Driver>,
+    link: Arc<Link>,
+    session: ConnId,
+    mut recv: quinn::RecvStream,
+    stream: StreamId,
+    kind: StreamKind,
+) {
+    loop {
+        // Wait for room among the appends before taking more.
+        drop(link.append_slot().await);
+        match recv.read_chunk(READ_CHUNK, true).await {
+            Ok(Some(chunk)) => {
+                driver.with_core(|core, now| core.handle_stream_data(now, session, stream, kind, &chunk.bytes));
+            }
+            Ok(None) => {
+                driver.with_core(|core, now| core.handle_stream_end(now, session, stream));
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(peer = %link.peer.node_id.short(), "stream read ended: {e}");
+                if !matches!(e, quinn::ReadError::ConnectionLost(_) | quinn::ReadError::ClosedStream) {
+                    driver.with_core(|core, now| core.handle_stream_end(now, session, stream));
+                }
+                return;
+            }
+        }
+    }
+}
+
+async fn accept_bi(driver: Arc<Driver>, link: Arc<Link>) {
+    while let Ok((send, recv)) = link.conn.accept_bi().await {
+        let stream = StreamId::Remote(link.remote_next.fetch_add(1, Relaxed));
+        let session = link.id();
+        let (tx, rx) = mpsc::unbounded_channel();
+        link.streams.lock().unwrap_or_else(|p| p.into_inner()).insert(stream, tx);
+        let tasks = &driver.ctx.tasks;
+        tasks.spawn(read(driver.clone(), link.clone(), session, recv, stream, StreamKind::Bidi));
+        tasks.spawn(write(driver.clone(), link.clone(), session, send, rx, stream, StreamKind::Bidi));
+    }
+}
+
+async fn accept_uni(driver: Arc<Driver>, link: Arc<Link>) {
+    while let Ok(recv) = link.conn.accept_uni().await {
+        let stream = StreamId::Remote(link.remote_next.fetch_add(1, Relaxed));
+        let session = link.id();
+        driver
+            .ctx
+            .tasks
+            .spawn(read(driver.clone(), link.clone(), session, recv, stream, StreamKind::Uni));
+    }
+}
