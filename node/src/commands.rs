@@ -380,6 +380,7 @@ fn run(dir: &DataDir, args: &RunArgs) -> Result<()> {
     let peers: Vec<String> = peers.iter().map(|p| crate::datadir::with_default_port(p)).collect();
     let interval = std::time::Duration::from_secs(args.interval.unwrap_or(cfg.sync_interval_secs).max(1));
     runtime()?.block_on(async {
+        let stop = shutdown_signal()?;
         let overrides = Overrides {
             policy: args.policy,
             bandwidth_kbps: args.bandwidth_kbps,
@@ -431,23 +432,22 @@ fn run(dir: &DataDir, args: &RunArgs) -> Result<()> {
             }
         });
         let opts = crate::daemon::DaemonOptions { peers, interval, mdns };
-        crate::daemon::run(node.clone(), opts, shutdown_signal()).await
+        crate::daemon::run(node.clone(), opts, stop).await
     })
 }
 
-async fn shutdown_signal() {
+/// SIGTERM or SIGINT. Registered at once, not when first awaited: a signal
+/// that comes while the node is still starting must stop it cleanly too.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
+    let mut term = signal(SignalKind::terminate()).context("could not watch for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("could not watch for SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
+    })
 }
 
 fn rekey(dir: &DataDir) -> Result<()> {

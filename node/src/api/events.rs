@@ -253,10 +253,17 @@ pub fn list_events(
     Ok(out)
 }
 
+/// Serialised straight from `EventJson`, never through `serde_json::Value`,
+/// which would reorder keys and round big numbers in JSON payloads.
+#[derive(Serialize)]
+pub struct Listing {
+    events: Vec<EventJson>,
+}
+
 pub async fn list(
     State(api): State<Arc<Api>>,
     q: Result<Query<ListQuery>, QueryRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Listing>, ApiError> {
     let Query(q) = q?;
     let origin = q.origin.as_deref().map(parse_origin).transpose()?;
     let limit = q.limit.unwrap_or(100);
@@ -266,8 +273,9 @@ pub async fn list(
         )));
     }
     let events = list_events(&api.wal, origin, q.after.unwrap_or(0), limit, q.topic.as_deref())?;
-    let shown: Vec<EventJson> = events.iter().map(EventJson::of).collect();
-    Ok(Json(serde_json::json!({ "events": shown })))
+    Ok(Json(Listing {
+        events: events.iter().map(EventJson::of).collect(),
+    }))
 }
 
 /// `GET /v1/events/{origin}/{seq}`: the payload itself, byte for byte.
