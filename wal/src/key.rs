@@ -63,17 +63,19 @@ impl WalKey {
 
     /// Writes the key with mode 0600, durably, refusing to overwrite.
     pub fn save_new(&self, path: &Path) -> Result<(), WalError> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
+        let mut f = crate::perms::private_file()
             .write(true)
             .create_new(true)
-            .mode(0o600)
             .open(path)
             .map_err(|e| WalError::io("create key file", path, e))?;
         f.write_all(&self.bytes)
             .map_err(|e| WalError::io("write key file", path, e))?;
         f.sync_all().map_err(|e| WalError::io("sync key file", path, e))?;
-        Ok(())
+        // The key must outlast a power cut once segments are sealed with it.
+        match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => crate::sync_dir(dir),
+            _ => crate::sync_dir(Path::new(".")),
+        }
     }
 
     pub(crate) fn seal(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], plain: &[u8]) -> Vec<u8> {

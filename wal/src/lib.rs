@@ -1,12 +1,16 @@
 //! ferry's write-ahead log: durable, encrypted, segmented, append-only.
 //!
-//! One writer thread owns the files and the clock; appends from any thread
-//! or task are queued to it and committed in groups (many appends, one
-//! fsync). An append returns only after its group's fsync. Readers use the
-//! in-memory index, which only ever points at durable records.
+//! One writer thread owns the files, the hybrid logical clock and the
+//! idempotency keys; appends from any thread or task are queued to it and
+//! committed in groups (many appends, one fsync). An append returns only
+//! after its group's fsync. Readers use the in-memory index, which only ever
+//! points at durable records. Time comes only from `WalOptions::clock`.
 
+mod idem;
 mod index;
 pub mod key;
+mod open;
+mod perms;
 mod record;
 mod rekey;
 mod scan;
@@ -15,9 +19,9 @@ mod writer;
 pub use key::{Keyring, WalKey};
 pub use rekey::rekey;
 
-use ferry_proto::{Event, Hlc, Origin, Priority, Summary};
+use ferry_proto::{Event, Origin, Priority, Summary};
 use index::Index;
-use record::{decode_record, parse_record, Record, SegmentHeader};
+use record::{decode_record, parse_record, HeaderError, Record, SegmentHeader};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -27,6 +31,28 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::oneshot;
 
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
+
+/// How long an idempotency key is remembered unless `WalOptions` says
+/// otherwise: a day covers a client retrying across a night's power cut.
+pub const DEFAULT_IDEMPOTENCY_WINDOW: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Longest idempotency key, in bytes.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+
+/// Unix time in milliseconds. The WAL reads the time only through this, so a
+/// test or a simulator decides what time it is.
+pub type WallClock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// The machine's clock; before 1970 (a board without an RTC after a power
+/// cut) it reads 0, and the hybrid logical clock still moves forward.
+pub fn system_clock() -> WallClock {
+    Arc::new(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    })
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum WalError {
@@ -54,6 +80,16 @@ pub enum WalError {
     BadKeyFile { path: PathBuf, len: usize },
     #[error("invalid event: {0}")]
     InvalidEvent(String),
+    #[error("{path} was written by a newer ferry (WAL format version {version}; this build reads up to {supported}). Nothing was changed; run the newer ferry")]
+    NewerFormat {
+        path: PathBuf,
+        version: u16,
+        supported: u16,
+    },
+    #[error("invalid idempotency key: {0}")]
+    InvalidIdempotencyKey(String),
+    #[error("idempotency key {key:?} was already used for a different request (other events); a new request needs a new key")]
+    IdempotencyKeyReused { key: String },
     #[error("the WAL was opened read-only")]
     ReadOnly,
     #[error("the WAL writer has stopped after an earlier failure ({0}); restart ferry")]
@@ -84,6 +120,12 @@ pub struct WalOptions {
     /// Read without taking the lock, truncating or writing: for looking at a
     /// WAL another process is writing.
     pub read_only: bool,
+    /// Stamps local events (through the hybrid logical clock) and dates
+    /// idempotency keys.
+    pub clock: WallClock,
+    /// How long, by `clock`, a key given to `append_local_once` is
+    /// remembered. A retry after that writes the events again.
+    pub idempotency_window: std::time::Duration,
 }
 
 impl WalOptions {
@@ -94,6 +136,8 @@ impl WalOptions {
             local_origin,
             segment_bytes: DEFAULT_SEGMENT_BYTES,
             read_only: false,
+            clock: system_clock(),
+            idempotency_window: DEFAULT_IDEMPOTENCY_WINDOW,
         }
     }
 }
@@ -104,6 +148,17 @@ pub struct NewEvent {
     pub topic: String,
     pub priority: Priority,
     pub payload: Vec<u8>,
+}
+
+/// The answer to `append_local_once`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendOnce {
+    /// `(origin, seq)` of each event of the request, in request order. The
+    /// same on a replay as on the first call.
+    pub events: Vec<(Origin, u64)>,
+    /// True when an earlier call with the same key (perhaps before a restart
+    /// or crash) stored these events, and this call stored nothing.
+    pub replayed: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -124,6 +179,9 @@ pub struct WalStats {
 
 struct SegmentFile {
     path: PathBuf,
+    /// Format version from the header: the writer appends only to segments
+    /// of the current version.
+    version: u16,
     file: Arc<File>,
     key: Option<WalKey>,
 }
@@ -165,6 +223,21 @@ pub(crate) fn list_segments(dir: &Path) -> Result<Vec<(u32, PathBuf)>, WalError>
     Ok(out)
 }
 
+pub(crate) fn header_error(path: &Path, e: HeaderError) -> WalError {
+    match e {
+        HeaderError::Bad(reason) => WalError::Corrupt {
+            path: path.to_path_buf(),
+            offset: 0,
+            reason,
+        },
+        HeaderError::Newer(version) => WalError::NewerFormat {
+            path: path.to_path_buf(),
+            version,
+            supported: record::VERSION,
+        },
+    }
+}
+
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), WalError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -189,7 +262,7 @@ pub(crate) fn key_for<'a>(keys: &'a Keyring, path: &Path, h: &SegmentHeader) -> 
 /// Takes the WAL directory's lock, so two writers never open one WAL.
 pub(crate) fn lock_dir(dir: &Path) -> Result<File, WalError> {
     let path = dir.join("LOCK");
-    let f = std::fs::OpenOptions::new()
+    let f = perms::private_file()
         .create(true)
         .truncate(false)
         .write(true)
@@ -205,161 +278,6 @@ pub(crate) fn lock_dir(dir: &Path) -> Result<File, WalError> {
 }
 
 impl Wal {
-    pub fn open(opts: WalOptions) -> Result<Wal, WalError> {
-        if !opts.read_only {
-            std::fs::create_dir_all(&opts.dir).map_err(|e| WalError::io("create WAL directory", &opts.dir, e))?;
-        }
-        let lock = if opts.read_only {
-            None
-        } else {
-            Some(lock_dir(&opts.dir)?)
-        };
-        let listed = list_segments(&opts.dir)?;
-
-        // Check every header against the keys before touching anything.
-        let mut scanned = Vec::new();
-        for (i, (n, path)) in listed.iter().enumerate() {
-            let is_last = i + 1 == listed.len();
-            match scan::scan_segment(path)? {
-                Some(seg) => {
-                    key_for(&opts.keys, path, &seg.header)?;
-                    if seg.header.number != *n {
-                        return Err(WalError::Corrupt {
-                            path: path.clone(),
-                            offset: 12,
-                            reason: format!("header says segment {} but the file name says {n}", seg.header.number),
-                        });
-                    }
-                    if let Some(t) = &seg.torn {
-                        if !is_last {
-                            return Err(WalError::Corrupt {
-                                path: path.clone(),
-                                offset: t.offset,
-                                reason: format!("{} in a segment that is not the last", t.reason),
-                            });
-                        }
-                    }
-                    scanned.push((path.clone(), seg));
-                }
-                None if is_last => {
-                    tracing::warn!(path = %path.display(), "removing a segment whose creation was cut short (it held no data)");
-                    if !opts.read_only {
-                        std::fs::remove_file(path).map_err(|e| WalError::io("remove empty segment", path, e))?;
-                    }
-                }
-                None => {
-                    return Err(WalError::Corrupt {
-                        path: path.clone(),
-                        offset: 0,
-                        reason: "segment header cut short".into(),
-                    })
-                }
-            }
-        }
-
-        let mut index = Index::default();
-        let mut segments = BTreeMap::new();
-        let mut bytes = 0;
-        for (path, seg) in &scanned {
-            if let Some(t) = &seg.torn {
-                tracing::warn!(path = %path.display(), offset = t.offset, bytes = t.bytes, reason = %t.reason,
-                    "dropping the unacknowledged end of the WAL (a write cut short by a crash or power cut)");
-                if !opts.read_only {
-                    let f = std::fs::OpenOptions::new()
-                        .write(true)
-                        .open(path)
-                        .map_err(|e| WalError::io("open segment", path, e))?;
-                    f.set_len(seg.durable_len)
-                        .map_err(|e| WalError::io("truncate torn tail", path, e))?;
-                    f.sync_all().map_err(|e| WalError::io("sync segment", path, e))?;
-                }
-            }
-            let n = seg.header.number;
-            for (meta, off) in &seg.events {
-                if index.contains(&meta.origin, meta.seq) {
-                    return Err(WalError::Corrupt {
-                        path: path.clone(),
-                        offset: *off,
-                        reason: format!("event {}:{} is stored twice", meta.origin, meta.seq),
-                    });
-                }
-                index.add(meta.origin, meta.seq, meta.priority, n, *off, off + meta.len);
-            }
-            bytes += seg.durable_len;
-            let file = File::open(path).map_err(|e| WalError::io("open segment", path, e))?;
-            let key = key_for(&opts.keys, path, &seg.header)?.cloned();
-            segments.insert(
-                n,
-                SegmentFile {
-                    path: path.clone(),
-                    file: Arc::new(file),
-                    key,
-                },
-            );
-        }
-        let events = index.events;
-        let shared = Arc::new(Shared {
-            dir: opts.dir.clone(),
-            index: RwLock::new(index),
-            segments: RwLock::new(segments),
-            bytes: AtomicU64::new(bytes),
-            commits: AtomicU64::new(0),
-            appended: tokio::sync::watch::channel(events).0,
-        });
-        let local_origin = Arc::new(RwLock::new(opts.local_origin));
-        let mut wal = Wal {
-            shared,
-            local_origin,
-            tx: None,
-            writer: None,
-            _lock: lock,
-        };
-        if !opts.read_only {
-            let last_hlc = wal.last_hlc()?;
-            let (tx, handle) = writer::start(
-                wal.shared.clone(),
-                wal.local_origin.clone(),
-                opts.keys.current.clone(),
-                opts.segment_bytes,
-                last_hlc,
-            )?;
-            wal.tx = Some(tx);
-            wal.writer = Some(handle);
-        }
-        Ok(wal)
-    }
-
-    /// The latest timestamp this node issued or merged before: its own last
-    /// event and the last record in the log.
-    fn last_hlc(&self) -> Result<Hlc, WalError> {
-        let local = self.local_origin();
-        let mut hlc = Hlc::default();
-        let last_local = self.summary().get(&local).and_then(|r| r.last());
-        if let Some(seq) = last_local {
-            for e in self.read_range(&local, seq, seq, 1)? {
-                hlc = hlc.max(e.hlc);
-            }
-        }
-        let last_record = {
-            let index = self.index();
-            index
-                .origins
-                .iter()
-                .flat_map(|(o, oi)| {
-                    oi.chunks
-                        .iter()
-                        .map(move |(s, c)| (c.segment, c.end, *o, *s + c.count as u64 - 1))
-                })
-                .max()
-        };
-        if let Some((_, _, origin, seq)) = last_record {
-            for e in self.read_range(&origin, seq, seq, 1)? {
-                hlc = hlc.max(e.hlc);
-            }
-        }
-        Ok(hlc)
-    }
-
     fn index(&self) -> std::sync::RwLockReadGuard<'_, Index> {
         // A poisoned lock means a panic while holding it; the index is only
         // mutated by infallible code, so its contents are still consistent.
@@ -388,6 +306,30 @@ impl Wal {
     pub fn append_local_blocking(&self, items: Vec<NewEvent>) -> Result<Vec<Event>, WalError> {
         let (tx, rx) = oneshot::channel();
         self.send(writer::Command::Local(items, tx))?;
+        rx.blocking_recv()
+            .map_err(|_| WalError::WriterStopped("writer thread exited".into()))?
+    }
+
+    /// Appends this node's own events once per `key`: the first call stores
+    /// them and returns their `(origin, seq)`; a later call with the same key
+    /// and the same request stores nothing and returns the first answer. This
+    /// holds across restarts and crashes, since the key is committed in the
+    /// same group (one fsync, recovered whole or not at all) as its events.
+    /// A key is remembered for `WalOptions::idempotency_window`, measured by
+    /// `WalOptions::clock` from when it was stored. The same key with a
+    /// different request (topic, priority or payload) is refused with
+    /// `IdempotencyKeyReused`. Keys are 1 to `MAX_IDEMPOTENCY_KEY_LEN` bytes
+    /// and encrypted on disk like payloads.
+    pub async fn append_local_once(&self, key: &str, items: Vec<NewEvent>) -> Result<AppendOnce, WalError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(writer::Command::LocalOnce(key.to_owned(), items, tx))?;
+        rx.await
+            .map_err(|_| WalError::WriterStopped("writer thread exited".into()))?
+    }
+
+    pub fn append_local_once_blocking(&self, key: &str, items: Vec<NewEvent>) -> Result<AppendOnce, WalError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(writer::Command::LocalOnce(key.to_owned(), items, tx))?;
         rx.blocking_recv()
             .map_err(|_| WalError::WriterStopped("writer thread exited".into()))?
     }
@@ -428,8 +370,28 @@ impl Wal {
 
     /// Stored events of `origin` in `first..=last`, ascending, at most `limit`.
     pub fn read_range(&self, origin: &Origin, first: u64, last: u64, limit: usize) -> Result<Vec<Event>, WalError> {
-        let chunks = self.index().chunks_for(origin, first, last);
+        self.read_range_capped(origin, first, last, limit, usize::MAX)
+    }
+
+    /// Like `read_range`, and also stops before the payloads' total length
+    /// would pass `max_bytes`, so a sender can fill a frame of bounded size.
+    /// The first event held in the range is returned whatever its size (when
+    /// `max_events > 0`): a caller that loops from the last seq returned
+    /// always makes progress, even past an event larger than its cap.
+    pub fn read_range_capped(
+        &self,
+        origin: &Origin,
+        first: u64,
+        last: u64,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Event>, WalError> {
         let mut out = Vec::new();
+        if max_events == 0 || first > last {
+            return Ok(out);
+        }
+        let chunks = self.index().chunks_for(origin, first, last);
+        let mut bytes = 0usize;
         let mut buf = Vec::new();
         for (_, chunk) in chunks {
             let (path, file, key) = {
@@ -456,8 +418,13 @@ impl Wal {
                 let rec = parse_record(&buf[pos..]).map_err(|e| corrupt(format!("{e:?}")))?;
                 if let Record::Event(meta) = rec {
                     if meta.origin == *origin && (first..=last).contains(&meta.seq) {
-                        out.push(decode_record(&buf[pos..], &meta, key.as_ref()).map_err(corrupt)?);
-                        if out.len() >= limit {
+                        let e = decode_record(&buf[pos..], &meta, key.as_ref()).map_err(corrupt)?;
+                        bytes = bytes.saturating_add(e.payload.len());
+                        if bytes > max_bytes && !out.is_empty() {
+                            return Ok(out);
+                        }
+                        out.push(e);
+                        if out.len() >= max_events {
                             return Ok(out);
                         }
                     }

@@ -22,9 +22,13 @@ pub struct TornTail {
     pub reason: String,
 }
 
+/// Called with each key record of a verified group: the header, the record's
+/// file offset and its bytes.
+pub type OnKey<'a> = dyn FnMut(&SegmentHeader, u64, &[u8]) -> Result<(), WalError> + 'a;
+
 /// `None` when the segment's header was never completely written (a crash
 /// while creating it): the file holds nothing acknowledged.
-pub fn scan_segment(path: &Path) -> Result<Option<ScannedSegment>, WalError> {
+pub fn scan_segment(path: &Path, on_key: &mut OnKey<'_>) -> Result<Option<ScannedSegment>, WalError> {
     let file = std::fs::File::open(path).map_err(|e| WalError::io("open segment", path, e))?;
     let file_len = file
         .metadata()
@@ -37,14 +41,13 @@ pub fn scan_segment(path: &Path) -> Result<Option<ScannedSegment>, WalError> {
     }
     r.read_exact(&mut head)
         .map_err(|e| WalError::io("read segment header", path, e))?;
-    let header = SegmentHeader::decode(&head).map_err(|reason| WalError::Corrupt {
-        path: path.to_path_buf(),
-        offset: 0,
-        reason,
-    })?;
+    let header = SegmentHeader::decode(&head).map_err(|e| crate::header_error(path, e))?;
 
     let mut events = Vec::new();
     let mut pending = Vec::new();
+    // Key records of the group being read: (offset, bytes). A group is at
+    // most a few MiB, and keys are a few hundred bytes each.
+    let mut pending_keys: Vec<(u64, Vec<u8>)> = Vec::new();
     let mut group_crc = crc32fast::Hasher::new();
     let (mut off, mut durable) = (HEADER_LEN, HEADER_LEN);
     let mut rec = Vec::with_capacity(1024);
@@ -84,8 +87,16 @@ pub fn scan_segment(path: &Path) -> Result<Option<ScannedSegment>, WalError> {
                     break Some("commit record does not match its group".into());
                 }
                 events.append(&mut pending);
+                for (at, bytes) in pending_keys.drain(..) {
+                    on_key(&header, at, &bytes)?;
+                }
                 off += len;
                 durable = off;
+            }
+            Ok(Record::Key { len }) => {
+                group_crc.update(&rec);
+                pending_keys.push((off, rec.clone()));
+                off += len;
             }
             Err(Parse::Incomplete) => break Some("record cut short".into()),
             Err(Parse::Bad(reason)) => break Some(reason),

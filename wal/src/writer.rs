@@ -4,9 +4,13 @@
 //! budget), writes all records plus one commit record with one `write`, and
 //! calls `fdatasync` once. Only then does it update the index and answer.
 
+use crate::idem::{request_digest, KeyEntry, KeyTable};
 use crate::index::Index;
-use crate::record::{encode_commit, encode_record, SegmentHeader, HEADER_LEN};
-use crate::{segment_path, sync_dir, AppendReport, NewEvent, SegmentFile, Shared, WalError, WalKey};
+use crate::record::{encode_commit, encode_key_record, encode_record, SegmentHeader, HEADER_LEN, VERSION};
+use crate::{
+    segment_path, sync_dir, AppendOnce, AppendReport, NewEvent, SegmentFile, Shared, WalError, WalKey, WallClock,
+    MAX_IDEMPOTENCY_KEY_LEN,
+};
 use ferry_proto::event::check_limits;
 use ferry_proto::{Clock, Event, Hlc, Origin};
 use std::collections::HashSet;
@@ -22,6 +26,7 @@ const GROUP_BYTES: usize = 4 << 20;
 
 pub enum Command {
     Local(Vec<NewEvent>, oneshot::Sender<Result<Vec<Event>, WalError>>),
+    LocalOnce(String, Vec<NewEvent>, oneshot::Sender<Result<AppendOnce, WalError>>),
     Replicated(Vec<Event>, oneshot::Sender<Result<AppendReport, WalError>>),
 }
 
@@ -30,18 +35,13 @@ struct Writer {
     local_origin: Arc<RwLock<Origin>>,
     key: Option<WalKey>,
     segment_bytes: u64,
+    wall: WallClock,
     clock: Clock,
+    keys: KeyTable,
     file: File,
     segment: u32,
     len: u64,
     stopped: Option<String>,
-}
-
-fn wall_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 pub(crate) fn start(
@@ -50,6 +50,8 @@ pub(crate) fn start(
     key: Option<WalKey>,
     segment_bytes: u64,
     last_hlc: Hlc,
+    wall: WallClock,
+    keys: KeyTable,
 ) -> Result<(Sender<Command>, std::thread::JoinHandle<()>), WalError> {
     let last = shared
         .segments
@@ -57,9 +59,12 @@ pub(crate) fn start(
         .unwrap_or_else(|p| p.into_inner())
         .iter()
         .next_back()
-        .map(|(n, s)| (*n, s.path.clone()));
+        .map(|(n, s)| (*n, s.path.clone(), s.version));
     let (file, segment, len) = match last {
-        Some((n, path)) => {
+        // An older build's segment is left as it is; new records go to a
+        // new segment whose header announces the kinds they may use.
+        Some((n, _, version)) if version < VERSION => create_segment(&shared, n + 1, key.as_ref())?,
+        Some((n, path, _)) => {
             let file = std::fs::OpenOptions::new()
                 .write(true)
                 .open(&path)
@@ -77,7 +82,9 @@ pub(crate) fn start(
         local_origin,
         key,
         segment_bytes,
+        wall,
         clock: Clock::starting_after(last_hlc),
+        keys,
         file,
         segment,
         len,
@@ -93,7 +100,7 @@ pub(crate) fn start(
 
 fn create_segment(shared: &Shared, n: u32, key: Option<&WalKey>) -> Result<(File, u32, u64), WalError> {
     let path = segment_path(&shared.dir, n);
-    let file = std::fs::OpenOptions::new()
+    let file = crate::perms::private_file()
         .read(true)
         .write(true)
         .create_new(true)
@@ -109,6 +116,7 @@ fn create_segment(shared: &Shared, n: u32, key: Option<&WalKey>) -> Result<(File
         n,
         SegmentFile {
             path,
+            version: VERSION,
             file: Arc::new(reader),
             key: key.cloned(),
         },
@@ -125,6 +133,10 @@ enum Pending {
         tx: oneshot::Sender<Result<Vec<Event>, WalError>>,
         result: Result<Vec<Event>, WalError>,
     },
+    LocalOnce {
+        tx: oneshot::Sender<Result<AppendOnce, WalError>>,
+        result: Result<AppendOnce, WalError>,
+    },
     Replicated {
         tx: oneshot::Sender<Result<AppendReport, WalError>>,
         result: Result<AppendReport, WalError>,
@@ -140,7 +152,9 @@ impl Writer {
                 match rx.try_recv() {
                     Ok(cmd) => {
                         approx += match &cmd {
-                            Command::Local(v, _) => v.iter().map(|e| e.payload.len() + 64).sum::<usize>(),
+                            Command::Local(v, _) | Command::LocalOnce(_, v, _) => {
+                                v.iter().map(|e| e.payload.len() + 64).sum::<usize>()
+                            }
                             Command::Replicated(v, _) => v.iter().map(|e| e.payload.len() + 64).sum::<usize>(),
                         };
                         group.push(cmd);
@@ -148,23 +162,33 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            self.commit(group);
+            // A keyed append whose key an earlier append of the same group
+            // holds waits for that group's outcome: it then replays it, or
+            // (if the group failed) writes.
+            while !group.is_empty() {
+                group = self.commit(group);
+            }
         }
         tracing::debug!("WAL writer stopped: all handles dropped");
     }
 
-    fn commit(&mut self, group: Vec<Command>) {
+    /// Commits `group`; returns the commands deferred to the next group.
+    fn commit(&mut self, group: Vec<Command>) -> Vec<Command> {
         if let Some(why) = &self.stopped {
             for cmd in group {
                 let err = || WalError::WriterStopped(why.clone());
                 match cmd {
                     Command::Local(_, tx) => drop(tx.send(Err(err()))),
+                    Command::LocalOnce(_, _, tx) => drop(tx.send(Err(err()))),
                     Command::Replicated(_, tx) => drop(tx.send(Err(err()))),
                 }
             }
-            return;
+            return Vec::new();
         }
-        let wall = wall_ms();
+        let wall = (self.wall)();
+        self.keys.expire(wall);
+        let mut new_keys: Vec<KeyEntry> = Vec::new();
+        let mut deferred = Vec::new();
         let origin = *self.local_origin.read().unwrap_or_else(|p| p.into_inner());
         let clock_before = self.clock.clone();
         let mut buf = Vec::new();
@@ -180,6 +204,37 @@ impl Writer {
                     Command::Local(items, tx) => {
                         let result = self.encode_local(items, origin, &mut next_local, wall, &mut buf, &mut entries);
                         pending.push(Pending::Local { tx, result });
+                    }
+                    Command::LocalOnce(key, items, tx) if new_keys.iter().any(|k| k.key == key) => {
+                        deferred.push(Command::LocalOnce(key, items, tx));
+                    }
+                    Command::LocalOnce(key, items, tx) => {
+                        let digest = request_digest(&items);
+                        let result = match self.check_key(&key, &items, digest) {
+                            Err(e) => Err(e),
+                            Ok(Some(replay)) => Ok(replay),
+                            Ok(None) => self
+                                .encode_local(items, origin, &mut next_local, wall, &mut buf, &mut entries)
+                                .map(|events| {
+                                    let entry = KeyEntry {
+                                        key,
+                                        origin,
+                                        // check_key refused an empty request, and
+                                        // encode_local returns one event per item.
+                                        first_seq: events[0].seq,
+                                        count: events.len() as u64,
+                                        wall_ms: wall,
+                                        digest,
+                                    };
+                                    encode_key_record(&entry, self.key.as_ref(), &mut buf);
+                                    new_keys.push(entry);
+                                    AppendOnce {
+                                        events: events.iter().map(|e| (e.origin, e.seq)).collect(),
+                                        replayed: false,
+                                    }
+                                }),
+                        };
+                        pending.push(Pending::LocalOnce { tx, result });
                     }
                     Command::Replicated(events, tx) => {
                         let result = self.encode_replicated(
@@ -206,19 +261,49 @@ impl Writer {
                     let err = first.take().unwrap_or_else(|| WalError::WriterStopped(msg.clone()));
                     match p {
                         Pending::Local { tx, .. } => drop(tx.send(Err(err))),
+                        Pending::LocalOnce { tx, .. } => drop(tx.send(Err(err))),
                         Pending::Replicated { tx, .. } => drop(tx.send(Err(err))),
                     }
                 }
-                return;
+                return deferred;
             }
+        }
+        for k in new_keys {
+            self.keys.insert(k, wall);
         }
         for p in pending {
             // A dropped receiver means the caller gave up waiting; the data is
             // durable either way.
             match p {
                 Pending::Local { tx, result } => drop(tx.send(result)),
+                Pending::LocalOnce { tx, result } => drop(tx.send(result)),
                 Pending::Replicated { tx, result } => drop(tx.send(result)),
             }
+        }
+        deferred
+    }
+
+    /// The earlier answer for `key` if it is held, `None` if the append is
+    /// new, an error if the key is unusable or names a different request.
+    fn check_key(&self, key: &str, items: &[NewEvent], digest: [u8; 16]) -> Result<Option<AppendOnce>, WalError> {
+        if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN {
+            return Err(WalError::InvalidIdempotencyKey(format!(
+                "a key is 1 to {MAX_IDEMPOTENCY_KEY_LEN} bytes, this one {}",
+                key.len()
+            )));
+        }
+        if items.is_empty() {
+            return Err(WalError::InvalidEvent(
+                "an append with an idempotency key needs at least one event".into(),
+            ));
+        }
+        match self.keys.get(key) {
+            Some(k) if k.digest != digest => Err(WalError::IdempotencyKeyReused { key: key.into() }),
+            Some(k) => Ok(Some(AppendOnce {
+                events: k.events(),
+                replayed: true,
+            })),
+            None => Ok(None),
         }
     }
 
