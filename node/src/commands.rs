@@ -234,9 +234,6 @@ impl Sink {
     fn append(&self, args: &PushArgs, payloads: Vec<Vec<u8>>, json_lines: bool) -> Result<Vec<String>> {
         match self {
             Sink::Wal(wal) => {
-                if args.idempotency_key.is_some() {
-                    bail!("--idempotency-key is not supported by this build's WAL yet");
-                }
                 let items = payloads
                     .into_iter()
                     .map(|payload| NewEvent {
@@ -245,11 +242,15 @@ impl Sink {
                         payload,
                     })
                     .collect();
-                Ok(wal
-                    .append_local_blocking(items)?
-                    .iter()
-                    .map(|e| format!("{}:{}", e.origin, e.seq))
-                    .collect())
+                let ids: Vec<(ferry_proto::Origin, u64)> = match &args.idempotency_key {
+                    Some(key) => wal.append_local_once_blocking(key, items)?.events,
+                    None => wal
+                        .append_local_blocking(items)?
+                        .iter()
+                        .map(|e| (e.origin, e.seq))
+                        .collect(),
+                };
+                Ok(ids.iter().map(|(o, s)| format!("{o}:{s}")).collect())
             }
             Sink::Daemon(client) => {
                 let body = match (json_lines, payloads.as_slice()) {

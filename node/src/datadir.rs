@@ -64,6 +64,10 @@ pub struct Config {
     /// event's payload is at most 1 MiB whatever this says.
     #[serde(default)]
     pub api_max_body_bytes: Option<usize>,
+    /// How long a write's idempotency key is remembered (unset: 24 hours):
+    /// a retry with the same key within it writes nothing.
+    #[serde(default)]
+    pub idempotency_window_secs: Option<u64>,
     /// Find and advertise peers on the LAN by mDNS.
     #[serde(default = "default_true")]
     pub mdns: bool,
@@ -133,6 +137,7 @@ impl DataDir {
             bandwidth_kbps: None,
             api_listen: None,
             api_max_body_bytes: None,
+            idempotency_window_secs: None,
             mdns: true,
             mdns_interfaces: Vec::new(),
         };
@@ -266,6 +271,9 @@ impl DataDir {
         };
         let mut opts = WalOptions::new(self.wal_dir(), self.keyring(&cfg)?, origin);
         opts.read_only = read_only;
+        if let Some(secs) = cfg.idempotency_window_secs {
+            opts.idempotency_window = std::time::Duration::from_secs(secs);
+        }
         Ok(Wal::open(opts)?)
     }
 

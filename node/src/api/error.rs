@@ -60,6 +60,9 @@ impl From<WalError> for ApiError {
             }
             WalError::InvalidEvent(_) => (StatusCode::BAD_REQUEST, "invalid_event"),
             WalError::DiskFull { .. } => (StatusCode::INSUFFICIENT_STORAGE, "disk_full"),
+            WalError::InvalidIdempotencyKey(_) => (StatusCode::BAD_REQUEST, "invalid_idempotency_key"),
+            // The key names an earlier, different request: retrying cannot help.
+            WalError::IdempotencyKeyReused { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "storage_error"),
         };
         ApiError::new(status, code, e.to_string())

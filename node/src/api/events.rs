@@ -201,14 +201,42 @@ pub async fn append(
             payload,
         })
         .collect();
+    let key = idempotency_key(&headers)?;
     let started = std::time::Instant::now();
-    let events = api.wal.append_local(items).await?;
-    api.append_seconds.observe(started.elapsed().as_secs_f64());
-    let ids: Vec<_> = events
+    let (ids, replayed): (Vec<(Origin, u64)>, bool) = match key {
+        Some(key) => {
+            let once = api.wal.append_local_once(&key, items).await?;
+            (once.events, once.replayed)
+        }
+        None => {
+            let events = api.wal.append_local(items).await?;
+            (events.iter().map(|e| (e.origin, e.seq)).collect(), false)
+        }
+    };
+    if !replayed {
+        api.append_seconds.observe(started.elapsed().as_secs_f64());
+    }
+    let ids: Vec<_> = ids
         .iter()
-        .map(|e| serde_json::json!({ "origin": e.origin.to_string(), "seq": e.seq, "id": format!("{}:{}", e.origin, e.seq) }))
+        .map(|(o, s)| serde_json::json!({ "origin": o.to_string(), "seq": s, "id": format!("{o}:{s}") }))
         .collect();
-    Ok(Json(serde_json::json!({ "events": ids })).into_response())
+    let mut resp = Json(serde_json::json!({ "events": ids, "replayed": replayed })).into_response();
+    if replayed {
+        resp.headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(resp)
+}
+
+/// The `Idempotency-Key` header, if the request has one.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = v
+        .to_str()
+        .map_err(|_| bad_request("Idempotency-Key must be visible ASCII text"))?;
+    Ok(Some(key.to_string()))
 }
 
 #[derive(Deserialize)]
