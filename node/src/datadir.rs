@@ -410,3 +410,19 @@ pub fn unix_now() -> u64 {
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod port_tests {
+    use super::with_default_port;
+
+    #[test]
+    fn a_peer_without_a_port_gets_ferrys() {
+        assert_eq!(with_default_port("hub.example.org"), "hub.example.org:7700");
+        assert_eq!(with_default_port("hub.example.org:9000"), "hub.example.org:9000");
+        assert_eq!(with_default_port("10.0.0.5"), "10.0.0.5:7700");
+        assert_eq!(with_default_port("10.0.0.5:7701"), "10.0.0.5:7701");
+        assert_eq!(with_default_port("::1"), "[::1]:7700");
+        assert_eq!(with_default_port("fe80::1:2"), "[fe80::1:2]:7700");
+        assert_eq!(with_default_port("[::1]:7800"), "[::1]:7800");
+    }
+}

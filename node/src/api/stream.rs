@@ -108,7 +108,7 @@ pub async fn stream(
             cursor.entry(*o).or_insert(have.last().unwrap_or(0));
         }
     }
-    let (tx, rx) = tokio::sync::mpsc::channel::<Sse>(64);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Out>(64);
     let feed = Feed {
         api: api.clone(),
         cursor,
@@ -118,11 +118,33 @@ pub async fn stream(
     };
     tokio::spawn(feed.run());
     let events = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
+        rx.recv().await.map(|out| (Ok::<_, Infallible>(out.into_sse()), rx))
     });
     Ok(axum::response::Sse::new(events)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
+}
+
+/// What the feed sends, before it becomes Server-Sent Event text.
+#[derive(Debug, PartialEq, Eq)]
+enum Out {
+    /// An event: its `ORIGIN:SEQ` and its JSON.
+    Event(String, String),
+    /// The whole cursor after a batch.
+    Cursor(String, String),
+    Peers(String),
+    Error(String),
+}
+
+impl Out {
+    fn into_sse(self) -> Sse {
+        match self {
+            Out::Event(id, data) => Sse::default().id(id).data(data),
+            Out::Cursor(id, data) => Sse::default().event("cursor").id(id).data(data),
+            Out::Peers(data) => Sse::default().event("peers").data(data),
+            Out::Error(data) => Sse::default().event("error").data(data),
+        }
+    }
 }
 
 struct Feed {
@@ -130,7 +152,7 @@ struct Feed {
     cursor: Cursor,
     filter: Filter,
     peers: bool,
-    tx: tokio::sync::mpsc::Sender<Sse>,
+    tx: tokio::sync::mpsc::Sender<Out>,
 }
 
 impl Feed {
@@ -143,11 +165,7 @@ impl Feed {
                 Ok(true) => {
                     let id = format_cursor(&self.cursor);
                     let data = serde_json::json!({ "cursor": self.cursor.iter().map(|(o, s)| (o.to_string(), *s)).collect::<BTreeMap<_, _>>() });
-                    if self
-                        .send(Sse::default().event("cursor").id(id).data(data.to_string()))
-                        .await
-                        .is_err()
-                    {
+                    if self.send(Out::Cursor(id, data.to_string())).await.is_err() {
                         return;
                     }
                 }
@@ -155,7 +173,7 @@ impl Feed {
                 Err(e) => {
                     tracing::warn!("event stream stopped: {e}");
                     let data = serde_json::json!({ "error": { "code": "storage_error", "message": e.to_string() } });
-                    let _ = self.send(Sse::default().event("error").data(data.to_string())).await;
+                    let _ = self.send(Out::Error(data.to_string())).await;
                     return;
                 }
             }
@@ -164,7 +182,7 @@ impl Feed {
                 _ = peer_tick.tick(), if self.peers => {
                     let peers = serde_json::json!({ "peers": super::peer_list(&self.api) }).to_string();
                     if peers != last_peers {
-                        if self.send(Sse::default().event("peers").data(&peers)).await.is_err() {
+                        if self.send(Out::Peers(peers.clone())).await.is_err() {
                             return;
                         }
                         last_peers = peers;
@@ -176,7 +194,7 @@ impl Feed {
         }
     }
 
-    async fn send(&self, e: Sse) -> Result<(), ()> {
+    async fn send(&self, e: Out) -> Result<(), ()> {
         self.tx.send(e).await.map_err(|_| ())
     }
 
@@ -198,8 +216,11 @@ impl Feed {
                 let Some(last) = page.last().map(|e| e.seq) else { break };
                 for e in page.iter().filter(|e| self.filter.topic(&e.topic)) {
                     let data = serde_json::to_string(&EventJson::of(e)).unwrap_or_default();
-                    let sse = Sse::default().id(format!("{}:{}", e.origin, e.seq)).data(data);
-                    if self.send(sse).await.is_err() {
+                    if self
+                        .send(Out::Event(format!("{}:{}", e.origin, e.seq), data))
+                        .await
+                        .is_err()
+                    {
                         return Ok(moved);
                     }
                 }
@@ -209,5 +230,96 @@ impl Feed {
             }
         }
         Ok(moved)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_proto::{Event, Hlc, NodeId, Priority};
+    use ferry_wal::{Keyring, Wal, WalOptions};
+
+    fn event(origin: Origin, seq: u64) -> Event {
+        Event {
+            origin,
+            seq,
+            hlc: Hlc(seq << 16),
+            topic: "t".into(),
+            priority: Priority::Normal,
+            payload: format!("{seq}").into_bytes(),
+        }
+    }
+
+    /// Events of one origin that arrive with a hole wait for it: the stream
+    /// never shows seq 5 before seq 3.
+    #[tokio::test]
+    async fn an_origin_with_a_hole_waits_for_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let local = Origin {
+            node: NodeId([1; 16]),
+            epoch: 1,
+        };
+        let other = Origin {
+            node: NodeId([2; 16]),
+            epoch: 7,
+        };
+        let wal = Arc::new(Wal::open(WalOptions::new(tmp.path(), Keyring::plaintext(), local)).unwrap());
+        wal.append_replicated(vec![event(other, 1), event(other, 2), event(other, 5), event(other, 6)])
+            .await
+            .unwrap();
+        let api = Arc::new(Api {
+            wal: wal.clone(),
+            dir: None,
+            node_id: String::new(),
+            name: String::new(),
+            role: String::new(),
+            opts: super::super::ApiOptions {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                max_body_bytes: 1,
+            },
+            token: None,
+            stopping: Default::default(),
+            append_seconds: Default::default(),
+        });
+        let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+        let feed = Feed {
+            api: api.clone(),
+            cursor: Cursor::new(),
+            filter: Filter {
+                topics: None,
+                origins: None,
+            },
+            peers: false,
+            tx,
+        };
+        tokio::spawn(feed.run());
+        let mut ids = Vec::new();
+        let mut next_id = async || loop {
+            match tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .unwrap()
+                .unwrap()
+            {
+                Out::Event(id, _) => return id,
+                Out::Cursor(..) => {}
+                other => panic!("{other:?}"),
+            }
+        };
+        ids.push(next_id().await);
+        ids.push(next_id().await);
+        assert_eq!(ids, [format!("{other}:1"), format!("{other}:2")]);
+        // Nothing more while 3 and 4 are missing.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), next_id())
+                .await
+                .is_err(),
+            "an event after the hole was sent"
+        );
+        wal.append_replicated(vec![event(other, 3), event(other, 4)])
+            .await
+            .unwrap();
+        for want in 3..=6 {
+            assert_eq!(next_id().await, format!("{other}:{want}"));
+        }
     }
 }
