@@ -282,7 +282,9 @@ impl DataDir {
     /// stand in the way of `ferry run` starting at the same moment.
     pub fn open_wal_for_reading(&self) -> Result<Wal> {
         // A node that never wrote has no WAL directory yet; reading it
-        // should show nothing rather than fail.
+        // should show nothing rather than fail. Not in a directory that is
+        // not a node's (a mistyped --data-dir): config() says what to do.
+        self.config()?;
         make_private_dir(&self.wal_dir())?;
         self.open_wal(true)
     }
