@@ -5,8 +5,6 @@
 //! deploy/check-container.sh builds the binary the same way and runs this
 //! test with FERRY_STATIC_BIN pointing at it (.ci/run does).
 
-mod common;
-use common::*;
 use std::path::Path;
 use std::process::{Command, Stdio};
 

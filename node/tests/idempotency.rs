@@ -12,11 +12,11 @@ fn events(d: &Daemon) -> u64 {
     d.get_json("/v1/status")["events"].as_u64().unwrap()
 }
 
-fn post(d: &Daemon, key: &str, body: &str) -> Result<ureq::Response, ureq::Error> {
+/// An append with a key; `.send_string(body)` sends it.
+fn post(d: &Daemon, key: &str) -> ureq::Request {
     ureq::post(&d.url("/v1/events?topic=referrals"))
         .set("Idempotency-Key", key)
         .set("Content-Type", "application/json")
-        .send_string(body)
 }
 
 fn answer(r: Result<ureq::Response, ureq::Error>) -> (serde_json::Value, Option<String>) {
@@ -31,23 +31,23 @@ fn a_retry_with_the_same_key_returns_the_first_answer_and_writes_nothing() {
     let dir = dep.node("clinic", "clinic");
     let d = Daemon::start(&dir, &[]);
     let body = r#"{"referral":77,"to":"district"}"#;
-    let (first, replayed) = answer(post(&d, "referral-77", body));
+    let (first, replayed) = answer(post(&d, "referral-77").send_string(body));
     assert_eq!(first["replayed"], false);
     assert_eq!(replayed, None);
     assert_eq!(events(&d), 1);
-    let (again, replayed) = answer(post(&d, "referral-77", body));
+    let (again, replayed) = answer(post(&d, "referral-77").send_string(body));
     assert_eq!(again["events"], first["events"]);
     assert_eq!(again["replayed"], true);
     assert_eq!(replayed.as_deref(), Some("true"));
     assert_eq!(events(&d), 1, "the retry wrote nothing");
 
     // Another request under the same key is refused, and says why.
-    let (code, err) = error_of(post(&d, "referral-77", r#"{"referral":78}"#));
+    let (code, err) = error_of(post(&d, "referral-77").send_string(r#"{"referral":78}"#));
     assert_eq!(
         (code, err["error"]["code"].as_str().unwrap()),
         (422, "idempotency_key_reused")
     );
-    let (code, err) = error_of(post(&d, &"k".repeat(256), body));
+    let (code, err) = error_of(post(&d, &"k".repeat(256)).send_string(body));
     assert_eq!(
         (code, err["error"]["code"].as_str().unwrap()),
         (400, "invalid_idempotency_key")
@@ -57,11 +57,11 @@ fn a_retry_with_the_same_key_returns_the_first_answer_and_writes_nothing() {
     // Across a restart of the daemon.
     d.stop();
     let d = Daemon::start(&dir, &[]);
-    let (after_restart, _) = answer(post(&d, "referral-77", body));
+    let (after_restart, _) = answer(post(&d, "referral-77").send_string(body));
     assert_eq!(after_restart["events"], first["events"]);
     assert_eq!(after_restart["replayed"], true);
     // A new key is a new write.
-    let (other, _) = answer(post(&d, "referral-78", r#"{"referral":78}"#));
+    let (other, _) = answer(post(&d, "referral-78").send_string(r#"{"referral":78}"#));
     assert_eq!(other["events"][0]["seq"], 2);
     assert_eq!(events(&d), 2);
     d.stop();
