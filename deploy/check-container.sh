@@ -9,5 +9,6 @@ cd "$(dirname "$0")/.."
 target=target/static
 RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR=$target \
   cargo build --release --locked -p ferry --target x86_64-unknown-linux-gnu
-FERRY_STATIC_BIN=$PWD/$target/x86_64-unknown-linux-gnu/release/ferry \
-  cargo test -p ferry --test container
+strip -o "$target/ferry" "$target/x86_64-unknown-linux-gnu/release/ferry"
+echo "static binary: $(wc -c < "$target/ferry") bytes"
+FERRY_STATIC_BIN=$PWD/$target/ferry cargo test -p ferry --test container

@@ -49,6 +49,17 @@ fn the_static_binary_runs_a_node_from_an_empty_root() {
         3,
         "the root holds only /ferry, /data and /ca: {entries:?}"
     );
+    // What every container runtime puts in /dev (the OCI runtime spec's
+    // default devices), nothing else: statically linked, the binary seeds
+    // its random numbers from /dev/urandom.
+    std::fs::create_dir(root.join("dev")).unwrap();
+    for (name, minor) in [("null", 3), ("zero", 5), ("full", 7), ("random", 8), ("urandom", 9)] {
+        let path = root.join("dev").join(name);
+        let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        let made = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, minor)) };
+        assert_eq!(made, 0, "mknod {name}");
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    }
 
     let in_root = |args: &[&str]| {
         let mut c = Command::new("chroot");
@@ -57,6 +68,8 @@ fn the_static_binary_runs_a_node_from_an_empty_root() {
             .arg("/ferry")
             .args(args)
             .env_clear()
+            // For finding chroot itself; the root has no other programs.
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .env("FERRY_DATA_DIR", "/data");
         c
     };
@@ -85,14 +98,18 @@ fn the_static_binary_runs_a_node_from_an_empty_root() {
     .stderr(Stdio::piped())
     .spawn()
     .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(daemon.stderr.take().unwrap()), &mut line).unwrap();
-    let api = line
-        .split("local API ")
-        .nth(1)
-        .and_then(|r| r.split([',', ' ']).next())
-        .unwrap_or_else(|| panic!("the daemon did not start: {line}"))
-        .to_string();
+    let mut stderr = std::io::BufReader::new(daemon.stderr.take().unwrap());
+    let mut seen = String::new();
+    let api = loop {
+        let mut line = String::new();
+        if std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() == 0 {
+            panic!("the daemon did not start ({:?}): {seen:?}", daemon.wait());
+        }
+        seen.push_str(&line);
+        if let Some(rest) = line.split("local API ").nth(1) {
+            break rest.split([',', ' ']).next().unwrap().to_string();
+        }
+    };
     let pushed: serde_json::Value = ureq::post(&format!("{api}/v1/events"))
         .send_string("from outside the root")
         .unwrap()
