@@ -1,16 +1,28 @@
-//! Command-line interface definitions.
+//! Command-line interface definitions. Every command's `--help` ends with
+//! examples; `ferry completions` and `ferry man` are generated from these.
 
 use crate::datadir::Policy;
 use crate::pki::Role;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::io::IsTerminal;
 use std::path::PathBuf;
+
+/// The commit this binary was built from (`unknown` when built without git).
+pub const COMMIT: &str = env!("FERRY_COMMIT");
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("FERRY_COMMIT"), ")");
 
 #[derive(Parser)]
 #[command(
     name = "ferry",
-    version,
+    version = VERSION,
     about = "Replicate clinic events over the worst networks in the world",
-    propagate_version = true
+    propagate_version = true,
+    after_help = "Examples:
+  ferry ca init --ca-dir ./ca --name bhutan-east
+  ferry init --data-dir /var/lib/ferry --name bhu-gasa
+  ferry ca enroll --ca-dir ./ca --data-dir /var/lib/ferry --role clinic
+  ferry run --data-dir /var/lib/ferry --peer hub.example.org
+  ferry status --data-dir /var/lib/ferry"
 )]
 pub struct Cli {
     /// The node's data directory.
@@ -19,19 +31,31 @@ pub struct Cli {
     /// Log filter, e.g. `info` or `ferry=debug` (default: warnings only).
     #[arg(long, env = "FERRY_LOG", global = true)]
     pub log: Option<String>,
+    /// Log lines as text (coloured only on a terminal and without NO_COLOR)
+    /// or as one JSON object per line, for log collectors.
+    #[arg(long, env = "FERRY_LOG_FORMAT", global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
 pub enum Command {
     /// Make a CA and three nodes in a temporary directory and show them replicate.
+    #[command(after_help = "Examples:\n  ferry demo\n  ferry demo --dir ./demo    # keep the nodes to explore")]
     Demo {
         /// Keep the demo's CA and nodes in this directory to explore afterwards.
         #[arg(long)]
         dir: Option<PathBuf>,
     },
     /// Create a node: its key, WAL key and config. Prints the node id.
+    #[command(after_help = "Examples:\n  ferry init --data-dir /var/lib/ferry --name bhu-gasa")]
     Init {
         /// Human name of this node, e.g. `bhu-gasa`.
         #[arg(long)]
@@ -44,6 +68,7 @@ pub enum Command {
     #[command(subcommand)]
     Ca(CaCommand),
     /// Print this node's certificate signing request (to send to the CA).
+    #[command(after_help = "Examples:\n  ferry csr --data-dir /var/lib/ferry --out gasa.csr")]
     Csr {
         /// Write to this file instead of standard output.
         #[arg(long)]
@@ -53,23 +78,37 @@ pub enum Command {
     #[command(subcommand)]
     Cert(CertCommand),
     /// Append events. Prints `origin:seq` for each, once it is durable.
+    #[command(after_help = "Examples:
+  ferry push '{\"type\":\"vitals\",\"pulse\":80}' --topic vitals --priority urgent
+  ferry push --file scan.jpg --topic imaging           # the whole file is one event
+  generate-events | ferry push --topic visits          # one JSON document per line
+  ferry push --idempotency-key visit-4411 '{\"visit\":4411}'   # safe to retry")]
     Push(PushArgs),
     /// Print stored events.
+    #[command(after_help = "Examples:
+  ferry log --limit 20
+  ferry log --json --origin NODE_ID.EPOCH --after 100
+  ferry log --raw --id NODE_ID.EPOCH:7 > payload.bin   # the exact bytes written")]
     Log(LogArgs),
     /// What this node holds and whom it has synced with.
+    #[command(after_help = "Examples:\n  ferry status --data-dir /var/lib/ferry\n  ferry status --json | jq .events")]
     Status {
         #[arg(long)]
         json: bool,
     },
     /// Known peers: role, address, how found, connection state, last sync,
     /// and how many events each side lacks.
+    #[command(after_help = "Examples:\n  ferry peers\n  ferry peers --json")]
     Peers {
         #[arg(long)]
         json: bool,
     },
     /// Sync once with a peer, then exit (0 only if the session completed).
+    #[command(after_help = "Examples:
+  ferry sync --peer hub.example.org          # port 7700 unless given
+  ferry sync --peer 10.0.0.5:7700 --json")]
     Sync {
-        /// The peer's address, HOST:PORT.
+        /// The peer's address, HOST or HOST:PORT (port 7700 if not given).
         #[arg(long)]
         peer: String,
         #[arg(long, value_enum)]
@@ -81,15 +120,39 @@ pub enum Command {
         json: bool,
     },
     /// Run the node: listen for peers and keep syncing with the configured ones.
+    #[command(after_help = "Examples:
+  ferry run --data-dir /var/lib/ferry
+  ferry run --peer hub.example.org --policy role
+  ferry run --api-listen 0.0.0.0:7701    # needs the token in DATA_DIR/api.token
+  FERRY_LOG=info FERRY_LOG_FORMAT=json ferry run")]
     Run(RunArgs),
     /// Maintenance of the write-ahead log.
     #[command(subcommand)]
     Wal(WalCommand),
+    /// Print a shell completion script.
+    #[command(after_help = "Examples:
+  ferry completions bash > /etc/bash_completion.d/ferry
+  ferry completions zsh > \"${fpath[1]}/_ferry\"
+  ferry completions fish > ~/.config/fish/completions/ferry.fish")]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page, or write one per command into a directory.
+    #[command(after_help = "Examples:
+  ferry man | man -l -
+  ferry man --dir /usr/local/share/man/man1")]
+    Man {
+        /// Write ferry.1 and one page per command here.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
 pub enum CaCommand {
     /// Create the deployment CA.
+    #[command(after_help = "Examples:\n  ferry ca init --ca-dir ./ca --name bhutan-east")]
     Init {
         #[arg(long)]
         ca_dir: PathBuf,
@@ -98,6 +161,7 @@ pub enum CaCommand {
         name: String,
     },
     /// Sign a node's CSR, giving it a role. Prints the certificate bundle.
+    #[command(after_help = "Examples:\n  ferry ca sign --ca-dir ./ca --csr gasa.csr --role clinic --out gasa.pem")]
     Sign {
         #[arg(long)]
         ca_dir: PathBuf,
@@ -113,6 +177,7 @@ pub enum CaCommand {
         out: Option<PathBuf>,
     },
     /// Sign and install in one step, for a node whose data directory is here.
+    #[command(after_help = "Examples:\n  ferry ca enroll --ca-dir ./ca --data-dir /var/lib/ferry --role hub")]
     Enroll {
         #[arg(long)]
         ca_dir: PathBuf,
@@ -124,6 +189,7 @@ pub enum CaCommand {
 #[derive(Subcommand)]
 pub enum CertCommand {
     /// Install the bundle `ferry ca sign` produced.
+    #[command(after_help = "Examples:\n  ferry cert install --data-dir /var/lib/ferry --cert gasa.pem")]
     Install {
         #[arg(long)]
         cert: PathBuf,
@@ -133,6 +199,7 @@ pub enum CertCommand {
 #[derive(Subcommand)]
 pub enum WalCommand {
     /// Re-encrypt every segment under a new key (resumes if interrupted).
+    #[command(after_help = "Examples:\n  ferry wal rekey --data-dir /var/lib/ferry    # with the daemon stopped")]
     Rekey,
 }
 
@@ -140,7 +207,7 @@ pub enum WalCommand {
 pub struct PushArgs {
     /// The payload. Without it, `--file`, or JSON lines on standard input.
     pub payload: Option<String>,
-    /// Read one payload from this file.
+    /// Read one payload from this file: the whole file is one event.
     #[arg(long, conflicts_with = "payload")]
     pub file: Option<PathBuf>,
     #[arg(long, default_value = "default")]
@@ -148,6 +215,10 @@ pub struct PushArgs {
     /// urgent, normal or bulk.
     #[arg(long, default_value = "normal")]
     pub priority: ferry_proto::Priority,
+    /// A key naming this write: pushing again with the same key writes
+    /// nothing and prints what the first push printed.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
 }
 
 #[derive(Args)]
@@ -160,8 +231,16 @@ pub struct LogArgs {
     pub after: u64,
     #[arg(long, default_value_t = 100)]
     pub limit: usize,
-    #[arg(long)]
+    /// Only this event, `ORIGIN:SEQ`.
+    #[arg(long, conflicts_with_all = ["origin", "after"])]
+    pub id: Option<String>,
+    /// One JSON object per event; JSON payloads appear verbatim.
+    #[arg(long, conflicts_with = "raw")]
     pub json: bool,
+    /// The payloads' exact bytes, one after another with nothing between
+    /// (use with `--id` or `--limit 1` for a single payload).
+    #[arg(long)]
+    pub raw: bool,
 }
 
 #[derive(Args)]
@@ -169,7 +248,8 @@ pub struct RunArgs {
     /// UDP address to listen on (default from config, 0.0.0.0:7700).
     #[arg(long, env = "FERRY_LISTEN")]
     pub listen: Option<String>,
-    /// Peers to keep in sync with, HOST:PORT; adds to config.
+    /// Peers to keep in sync with, HOST or HOST:PORT (port 7700 if not
+    /// given); adds to config.
     #[arg(long, env = "FERRY_PEERS", value_delimiter = ',')]
     pub peer: Vec<String>,
     #[arg(long, value_enum, env = "FERRY_POLICY")]
@@ -180,9 +260,13 @@ pub struct RunArgs {
     /// Cap in kbit/s on what this node sends to peers (default from config: none).
     #[arg(long, env = "FERRY_BANDWIDTH_KBPS")]
     pub bandwidth_kbps: Option<u64>,
-    /// Loopback TCP address of the local HTTP API (default 127.0.0.1:7701).
+    /// TCP address of the local HTTP API (default 127.0.0.1:7701). Any
+    /// address but loopback needs the token in DATA_DIR/api.token.
     #[arg(long, env = "FERRY_API_LISTEN")]
     pub api_listen: Option<String>,
+    /// Largest request body the API takes, in bytes (default 4 MiB).
+    #[arg(long, env = "FERRY_API_MAX_BODY_BYTES")]
+    pub api_max_body_bytes: Option<usize>,
     /// Neither advertise nor look for peers on the LAN (mDNS).
     #[arg(long, env = "FERRY_NO_MDNS")]
     pub no_mdns: bool,
@@ -191,14 +275,22 @@ pub struct RunArgs {
     pub mdns_interfaces: Vec<String>,
 }
 
+/// Whether log lines on stderr may carry colour: only on a terminal, and
+/// never when `NO_COLOR` is set to anything (https://no-color.org).
+pub fn colour_allowed() -> bool {
+    std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::io::stderr().is_terminal()
+}
+
 /// Logs to stderr, warnings only unless `--log` / `FERRY_LOG` says more.
 pub fn init_logging(cli: &Cli) {
     let filter = cli.log.clone().unwrap_or_else(|| "warn".into());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&filter)
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match cli.log_format {
+        LogFormat::Text => builder.with_ansi(colour_allowed()).try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+    };
 }

@@ -1,12 +1,12 @@
 //! What each CLI command does.
 
+use crate::api::{Body, Client, EventJson};
 use crate::cli::{CaCommand, CertCommand, Cli, Command, LogArgs, PushArgs, RunArgs, WalCommand};
 use crate::datadir::DataDir;
 use crate::node::{open_ctx_with, Node, Overrides};
 use crate::pki;
 use crate::transport::TransportProfile;
 use anyhow::{bail, Context, Result};
-use ferry_proto::Event;
 use ferry_wal::{NewEvent, Wal, WalError};
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -24,7 +24,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Init { ref name, no_encrypt } => {
             let dir = data_dir()?;
             let id = dir.init(name, !no_encrypt)?;
-            println!("{id}");
+            writeln!(std::io::stdout(), "{id}")?;
             eprintln!("initialised {} as '{name}'. Next: enrol it (`ferry ca enroll --ca-dir CA --data-dir {} --role clinic`, or `ferry csr` to send a request to the CA)", dir.root.display(), dir.root.display());
             Ok(())
         }
@@ -61,23 +61,27 @@ pub fn dispatch(cli: Cli) -> Result<()> {
                 let (ctx, tls) = open_ctx_with(&dir, Overrides { policy, bandwidth_kbps }).map_err(locked_hint)?;
                 show_progress(&ctx);
                 let node = Node::start(ctx, &tls, "0.0.0.0:0".parse()?, &TransportProfile::wan())?;
-                let addr = tokio::net::lookup_host(peer)
-                    .await?
+                let with_port = crate::datadir::with_default_port(peer);
+                let addr = tokio::net::lookup_host(&with_port)
+                    .await
+                    .with_context(|| format!("could not resolve {with_port}"))?
                     .next()
                     .with_context(|| format!("{peer} resolved to no address"))?;
                 let result = node.sync_once(addr).await;
                 // Report as soon as the session is done; the clean close
                 // below may take a few round trips on a slow link.
                 if let Ok(report) = &result {
+                    let mut out = std::io::stdout();
                     if json {
-                        println!("{}", serde_json::to_string_pretty(report)?);
+                        writeln!(out, "{}", serde_json::to_string_pretty(report)?)?;
                     } else {
-                        println!(
+                        writeln!(
+                            out,
                             "synced with {} ({}, {}): received {} events, sent {}",
                             report.peer_name, report.peer_role, report.addr, report.events_received, report.events_sent
-                        );
+                        )?;
                     }
-                    std::io::stdout().flush()?;
+                    out.flush()?;
                 }
                 node.shutdown().await;
                 result?;
@@ -86,7 +90,30 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::Run(ref args) => run(&data_dir()?, args),
         Command::Wal(WalCommand::Rekey) => rekey(&data_dir()?),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "ferry", &mut script);
+            let mut out = std::io::stdout().lock();
+            out.write_all(&script)?;
+            Ok(out.flush()?)
+        }
+        Command::Man { ref dir } => man(dir.as_deref()),
     }
+}
+
+/// The manual: `ferry.1` on stdout, or every command's page into `dir`.
+fn man(dir: Option<&std::path::Path>) -> Result<()> {
+    let cmd = <Cli as clap::CommandFactory>::command();
+    let Some(dir) = dir else {
+        let mut out = std::io::stdout().lock();
+        clap_mangen::Man::new(cmd).render(&mut out)?;
+        return Ok(out.flush()?);
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("could not create {}", dir.display()))?;
+    clap_mangen::generate_to(cmd, dir)
+        .with_context(|| format!("could not write manual pages into {}", dir.display()))?;
+    Ok(())
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -121,8 +148,9 @@ fn write_out(out: Option<&PathBuf>, text: &str) -> Result<()> {
     match out {
         Some(p) => std::fs::write(p, text).with_context(|| format!("could not write {}", p.display())),
         None => {
-            print!("{text}");
-            Ok(())
+            let mut out = std::io::stdout().lock();
+            out.write_all(text.as_bytes())?;
+            Ok(out.flush()?)
         }
     }
 }
@@ -131,7 +159,7 @@ fn ca(c: &CaCommand, data_dir: Option<PathBuf>) -> Result<()> {
     match c {
         CaCommand::Init { ca_dir, name } => {
             let info = pki::ca_init(ca_dir, name)?;
-            println!("{}", info.node_id);
+            writeln!(std::io::stdout(), "{}", info.node_id)?;
             eprintln!(
                 "created deployment CA '{name}' in {}; keep ca.key offline. CA fingerprint above.",
                 ca_dir.display()
@@ -151,7 +179,7 @@ fn ca(c: &CaCommand, data_dir: Option<PathBuf>) -> Result<()> {
         CaCommand::Enroll { ca_dir, role } => {
             let dir = DataDir::new(data_dir.context("pass --data-dir of the node to enrol")?);
             let info = dir.enroll_locally(ca_dir, *role)?;
-            println!("{}", info.node_id);
+            writeln!(std::io::stdout(), "{}", info.node_id)?;
             eprintln!("enrolled '{}' as {role}", info.name);
             Ok(())
         }
@@ -162,25 +190,48 @@ fn is_locked(e: &anyhow::Error) -> bool {
     matches!(e.downcast_ref::<WalError>(), Some(WalError::Locked { .. }))
 }
 
+/// The API of the daemon running on `dir`, if one answers as this node:
+/// an `api.addr` left behind by a killed daemon may name a port another
+/// process has since taken.
+fn running_daemon(dir: &DataDir) -> Option<Client> {
+    let client = Client::find(dir)?;
+    let ours = dir.identity().ok()?.node_id.to_string();
+    (client.node_id().as_deref() == Some(ours.as_str())).then_some(client)
+}
+
 /// Where `push` appends: the WAL itself, or the daemon that holds it.
 enum Sink {
     Wal(Wal),
-    Daemon(crate::api::Client),
+    Daemon(Client),
 }
 
 impl Sink {
     fn open(dir: &DataDir) -> Result<Sink> {
+        // Ask a running daemon first: opening the WAL takes the writer's
+        // lock, if only for a moment, and a daemon starting in that moment
+        // would find it taken.
+        if let Some(c) = running_daemon(dir) {
+            return Ok(Sink::Daemon(c));
+        }
         match dir.open_wal(false) {
             Ok(wal) => Ok(Sink::Wal(wal)),
-            Err(e) if is_locked(&e) => crate::api::Client::find(dir).map(Sink::Daemon).context(
-                "a `ferry run` daemon holds this data directory but left no local API address (api.addr); restart it",
-            ),
+            Err(e) if is_locked(&e) => {
+                // A daemon holds the WAL but its API is not up yet: it is starting.
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+                while std::time::Instant::now() < deadline {
+                    if let Some(c) = running_daemon(dir) {
+                        return Ok(Sink::Daemon(c));
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                Err(e).context("a `ferry run` daemon holds this data directory, but its local API does not answer (see api.addr); is it still starting, or stuck?")
+            }
             Err(e) => Err(e),
         }
     }
 
-    /// Appends payloads durably; returns `origin:seq` of each.
-    fn append(&self, args: &PushArgs, payloads: Vec<Vec<u8>>) -> Result<Vec<String>> {
+    /// Appends payloads durably, one event each; returns `origin:seq` of each.
+    fn append(&self, args: &PushArgs, payloads: Vec<Vec<u8>>, json_lines: bool) -> Result<Vec<String>> {
         match self {
             Sink::Wal(wal) => {
                 let items = payloads
@@ -191,13 +242,24 @@ impl Sink {
                         payload,
                     })
                     .collect();
-                Ok(wal
-                    .append_local_blocking(items)?
-                    .iter()
-                    .map(|e| format!("{}:{}", e.origin, e.seq))
-                    .collect())
+                let ids: Vec<(ferry_proto::Origin, u64)> = match &args.idempotency_key {
+                    Some(key) => wal.append_local_once_blocking(key, items)?.events,
+                    None => wal
+                        .append_local_blocking(items)?
+                        .iter()
+                        .map(|e| (e.origin, e.seq))
+                        .collect(),
+                };
+                Ok(ids.iter().map(|(o, s)| format!("{o}:{s}")).collect())
             }
-            Sink::Daemon(client) => client.append(&args.topic, args.priority, &payloads),
+            Sink::Daemon(client) => {
+                let body = match (json_lines, payloads.as_slice()) {
+                    (false, [one]) => Body::One(one),
+                    (true, lines) => Body::JsonLines(lines),
+                    (false, _) => bail!("several payloads are sent as JSON lines"),
+                };
+                client.append_body(&args.topic, args.priority, body, args.idempotency_key.as_deref())
+            }
         }
     }
 }
@@ -205,20 +267,23 @@ impl Sink {
 fn push(dir: &DataDir, args: &PushArgs) -> Result<()> {
     let sink = Sink::open(dir)?;
     let mut out = std::io::stdout().lock();
-    let mut append = |payloads: Vec<Vec<u8>>| -> Result<()> {
-        for id in sink.append(args, payloads)? {
+    let mut append = |payloads: Vec<Vec<u8>>, json_lines: bool| -> Result<()> {
+        for id in sink.append(args, payloads, json_lines)? {
             writeln!(out, "{id}")?;
         }
         out.flush()?;
         Ok(())
     };
     if let Some(p) = &args.payload {
-        return append(vec![p.clone().into_bytes()]);
+        return append(vec![p.clone().into_bytes()], false);
     }
     if let Some(f) = &args.file {
-        return append(vec![
-            std::fs::read(f).with_context(|| format!("could not read {}", f.display()))?
-        ]);
+        // The whole file is one event, whatever bytes it holds.
+        let bytes = std::fs::read(f).with_context(|| format!("could not read {}", f.display()))?;
+        return append(vec![bytes], false);
+    }
+    if args.idempotency_key.is_some() {
+        bail!("--idempotency-key names one write: give the payload as an argument or with --file, not as lines on standard input");
     }
     // Lines on stdin: whatever has arrived while the last batch was being
     // made durable goes into the next batch (group commit from one process).
@@ -230,6 +295,7 @@ fn push(dir: &DataDir, args: &PushArgs) -> Result<()> {
             }
         }
     });
+    let mut line_no = 0usize;
     while let Ok(first) = rx.recv() {
         let mut lines = vec![first?];
         while lines.len() < 1024 {
@@ -238,80 +304,72 @@ fn push(dir: &DataDir, args: &PushArgs) -> Result<()> {
                 Err(_) => break,
             }
         }
-        let batch: Vec<Vec<u8>> = lines
-            .into_iter()
-            .filter(|l| !l.trim().is_empty())
-            .map(String::into_bytes)
-            .collect();
+        let mut batch = Vec::with_capacity(lines.len());
+        for line in lines {
+            line_no += 1;
+            if line.trim().is_empty() {
+                continue;
+            }
+            if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&line) {
+                bail!("line {line_no} of standard input is not JSON ({e}); each line is one JSON event. Push other payloads one at a time, as an argument or with --file");
+            }
+            batch.push(line.into_bytes());
+        }
         if !batch.is_empty() {
-            append(batch)?;
+            append(batch, true)?;
         }
     }
     Ok(())
 }
 
-/// The WAL for reading: our own, or, if a daemon holds it, a read-only view.
-pub fn open_for_reading(dir: &DataDir) -> Result<Wal> {
-    match dir.open_wal(false) {
-        Err(e) if is_locked(&e) => dir.open_wal(true),
-        other => other,
-    }
+/// Parses `ORIGIN:SEQ`.
+fn parse_event_id(id: &str) -> Result<(ferry_proto::Origin, u64)> {
+    let (origin, seq) = id
+        .rsplit_once(':')
+        .with_context(|| format!("'{id}' is not an event id; it is ORIGIN:SEQ as `ferry push` prints"))?;
+    let origin = origin
+        .parse()
+        .map_err(|e| anyhow::anyhow!("'{origin}' is not an origin: {e}"))?;
+    let seq = seq
+        .parse()
+        .with_context(|| format!("'{seq}' is not a sequence number"))?;
+    Ok((origin, seq))
 }
 
 fn log(dir: &DataDir, args: &LogArgs) -> Result<()> {
-    let wal = open_for_reading(dir)?;
-    let summary = wal.summary();
-    let mut out = std::io::stdout().lock();
-    let mut left = args.limit;
-    for (origin, have) in &summary.0 {
-        if args.origin.is_some_and(|o| o != *origin) {
-            continue;
+    let wal = dir.open_wal_for_reading()?;
+    let events = match &args.id {
+        Some(id) => {
+            let (origin, seq) = parse_event_id(id)?;
+            let found = wal.read_range(&origin, seq, seq, 1)?;
+            if found.is_empty() {
+                bail!("this node holds no event {id}");
+            }
+            found
         }
-        for &(a, b) in have.ranges() {
-            if b <= args.after || left == 0 {
-                continue;
-            }
-            for e in wal.read_range(origin, a.max(args.after + 1), b, left)? {
-                left -= 1;
-                if args.json {
-                    writeln!(out, "{}", serde_json::to_string(&event_json(&e))?)?;
-                } else {
-                    let time = e.hlc.wall_ms() / 1000;
-                    writeln!(
-                        out,
-                        "{}:{}\t{}\t{}\t{}\t{}",
-                        e.origin,
-                        e.seq,
-                        time,
-                        e.topic,
-                        e.priority,
-                        String::from_utf8_lossy(&e.payload)
-                    )?;
-                }
-            }
+        None => crate::api::list_events(&wal, args.origin, args.after, args.limit, None)?,
+    };
+    let mut out = std::io::stdout().lock();
+    for e in &events {
+        if args.raw {
+            out.write_all(&e.payload)?;
+        } else if args.json {
+            serde_json::to_writer(&mut out, &EventJson::of(e))?;
+            out.write_all(b"\n")?;
+        } else {
+            writeln!(
+                out,
+                "{}:{}\t{}\t{}\t{}\t{}",
+                e.origin,
+                e.seq,
+                e.hlc.wall_ms() / 1000,
+                e.topic,
+                e.priority,
+                String::from_utf8_lossy(&e.payload)
+            )?;
         }
     }
-    Ok(())
-}
-
-pub fn event_json(e: &Event) -> serde_json::Value {
-    let payload = match std::str::from_utf8(&e.payload) {
-        Ok(s) => {
-            serde_json::from_str::<serde_json::Value>(s).unwrap_or_else(|_| serde_json::Value::String(s.to_string()))
-        }
-        Err(_) => {
-            serde_json::json!({ "hex": e.payload.iter().map(|b| format!("{b:02x}")).collect::<String>() })
-        }
-    };
-    serde_json::json!({
-        "origin": e.origin.to_string(),
-        "seq": e.seq,
-        "hlc": e.hlc.0,
-        "time_ms": e.hlc.wall_ms(),
-        "topic": e.topic,
-        "priority": e.priority.to_string(),
-        "payload": payload,
-    })
+    Ok(out.flush()?)
 }
 
 fn run(dir: &DataDir, args: &RunArgs) -> Result<()> {
@@ -319,8 +377,11 @@ fn run(dir: &DataDir, args: &RunArgs) -> Result<()> {
     let listen = args.listen.clone().unwrap_or(cfg.listen.clone());
     let mut peers = cfg.peers.clone();
     peers.extend(args.peer.iter().cloned());
+    // Without a port, a peer is reached on ferry's default one.
+    let peers: Vec<String> = peers.iter().map(|p| crate::datadir::with_default_port(p)).collect();
     let interval = std::time::Duration::from_secs(args.interval.unwrap_or(cfg.sync_interval_secs).max(1));
     runtime()?.block_on(async {
+        let stop = shutdown_signal()?;
         let overrides = Overrides {
             policy: args.policy,
             bandwidth_kbps: args.bandwidth_kbps,
@@ -339,7 +400,14 @@ fn run(dir: &DataDir, args: &RunArgs) -> Result<()> {
         let api_addr = api_listen
             .parse()
             .with_context(|| format!("--api-listen {api_listen} is not an IP:PORT"))?;
-        let api = crate::api::start(node.ctx.clone(), api_addr).await?;
+        let api_opts = crate::api::ApiOptions {
+            listen: api_addr,
+            max_body_bytes: args
+                .api_max_body_bytes
+                .or(cfg.api_max_body_bytes)
+                .unwrap_or(crate::api::DEFAULT_MAX_BODY),
+        };
+        let api = crate::api::start(&node.ctx, api_opts).await?;
         eprintln!(
             "ferry node {} '{}' listening on {} (udp), local API http://{api}, peers: {}",
             node.ctx.node_id,
@@ -351,6 +419,12 @@ fn run(dir: &DataDir, args: &RunArgs) -> Result<()> {
                 peers.join(", ")
             }
         );
+        if !api.ip().is_loopback() {
+            eprintln!(
+                "the local API listens beyond loopback: requests need the token in {}",
+                dir.path(crate::api::TOKEN_FILE).display()
+            );
+        }
         let mdns = (cfg.mdns && !args.no_mdns).then(|| {
             if args.mdns_interfaces.is_empty() {
                 cfg.mdns_interfaces.clone()
@@ -359,23 +433,22 @@ fn run(dir: &DataDir, args: &RunArgs) -> Result<()> {
             }
         });
         let opts = crate::daemon::DaemonOptions { peers, interval, mdns };
-        crate::daemon::run(node.clone(), opts, shutdown_signal()).await
+        crate::daemon::run(node.clone(), opts, stop).await
     })
 }
 
-async fn shutdown_signal() {
+/// SIGTERM or SIGINT. Registered at once, not when first awaited: a signal
+/// that comes while the node is still starting must stop it cleanly too.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
+    let mut term = signal(SignalKind::terminate()).context("could not watch for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("could not watch for SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
+    })
 }
 
 fn rekey(dir: &DataDir) -> Result<()> {

@@ -56,9 +56,18 @@ pub struct Config {
     /// Cap in kbit/s on what this node sends to peers (unset: no cap).
     #[serde(default)]
     pub bandwidth_kbps: Option<u64>,
-    /// Loopback address of the local HTTP API (unset: 127.0.0.1:7701).
+    /// Address of the local HTTP API (unset: 127.0.0.1:7701). Beyond
+    /// loopback, requests need the token in `api.token`.
     #[serde(default)]
     pub api_listen: Option<String>,
+    /// Largest request body the API takes, in bytes (unset: 4 MiB). One
+    /// event's payload is at most 1 MiB whatever this says.
+    #[serde(default)]
+    pub api_max_body_bytes: Option<usize>,
+    /// How long a write's idempotency key is remembered (unset: 24 hours):
+    /// a retry with the same key within it writes nothing.
+    #[serde(default)]
+    pub idempotency_window_secs: Option<u64>,
     /// Find and advertise peers on the LAN by mDNS.
     #[serde(default = "default_true")]
     pub mdns: bool,
@@ -109,14 +118,14 @@ impl DataDir {
         if self.path("config.toml").exists() {
             bail!("{} is already initialised (config.toml exists)", self.root.display());
         }
-        std::fs::create_dir_all(&self.root).with_context(|| format!("could not create {}", self.root.display()))?;
+        make_private_dir(&self.root)?;
         let key = KeyPair::generate()?;
         pki::write_secret(&self.path("node.key"), &key.serialize_pem())?;
         if encrypt_wal {
             WalKey::generate().save_new(&self.path("wal.key"))?;
         }
         self.set_log_epoch(rand::random())?;
-        std::fs::write(self.path("node.csr"), pki::make_csr(&key, name)?)?;
+        atomic_write(&self.path("node.csr"), pki::make_csr(&key, name)?.as_bytes())?;
         let cfg = Config {
             name: name.to_string(),
             listen: default_listen(),
@@ -127,6 +136,8 @@ impl DataDir {
             sync_interval_secs: default_interval(),
             bandwidth_kbps: None,
             api_listen: None,
+            api_max_body_bytes: None,
+            idempotency_window_secs: None,
             mdns: true,
             mdns_interfaces: Vec::new(),
         };
@@ -260,7 +271,22 @@ impl DataDir {
         };
         let mut opts = WalOptions::new(self.wal_dir(), self.keyring(&cfg)?, origin);
         opts.read_only = read_only;
+        if let Some(secs) = cfg.idempotency_window_secs {
+            opts.idempotency_window = std::time::Duration::from_secs(secs);
+        }
         Ok(Wal::open(opts)?)
+    }
+
+    /// The WAL for reading only, also while a daemon writes it: never takes
+    /// the writer's lock, truncates or renews the log epoch, so it cannot
+    /// stand in the way of `ferry run` starting at the same moment.
+    pub fn open_wal_for_reading(&self) -> Result<Wal> {
+        // A node that never wrote has no WAL directory yet; reading it
+        // should show nothing rather than fail. Not in a directory that is
+        // not a node's (a mistyped --data-dir): config() says what to do.
+        self.config()?;
+        make_private_dir(&self.wal_dir())?;
+        self.open_wal(true)
     }
 
     pub fn peers(&self) -> BTreeMap<String, PeerRecord> {
@@ -313,12 +339,62 @@ pub struct PeerRecord {
     /// to it), not from what it claimed on the LAN.
     #[serde(default)]
     pub verified: bool,
+    /// Bytes on the wire (QUIC's UDP payloads) to and from the peer, over
+    /// every connection, kept current while connected.
+    #[serde(default)]
+    pub bytes_sent: u64,
+    #[serde(default)]
+    pub bytes_received: u64,
+    /// When the open connection was made (unset while not connected).
+    #[serde(default)]
+    pub connected_since_unix: Option<u64>,
 }
 
+/// Makes a directory (and its parents) that only this user may enter.
+pub fn make_private_dir(path: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .with_context(|| format!("could not create {}", path.display()))
+}
+
+/// `HOST`, `HOST:PORT`, `IPV6` or `[IPV6]:PORT`, with the default port
+/// filled in where none is given.
+pub fn with_default_port(peer: &str) -> String {
+    if peer.parse::<std::net::SocketAddr>().is_ok() {
+        return peer.to_string();
+    }
+    if peer.parse::<std::net::Ipv6Addr>().is_ok() {
+        return format!("[{peer}]:{DEFAULT_PORT}");
+    }
+    let has_port = peer
+        .rsplit_once(':')
+        .is_some_and(|(host, p)| !host.contains(':') && p.parse::<u16>().is_ok());
+    if has_port {
+        peer.to_string()
+    } else {
+        format!("{peer}:{DEFAULT_PORT}")
+    }
+}
+
+/// Replaces `path` with `bytes` in one rename; the file is readable by
+/// this user only (0600).
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).with_context(|| format!("could not write {}", tmp.display()))?;
-    std::fs::File::open(&tmp)?.sync_all()?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("could not write {}", tmp.display()))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("could not write {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("could not replace {}", path.display()))?;
     Ok(())
 }
@@ -335,4 +411,20 @@ pub fn unix_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod port_tests {
+    use super::with_default_port;
+
+    #[test]
+    fn a_peer_without_a_port_gets_ferrys() {
+        assert_eq!(with_default_port("hub.example.org"), "hub.example.org:7700");
+        assert_eq!(with_default_port("hub.example.org:9000"), "hub.example.org:9000");
+        assert_eq!(with_default_port("10.0.0.5"), "10.0.0.5:7700");
+        assert_eq!(with_default_port("10.0.0.5:7701"), "10.0.0.5:7701");
+        assert_eq!(with_default_port("::1"), "[::1]:7700");
+        assert_eq!(with_default_port("fe80::1:2"), "[fe80::1:2]:7700");
+        assert_eq!(with_default_port("[::1]:7800"), "[::1]:7800");
+    }
 }

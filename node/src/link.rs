@@ -42,8 +42,9 @@ pub struct Link {
     appends: Arc<Semaphore>,
     in_step: tokio::sync::watch::Sender<u64>,
     view: Mutex<Option<SessionView>>,
-    /// peers.json's event counts for this peer when the connection began.
-    pub(crate) base: Mutex<(u64, u64)>,
+    /// peers.json's counts for this peer when the connection began: events
+    /// received and sent, bytes received and sent.
+    pub(crate) base: Mutex<[u64; 4]>,
 }
 
 pub fn code(c: ferry_proto::ErrorCode) -> quinn::VarInt {
@@ -74,7 +75,7 @@ impl Link {
             appends: Arc::new(Semaphore::new(APPENDS_IN_FLIGHT)),
             in_step: tokio::sync::watch::Sender::new(0),
             view: Mutex::new(None),
-            base: Mutex::new((0, 0)),
+            base: Mutex::new([0; 4]),
         })
     }
 

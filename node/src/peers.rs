@@ -17,9 +17,10 @@ pub fn record_start(ctx: &NodeCtx, link: &Link) {
     let prior = dir
         .peers()
         .get(&link.peer.node_id.to_string())
-        .map(|p| (p.events_received, p.events_sent))
-        .unwrap_or((0, 0));
+        .map(|p| [p.events_received, p.events_sent, p.bytes_received, p.bytes_sent])
+        .unwrap_or_default();
     *link.base.lock().unwrap_or_else(|p| p.into_inner()) = prior;
+    let _ = dir.record_peer(link.peer.node_id, |p| p.connected_since_unix = Some(unix_now()));
     write(ctx, link, false, None, true);
 }
 
@@ -35,8 +36,9 @@ pub fn record_end(ctx: &NodeCtx, link: &Link, error: Option<String>) {
 
 fn write(ctx: &NodeCtx, link: &Link, synced: bool, error: Option<String>, connected: bool) {
     let Some(dir) = &ctx.data_dir else { return };
-    let (base_received, base_sent) = *link.base.lock().unwrap_or_else(|p| p.into_inner());
+    let [base_received, base_sent, base_rx, base_tx] = *link.base.lock().unwrap_or_else(|p| p.into_inner());
     let view = link.last_view();
+    let udp = link.conn.stats();
     let result = dir.record_peer(link.peer.node_id, |p| {
         p.name = link.peer.name.clone();
         p.role = link.peer.role;
@@ -46,6 +48,11 @@ fn write(ctx: &NodeCtx, link: &Link, synced: bool, error: Option<String>, connec
         }
         p.foreign = false;
         p.connected = connected;
+        if !connected {
+            p.connected_since_unix = None;
+        }
+        p.bytes_received = base_rx + udp.udp_rx.bytes;
+        p.bytes_sent = base_tx + udp.udp_tx.bytes;
         // Where the peer is now: a migrated connection has moved on.
         p.addr = link.conn.remote_address().to_string();
         if let Some(v) = &view {

@@ -112,7 +112,14 @@ pub fn make_csr(key: &KeyPair, name: &str) -> Result<String> {
 pub fn ca_sign(ca_dir: &Path, csr_pem: &str, role: Role, name: Option<&str>) -> Result<String> {
     let ca_key = KeyPair::from_pem(&read(&ca_dir.join("ca.key"))?).context("ca.key is not a valid private key")?;
     let ca_pem = read(&ca_dir.join("ca.crt"))?;
-    let ca_cert = CertificateParams::from_ca_cert_pem(&ca_pem)?.self_signed(&ca_key)?;
+    let mut ca_params = CertificateParams::from_ca_cert_pem(&ca_pem)?;
+    // Node certificates name their CA by its fingerprint (the authority key
+    // identifier), so a node of another deployment can be told which CA it
+    // came from.
+    let ca_der = parse_pem_certs(&ca_pem)?;
+    let ca_fp = cert_info(ca_der.first().context("ca.crt holds no certificate")?)?.node_id;
+    ca_params.key_identifier_method = rcgen::KeyIdMethod::PreSpecified(ca_fp.0.to_vec());
+    let ca_cert = ca_params.self_signed(&ca_key)?;
     let mut csr =
         CertificateSigningRequestParams::from_pem(csr_pem).context("not a valid certificate signing request")?;
     let requested = csr
@@ -140,6 +147,7 @@ pub fn ca_sign(ca_dir: &Path, csr_pem: &str, role: Role, name: Option<&str>) -> 
     params.subject_alt_names = vec![SanType::DnsName(SERVER_NAME.try_into()?)];
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    params.use_authority_key_identifier_extension = true;
     set_validity(&mut params);
     csr.params = params;
     let cert = csr.signed_by(&ca_cert, &ca_key)?;
@@ -164,4 +172,46 @@ pub fn deployment_fingerprint(ca_pem: &str) -> Result<String> {
     let ca = parse_pem_certs(ca_pem)?;
     let first = ca.first().context("ca.crt holds no certificate")?;
     Ok(ferry_proto::NodeId::from_spki(first.as_ref()).to_string())
+}
+
+/// A CA as people know it: its name and the fingerprint `ferry ca init`
+/// printed, e.g. `'ferry CA bhutan-east' (fingerprint jfj7-c0ev-...)`.
+pub fn describe_ca(ca_der: &[u8]) -> String {
+    match x509_parser::parse_x509_certificate(ca_der) {
+        Ok((_, cert)) => format!(
+            "'{}' (fingerprint {})",
+            common_name(cert.subject()),
+            NodeId::from_spki(cert.public_key().raw)
+        ),
+        Err(_) => "an unreadable CA certificate".into(),
+    }
+}
+
+/// The CA that issued a node certificate, as far as the certificate says:
+/// the issuer's name, and its fingerprint where the certificate carries it
+/// (those signed by this version of ferry do).
+pub fn describe_issuer(leaf_der: &[u8]) -> String {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(leaf_der) else {
+        return "an unreadable certificate".into();
+    };
+    let fingerprint = cert.iter_extensions().find_map(|ext| match ext.parsed_extension() {
+        x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(aki) => aki
+            .key_identifier
+            .as_ref()
+            .and_then(|k| <[u8; 16]>::try_from(k.0).ok())
+            .map(NodeId),
+        _ => None,
+    });
+    match fingerprint {
+        Some(fp) => format!("'{}' (fingerprint {fp})", common_name(cert.issuer())),
+        None => format!("'{}' (fingerprint not in its certificate)", common_name(cert.issuer())),
+    }
+}
+
+fn common_name(name: &x509_parser::x509::X509Name) -> String {
+    name.iter_common_name()
+        .next()
+        .and_then(|a| a.as_str().ok())
+        .unwrap_or("unnamed")
+        .to_string()
 }

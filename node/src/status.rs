@@ -1,12 +1,39 @@
-//! `ferry status`.
+//! `ferry status` and `ferry peers`. Both read; neither ever takes the WAL
+//! writer's lock, so they never stand in the way of a daemon starting.
 
-use crate::commands::open_for_reading;
-use crate::datadir::DataDir;
+use crate::datadir::{DataDir, PeerRecord};
 use anyhow::Result;
 use serde_json::json;
+use std::io::Write;
 
 pub fn status_json(dir: &DataDir) -> Result<serde_json::Value> {
-    status_of(dir, &open_for_reading(dir)?)
+    status_of(dir, &dir.open_wal_for_reading()?)
+}
+
+/// What a peer's record says, with the state `ferry peers` shows.
+pub fn state(p: &PeerRecord) -> &'static str {
+    if p.foreign {
+        "foreign"
+    } else if p.connected {
+        "connected"
+    } else if p.last_error.is_some() {
+        "failed"
+    } else {
+        "idle"
+    }
+}
+
+/// One peer as `status --json`, the API and the dashboard show it.
+pub fn peer_json(node_id: &str, p: &PeerRecord) -> serde_json::Value {
+    json!({
+        "node_id": node_id, "name": p.name, "role": p.role, "addr": p.addr,
+        "found_by": p.found_by, "state": state(p), "connected": p.connected,
+        "verified": p.verified, "connected_since_unix": p.connected_since_unix,
+        "last_sync_unix": p.last_sync_unix, "last_error": p.last_error,
+        "events_received": p.events_received, "events_sent": p.events_sent,
+        "bytes_received": p.bytes_received, "bytes_sent": p.bytes_sent,
+        "we_lack": p.we_lack, "they_lack": p.they_lack,
+    })
 }
 
 /// Status from a WAL that is already open (the daemon's, for its API).
@@ -25,18 +52,9 @@ pub fn status_of(dir: &DataDir, wal: &ferry_wal::Wal) -> Result<serde_json::Valu
             )
         })
         .collect();
-    let peers: Vec<serde_json::Value> = dir
-        .peers()
-        .into_iter()
-        .map(|(node_id, p)| {
-            json!({
-                "node_id": node_id, "name": p.name, "role": p.role, "addr": p.addr,
-                "last_sync_unix": p.last_sync_unix, "last_error": p.last_error,
-                "events_received": p.events_received, "events_sent": p.events_sent,
-            })
-        })
-        .collect();
+    let peers: Vec<serde_json::Value> = dir.peers().iter().map(|(id, p)| peer_json(id, p)).collect();
     Ok(json!({
+        "version": crate::cli::VERSION,
         "node_id": id.node_id.to_string(),
         "name": cfg.name,
         "role": id.cert.as_ref().and_then(|c| c.role),
@@ -54,31 +72,40 @@ pub fn status_of(dir: &DataDir, wal: &ferry_wal::Wal) -> Result<serde_json::Valu
 
 pub fn print(dir: &DataDir, as_json: bool) -> Result<()> {
     let s = status_json(dir)?;
+    let mut out = std::io::stdout().lock();
     if as_json {
-        println!("{}", serde_json::to_string_pretty(&s)?);
+        writeln!(out, "{}", serde_json::to_string_pretty(&s)?)?;
         return Ok(());
     }
     let str_of = |v: &serde_json::Value| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
-    println!(
+    writeln!(
+        out,
         "node      {} '{}' ({})",
         str_of(&s["node_id"]),
         str_of(&s["name"]),
         str_of(&s["role"])
-    );
-    println!("events    {} in {} bytes of WAL", s["events"], s["wal_bytes"]);
+    )?;
+    if s["enrolled"] == false {
+        writeln!(
+            out,
+            "          not enrolled: run `ferry ca enroll --ca-dir CA --data-dir DIR --role clinic` where the CA is, or send `ferry csr` to it"
+        )?;
+    }
+    writeln!(out, "events    {} in {} bytes of WAL", s["events"], s["wal_bytes"])?;
     if let Some(have) = s["have"].as_object() {
         for (origin, ranges) in have {
-            println!("  {origin}  {ranges}");
+            writeln!(out, "  {origin}  {ranges}")?;
         }
     }
     let peers = s["peers"].as_array().cloned().unwrap_or_default();
-    println!("peers     {}", peers.len());
+    writeln!(out, "peers     {}", peers.len())?;
     for p in peers {
         let last = p["last_sync_unix"]
             .as_u64()
             .map(|t| format!("{}s ago", crate::datadir::unix_now().saturating_sub(t)))
             .unwrap_or_else(|| "never".into());
-        println!(
+        writeln!(
+            out,
             "  {} '{}' {} at {}: last sync {last}, received {}, sent {}{}",
             str_of(&p["node_id"]),
             str_of(&p["name"]),
@@ -90,7 +117,7 @@ pub fn print(dir: &DataDir, as_json: bool) -> Result<()> {
                 .as_str()
                 .map(|e| format!(", last error: {e}"))
                 .unwrap_or_default()
-        );
+        )?;
     }
     Ok(())
 }
@@ -98,30 +125,27 @@ pub fn print(dir: &DataDir, as_json: bool) -> Result<()> {
 /// `ferry peers`: what peers.json says, one line per peer.
 pub fn print_peers(dir: &DataDir, as_json: bool) -> Result<()> {
     let peers = dir.peers();
+    let mut out = std::io::stdout().lock();
     if as_json {
-        println!("{}", serde_json::to_string_pretty(&peers)?);
+        writeln!(out, "{}", serde_json::to_string_pretty(&peers)?)?;
         return Ok(());
     }
     if peers.is_empty() {
-        println!("no peers known yet: add `peers` to config.toml, or run `ferry run` on a LAN with other nodes");
+        writeln!(
+            out,
+            "no peers known yet: add `peers` to config.toml, or run `ferry run` on a LAN with other nodes"
+        )?;
         return Ok(());
     }
-    println!(
+    writeln!(
+        out,
         "{:<12} {:<10} {:<7} {:<22} {:<9} {:<14} {:>11} {:>12}",
         "NODE", "NAME", "ROLE", "ADDRESS", "FOUND BY", "STATE", "LAST SYNC", "LACKS (W/T)"
-    );
+    )?;
     let now = crate::datadir::unix_now();
     for (id, p) in peers {
         let short = id.get(..9).unwrap_or(&id);
-        let state = if p.foreign {
-            "foreign".to_string()
-        } else if p.connected {
-            "connected".into()
-        } else if p.last_error.is_some() {
-            "failed".into()
-        } else {
-            "idle".into()
-        };
+        let state = state(&p);
         let last = p
             .last_sync_unix
             .map(|t| format!("{}s ago", now.saturating_sub(t)))
@@ -131,12 +155,13 @@ pub fn print_peers(dir: &DataDir, as_json: bool) -> Result<()> {
             _ => "-".into(),
         };
         let role = p.role.map(|r| r.to_string()).unwrap_or_else(|| "?".into());
-        println!(
+        writeln!(
+            out,
             "{short:<12} {:<10} {role:<7} {:<22} {:<9} {state:<14} {last:>11} {lacks:>12}",
             p.name, p.addr, p.found_by
-        );
+        )?;
         if let Some(e) = &p.last_error {
-            println!("{:12} last error: {e}", "");
+            writeln!(out, "{:12} last error: {e}", "")?;
         }
     }
     Ok(())

@@ -25,6 +25,8 @@ pub struct TlsIdentity {
     chain: Vec<CertificateDer<'static>>,
     key_der: Vec<u8>,
     roots: Arc<RootCertStore>,
+    /// This deployment's CA, named for messages about foreign peers.
+    ca: Arc<str>,
 }
 
 impl TlsIdentity {
@@ -34,13 +36,16 @@ impl TlsIdentity {
         };
         let chain = pki::parse_pem_certs(cert_pem)?;
         let mut roots = RootCertStore::empty();
-        for ca in pki::parse_pem_certs(ca_pem)? {
+        let cas = pki::parse_pem_certs(ca_pem)?;
+        let ca = pki::describe_ca(&cas[0]);
+        for ca in cas {
             roots.add(ca).context("ca.crt is not a usable CA certificate")?;
         }
         Ok(TlsIdentity {
             chain,
             key_der: id.key.serialize_der(),
             roots: Arc::new(roots),
+            ca: ca.into(),
         })
     }
 
@@ -59,9 +64,12 @@ impl TlsIdentity {
     }
 
     pub fn server_config(&self) -> Result<rustls::ServerConfig> {
-        let verifier = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider())
-            .build()
-            .context("cannot build the client certificate verifier")?;
+        let verifier = Arc::new(Explained {
+            inner: WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider())
+                .build()
+                .context("cannot build the client certificate verifier")?,
+            ours: self.ca.clone(),
+        });
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(verifier)
@@ -76,9 +84,16 @@ impl TlsIdentity {
     }
 
     pub fn client_config(&self) -> Result<rustls::ClientConfig> {
+        let verifier = Arc::new(Explained {
+            inner: rustls::client::WebPkiServerVerifier::builder_with_provider(self.roots.clone(), provider())
+                .build()
+                .context("cannot build the server certificate verifier")?,
+            ours: self.ca.clone(),
+        });
         let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_root_certificates(self.roots.clone())
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
             .with_client_auth_cert(self.chain.clone(), self.key())?;
         cfg.alpn_protocols = vec![ferry_proto::ALPN.to_vec()];
         cfg.enable_early_data = true;
@@ -129,4 +144,133 @@ pub fn verify_chain(cert: &CertificateDer<'static>, ca: &CertificateDer<'static>
         .verify_client_cert(cert, &[], UnixTime::now())
         .map_err(|e| anyhow!("the certificate does not chain to the CA in the bundle: {e}"))?;
     Ok(())
+}
+
+/// WebPKI verification, unchanged, except that a certificate from another
+/// CA is reported as what it almost always is: a node of another
+/// deployment, with both CAs named, rather than rustls' bare `UnknownIssuer`.
+#[derive(Debug)]
+struct Explained<V: ?Sized> {
+    inner: Arc<V>,
+    ours: Arc<str>,
+}
+
+struct ForeignPeer(String);
+
+/// rustls prints the reason of a refused certificate with `{:?}`: the
+/// message should read as a sentence there too.
+impl std::fmt::Debug for ForeignPeer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::fmt::Display for ForeignPeer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ForeignPeer {}
+
+impl<V: ?Sized> Explained<V> {
+    fn explain(&self, e: rustls::Error, leaf: &CertificateDer<'_>) -> rustls::Error {
+        use rustls::{CertificateError, Error, OtherError};
+        match e {
+            Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
+                let message = format!(
+                    "the peer is a node of another deployment: its certificate was issued by CA {}, and this node's deployment CA is {}",
+                    pki::describe_issuer(leaf),
+                    self.ours
+                );
+                tracing::warn!("{message}");
+                Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(ForeignPeer(message)))))
+            }
+            e => e,
+        }
+    }
+}
+
+impl rustls::client::danger::ServerCertVerifier for Explained<rustls::client::WebPkiServerVerifier> {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        self.inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+            .map_err(|e| self.explain(e, end_entity))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+impl rustls::server::danger::ClientCertVerifier for Explained<dyn rustls::server::danger::ClientCertVerifier> {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        self.inner
+            .verify_client_cert(end_entity, intermediates, now)
+            .map_err(|e| self.explain(e, end_entity))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
