@@ -96,7 +96,10 @@ impl Driver {
     /// A connection to a verified peer is up: the core takes it over.
     pub fn connect(self: &Arc<Self>, link: &Arc<Link>, remembered: bool) {
         let id = link.id();
-        self.links.lock().unwrap_or_else(|p| p.into_inner()).insert(id, link.clone());
+        self.links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, link.clone());
         self.ctx.note_role(&link.peer);
         let info = PeerInfo {
             node: link.peer.node_id,
@@ -105,9 +108,7 @@ impl Driver {
             lan: link.lan,
             dialer: !link.inbound,
         };
-        let memory = remembered
-            .then(|| self.remembered(&link.peer.node_id))
-            .flatten();
+        let memory = remembered.then(|| self.remembered(&link.peer.node_id)).flatten();
         self.with_core(|core, now| core.connect(now, id, info, memory.as_ref()));
     }
 
@@ -142,7 +143,12 @@ impl Driver {
 
     /// Open connections.
     pub fn links(&self) -> Vec<Arc<Link>> {
-        self.links.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+        self.links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// What the core knows of a connection now.
@@ -172,7 +178,11 @@ impl Driver {
     }
 
     pub fn remembered(&self, peer: &NodeId) -> Option<(Summary, Classes)> {
-        self.remembered.lock().unwrap_or_else(|p| p.into_inner()).get(peer).cloned()
+        self.remembered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(peer)
+            .cloned()
     }
 
     fn act(self: &Arc<Self>, action: Action) {
@@ -335,4 +345,3 @@ async fn local_appends(driver: Arc<Driver>) {
         driver.with_core(|core, now| core.handle_local_appended(now, &events));
     }
 }
-

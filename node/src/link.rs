@@ -105,9 +105,7 @@ impl Link {
             tracing::info!(peer = %link.peer.node_id.short(), addr = %link.addr, "connection ended: {why}");
             driver.closed(&link);
             let error = match &why {
-                quinn::ConnectionError::ApplicationClosed(c)
-                    if c.error_code == code(ferry_proto::ErrorCode::Done) =>
-                {
+                quinn::ConnectionError::ApplicationClosed(c) if c.error_code == code(ferry_proto::ErrorCode::Done) => {
                     None
                 }
                 quinn::ConnectionError::LocallyClosed => None,
@@ -120,7 +118,10 @@ impl Link {
     /// Opens a stream the core asked for; what it sends queues meanwhile.
     pub fn open(self: &Arc<Self>, driver: &Arc<Driver>, stream: StreamId, kind: StreamKind, priority: i32) {
         let (tx, rx) = mpsc::unbounded_channel();
-        self.streams.lock().unwrap_or_else(|p| p.into_inner()).insert(stream, tx);
+        self.streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(stream, tx);
         let (driver, link) = (driver.clone(), self.clone());
         let session = self.id();
         driver.ctx.tasks.clone().spawn(async move {
@@ -270,10 +271,28 @@ async fn accept_bi(driver: Arc<Driver>, link: Arc<Link>) {
         let stream = StreamId::Remote(link.remote_next.fetch_add(1, Relaxed));
         let session = link.id();
         let (tx, rx) = mpsc::unbounded_channel();
-        link.streams.lock().unwrap_or_else(|p| p.into_inner()).insert(stream, tx);
+        link.streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(stream, tx);
         let tasks = &driver.ctx.tasks;
-        tasks.spawn(read(driver.clone(), link.clone(), session, recv, stream, StreamKind::Bidi));
-        tasks.spawn(write(driver.clone(), link.clone(), session, send, rx, stream, StreamKind::Bidi));
+        tasks.spawn(read(
+            driver.clone(),
+            link.clone(),
+            session,
+            recv,
+            stream,
+            StreamKind::Bidi,
+        ));
+        tasks.spawn(write(
+            driver.clone(),
+            link.clone(),
+            session,
+            send,
+            rx,
+            stream,
+            StreamKind::Bidi,
+        ));
     }
 }
 
@@ -281,9 +300,13 @@ async fn accept_uni(driver: Arc<Driver>, link: Arc<Link>) {
     while let Ok(recv) = link.conn.accept_uni().await {
         let stream = StreamId::Remote(link.remote_next.fetch_add(1, Relaxed));
         let session = link.id();
-        driver
-            .ctx
-            .tasks
-            .spawn(read(driver.clone(), link.clone(), session, recv, stream, StreamKind::Uni));
+        driver.ctx.tasks.spawn(read(
+            driver.clone(),
+            link.clone(),
+            session,
+            recv,
+            stream,
+            StreamKind::Uni,
+        ));
     }
 }

@@ -331,7 +331,14 @@ impl Node {
     }
 
     /// Hands a dialled connection to the driver.
-    fn adopt(&self, conn: quinn::Connection, peer: CertInfo, addr: SocketAddr, lan: bool, started: Instant) -> Arc<Link> {
+    fn adopt(
+        &self,
+        conn: quinn::Connection,
+        peer: CertInfo,
+        addr: SocketAddr,
+        lan: bool,
+        started: Instant,
+    ) -> Arc<Link> {
         let link = Link::new(conn, self.driver.new_conn_id(), peer.clone(), addr, started, false, lan);
         self.remember(addr, &peer);
         crate::peers::record_start(&self.ctx, &link);
@@ -400,12 +407,26 @@ impl Node {
     }
 }
 
-/// The stateless-reset key comes from the node's own key, so a node that
-/// restarts can still tell peers of connections it forgot that they are
-/// gone: they reconnect at once instead of waiting out the idle timeout.
+/// The stateless-reset key and the key that signs connection IDs come
+/// from the node's own key, so a node that restarts can still tell peers
+/// of connections it forgot that they are gone: they reconnect at once
+/// instead of waiting out the idle timeout. Both are needed: quinn answers
+/// a packet for an unknown connection with a reset only when its
+/// connection ID validates under the generator's key, which by default is
+/// new in every process.
 fn endpoint_config(tls: &TlsIdentity) -> quinn::EndpointConfig {
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &tls.reset_secret());
-    quinn::EndpointConfig::new(Arc::new(key))
+    let secret = tls.reset_secret();
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret);
+    let mut config = quinn::EndpointConfig::new(Arc::new(key));
+    let cid_key = ring::hmac::sign(
+        &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret),
+        b"ferry connection ids",
+    );
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&cid_key.as_ref()[..8]);
+    let cid_key = u64::from_le_bytes(first);
+    config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
+    config
 }
 
 pub fn report(link: &Link, zero_rtt: ZeroRtt) -> SyncReport {

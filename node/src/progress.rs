@@ -20,7 +20,10 @@ pub fn terminal() -> Option<MultiProgress> {
 /// Follows `link` until it closes, if this node shows progress.
 pub fn track(driver: &Arc<Driver>, link: &Arc<Link>) {
     if let Some(multi) = driver.ctx.progress.get() {
-        driver.ctx.tasks.spawn(follow(driver.clone(), multi.clone(), link.clone()));
+        driver
+            .ctx
+            .tasks
+            .spawn(follow(driver.clone(), multi.clone(), link.clone()));
     }
 }
 

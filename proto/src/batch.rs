@@ -202,8 +202,7 @@ impl StreamDecompressor {
                     shell
                         .validate()
                         .map_err(|err| malformed(format!("piece {}:{}: {err}", p.origin, p.seq)))?;
-                    if p.total as usize > crate::event::MAX_PAYLOAD_LEN || end > p.total as u64 || p.bytes.is_empty()
-                    {
+                    if p.total as usize > crate::event::MAX_PAYLOAD_LEN || end > p.total as u64 || p.bytes.is_empty() {
                         return Err(malformed(format!(
                             "piece {}:{} covers {}..{end} of {} bytes",
                             p.origin, p.seq, p.offset, p.total
@@ -262,7 +261,12 @@ impl Assembly {
                 buf.extend_from_slice(&p.bytes);
                 (p, buf)
             }
-            None => return Err(format!("piece of {}:{} at offset {} without its start", p.origin, p.seq, p.offset)),
+            None => {
+                return Err(format!(
+                    "piece of {}:{} at offset {} without its start",
+                    p.origin, p.seq, p.offset
+                ))
+            }
             Some((head, mut buf)) => {
                 if (p.origin, p.seq, p.total) != (head.origin, head.seq, head.total) || p.offset as usize != buf.len() {
                     return Err(format!(

@@ -351,8 +351,15 @@ mod tests {
 
     fn arb_frame() -> impl Strategy<Value = Frame> {
         prop_oneof![
-            (any::<[u8; 16]>(), 0u8..3, "[ -~]{0,20}", any::<u32>(), any::<bool>(), any::<bool>()).prop_map(
-                |(n, role, name, version, live, gives_own)| {
+            (
+                any::<[u8; 16]>(),
+                0u8..3,
+                "[ -~]{0,20}",
+                any::<u32>(),
+                any::<bool>(),
+                any::<bool>()
+            )
+                .prop_map(|(n, role, name, version, live, gives_own)| {
                     Frame::Hello(Hello {
                         node: NodeId(n),
                         role: [Role::Hub, Role::Clinic, Role::Mule][role as usize],
@@ -361,8 +368,7 @@ mod tests {
                         live,
                         gives_own,
                     })
-                }
-            ),
+                }),
             (
                 any::<u32>(),
                 any::<bool>(),
@@ -465,7 +471,10 @@ mod tests {
             nodes: vec![a],
         };
         assert!(only_a.covers(&a) && !only_a.covers(&b));
-        let all_but_a = Subscription { all: true, nodes: vec![a] };
+        let all_but_a = Subscription {
+            all: true,
+            nodes: vec![a],
+        };
         assert!(!all_but_a.covers(&a) && all_but_a.covers(&b));
     }
 }

@@ -77,7 +77,9 @@ impl Checker {
     /// After a crash: everything acknowledged must still be there.
     pub fn after_crash(&mut self, node: usize, holds: impl Fn(&Origin, u64) -> bool) -> Result<(), String> {
         if let Some((o, s)) = self.acked[node].iter().find(|(o, s)| !holds(o, *s)) {
-            return Err(format!("node {node} lost {o}:{s}, which it had acknowledged, in a crash"));
+            return Err(format!(
+                "node {node} lost {o}:{s}, which it had acknowledged, in a crash"
+            ));
         }
         Ok(())
     }
@@ -106,7 +108,11 @@ impl Checker {
         bytes: &[u8],
         have: impl Fn(&Origin) -> RangeSet,
     ) -> Result<(), String> {
-        for f in tap.control_out.push(bytes).map_err(|e| format!("node sent a bad frame: {e}"))? {
+        for f in tap
+            .control_out
+            .push(bytes)
+            .map_err(|e| format!("node sent a bad frame: {e}"))?
+        {
             if let Frame::Want(w) = f {
                 let held = have(&w.origin).intersection(&RangeSet::from_range(w.first, w.last));
                 if !held.is_empty() {
@@ -132,7 +138,10 @@ impl Checker {
         receiver: &Identity,
     ) -> Result<(), String> {
         let t = tap.data.entry(stream).or_default();
-        let frames = t.reader.push(bytes).map_err(|e| format!("bad frame on the wire: {e}"))?;
+        let frames = t
+            .reader
+            .push(bytes)
+            .map_err(|e| format!("bad frame on the wire: {e}"))?;
         let mut events = Vec::new();
         for f in frames {
             match f {
@@ -156,7 +165,10 @@ impl Checker {
             if !tap.received.insert((e.origin, e.seq)) {
                 return Err(format!("{}:{} arrived twice on one connection", e.origin, e.seq));
             }
-            if !sender.policy.allows(&receiver.id, receiver.role, &e.origin, sender_hubs) {
+            if !sender
+                .policy
+                .allows(&receiver.id, receiver.role, &e.origin, sender_hubs)
+            {
                 return Err(format!(
                     "{:?} policy of {} let {} have {}:{}",
                     sender.policy, sender.id, receiver.id, e.origin, e.seq

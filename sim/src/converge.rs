@@ -51,7 +51,9 @@ fn bound(w: &World) -> Time {
             let s = r.store().summary();
             s.0.iter()
                 .flat_map(|(o, set)| set.ranges().iter().map(move |(a, b)| (*o, *a, *b)))
-                .flat_map(|(o, a, b)| (a..=b).filter_map(move |seq| r.store().get(&o, seq).map(|e| e.payload.len() as u64 + 60)))
+                .flat_map(|(o, a, b)| {
+                    (a..=b).filter_map(move |seq| r.store().get(&o, seq).map(|e| e.payload.len() as u64 + 60))
+                })
                 .sum::<u64>()
         })
         .max()
@@ -64,7 +66,9 @@ fn bound(w: &World) -> Time {
         .min()
         .unwrap_or(1_000_000);
     let transfer = Time((bytes * 8 * 3 * 1_000_000) / slowest);
-    Time::from_secs(180).saturating_add(w.round_interval).saturating_add(transfer)
+    Time::from_secs(180)
+        .saturating_add(w.round_interval)
+        .saturating_add(transfer)
 }
 
 /// Who can talk to whom once healed.
@@ -81,10 +85,16 @@ fn edges(w: &World) -> Vec<(usize, usize)> {
 }
 
 fn held(w: &World, n: usize) -> BTreeSet<(Origin, u64)> {
-    let Some(r) = &w.nodes[n].replica else { return BTreeSet::new() };
+    let Some(r) = &w.nodes[n].replica else {
+        return BTreeSet::new();
+    };
     let s = r.store().summary();
     s.0.iter()
-        .flat_map(|(o, set)| set.ranges().iter().flat_map(move |(a, b)| (*a..=*b).map(move |seq| (*o, seq))))
+        .flat_map(|(o, set)| {
+            set.ranges()
+                .iter()
+                .flat_map(move |(a, b)| (*a..=*b).map(move |seq| (*o, seq)))
+        })
         .collect()
 }
 
@@ -115,7 +125,12 @@ pub fn check(w: &mut World) {
 
 /// No two nodes hold different events under one (origin, seq).
 fn same_content(w: &World) -> Result<(), String> {
-    let stores: Vec<_> = w.nodes.iter().filter_map(|n| n.replica.as_ref()).map(|r| r.store()).collect();
+    let stores: Vec<_> = w
+        .nodes
+        .iter()
+        .filter_map(|n| n.replica.as_ref())
+        .map(|r| r.store())
+        .collect();
     for (i, a) in stores.iter().enumerate() {
         for b in &stores[i + 1..] {
             for (o, set) in a.summary().0 {
@@ -153,7 +168,12 @@ pub fn describe_lag(w: &World) -> String {
     for n in &w.nodes {
         if let Some(r) = &n.replica {
             if r.claimed() > 0 || r.appends_pending() > 0 {
-                parts.push(format!("{} still claims {} and has {} appends pending", n.name, r.claimed(), r.appends_pending()));
+                parts.push(format!(
+                    "{} still claims {} and has {} appends pending",
+                    n.name,
+                    r.claimed(),
+                    r.appends_pending()
+                ));
             }
         } else {
             parts.push(format!("{} is down", n.name));

@@ -54,18 +54,26 @@ pub fn apply(w: &mut World, f: Fault) {
             }
         }
         Fault::Restore(n, down) if !healing => {
-            let Some(mut old) = w.nodes[n].snapshot.take() else { return };
+            let Some(mut old) = w.nodes[n].snapshot.take() else {
+                return;
+            };
             w.kill_node(n);
             w.nodes[n].disk = None;
             // A file-level copy has new inodes: the node sees it and starts a
             // new log epoch before writing (see docs/architecture.md).
             let local = old.local_origin();
             let epoch: u32 = w.rng.gen();
-            old.set_local_origin(Origin { node: local.node, epoch });
+            old.set_local_origin(Origin {
+                node: local.node,
+                epoch,
+            });
             let before = w.check_total_acked(n);
             w.check.after_restore(n, |o, s| old.holds(o, s), old.last_hlc());
             let lost = before - w.check_total_acked(n);
-            let line = format!("{}'s data directory is replaced by the old copy ({lost} acknowledged events gone here)", w.nodes[n].name);
+            let line = format!(
+                "{}'s data directory is replaced by the old copy ({lost} acknowledged events gone here)",
+                w.nodes[n].name
+            );
             w.trace.line(w.now, &line);
             w.nodes[n].disk = Some(old);
             w.fault_at(w.now.saturating_add(down), Fault::Restart(n));

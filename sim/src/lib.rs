@@ -46,7 +46,10 @@ pub fn run(seed: u64, scenario: Option<&str>, opts: Options) -> Outcome {
             None => {
                 return Outcome {
                     seed,
-                    failure: Some(format!("no scenario named {name}; known: {}", scenario::NAMES.join(", "))),
+                    failure: Some(format!(
+                        "no scenario named {name}; known: {}",
+                        scenario::NAMES.join(", ")
+                    )),
                     virtual_secs: 0.0,
                     trace_hash: 0,
                     trace: Vec::new(),

@@ -49,7 +49,10 @@ fn parse_range(s: &str) -> Result<(u64, u64), String> {
         .split_once("..")
         .ok_or_else(|| format!("--seeds takes FIRST..LAST, not {s}"))?;
     let a: u64 = a.parse().map_err(|_| format!("bad first seed in {s}"))?;
-    let b: u64 = b.trim_start_matches('=').parse().map_err(|_| format!("bad last seed in {s}"))?;
+    let b: u64 = b
+        .trim_start_matches('=')
+        .parse()
+        .map_err(|_| format!("bad last seed in {s}"))?;
     if b < a {
         return Err(format!("empty seed range {s}"));
     }

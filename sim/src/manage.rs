@@ -25,9 +25,10 @@ pub fn manage(w: &mut World, n: usize) {
     }
     let boot = w.nodes[n].boot;
     for (m, path) in targets {
-        let connected = w.conns.values().any(|c| {
-            (0..2).any(|e| c.nodes[e] == n && c.nodes[1 - e] == m && c.boots[e] == boot && !c.closed[e])
-        });
+        let connected = w
+            .conns
+            .values()
+            .any(|c| (0..2).any(|e| c.nodes[e] == n && c.nodes[1 - e] == m && c.boots[e] == boot && !c.closed[e]));
         if connected {
             continue;
         }

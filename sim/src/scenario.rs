@@ -75,7 +75,11 @@ fn schedule_faults(w: &mut World, active: Time, clinics: usize, mule: bool) {
         for _ in 0..w.rng.gen_range(0..4) {
             let t = at(w);
             let short = w.rng.gen_bool(0.6);
-            let dur = if short { secs(w, 1.0, 60.0) } else { secs(w, 60.0, 900.0) };
+            let dur = if short {
+                secs(w, 1.0, 60.0)
+            } else {
+                secs(w, 60.0, 900.0)
+            };
             w.fault_at(t, Fault::Cut(l, dur));
         }
     }
@@ -109,8 +113,16 @@ fn schedule_faults(w: &mut World, active: Time, clinics: usize, mule: bool) {
         let m = nodes - 1;
         let mut t = secs(w, 0.0, 300.0);
         while t < active {
-            let site = if w.rng.gen_bool(0.3) { 0 } else { 2 + w.rng.gen_range(0..clinics) };
-            let site = if site == 2 && w.nodes.get(1).and_then(|n| n.segment) == Some(1) { 1 } else { site };
+            let site = if w.rng.gen_bool(0.3) {
+                0
+            } else {
+                2 + w.rng.gen_range(0..clinics)
+            };
+            let site = if site == 2 && w.nodes.get(1).and_then(|n| n.segment) == Some(1) {
+                1
+            } else {
+                site
+            };
             w.fault_at(t, Fault::MuleTo(m, Some(site)));
             t = t.saturating_add(secs(w, 120.0, 900.0));
             w.fault_at(t, Fault::MuleTo(m, None));

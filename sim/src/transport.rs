@@ -110,7 +110,12 @@ impl End {
     /// streams of equal priority; and streams whose buffer drained enough
     /// for the core to send more.
     pub fn next_packet(&mut self) -> Option<(Payload, Option<StreamId>)> {
-        let best = self.send.values().filter(|s| !s.unsent.is_empty()).map(|s| s.priority).max()?;
+        let best = self
+            .send
+            .values()
+            .filter(|s| !s.unsent.is_empty())
+            .map(|s| s.priority)
+            .max()?;
         let ready: Vec<StreamId> = self
             .send
             .iter()

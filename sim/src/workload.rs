@@ -6,7 +6,9 @@ use ferry_proto::Priority;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-const GIVEN: &[&str] = &["Karma", "Pema", "Sonam", "Tshering", "Dorji", "Ugyen", "Kinley", "Jigme", "Deki"];
+const GIVEN: &[&str] = &[
+    "Karma", "Pema", "Sonam", "Tshering", "Dorji", "Ugyen", "Kinley", "Jigme", "Deki",
+];
 const FAMILY: &[&str] = &["Wangchuk", "Dorji", "Zangmo", "Lhamo", "Gyeltshen", "Tenzin", "Norbu"];
 const KINDS: &[&str] = &["registration", "vitals", "consultation", "lab_result", "prescription"];
 const NOTES: &[&str] = &[
@@ -91,7 +93,11 @@ impl Mix {
                 } else {
                     small(rng, clinic)
                 };
-                let topic = if payload.first() == Some(&b'{') { "clinic/visit" } else { "clinic/attachment" };
+                let topic = if payload.first() == Some(&b'{') {
+                    "clinic/visit"
+                } else {
+                    "clinic/attachment"
+                };
                 (topic.to_string(), priority, payload)
             })
             .collect()

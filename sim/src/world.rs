@@ -87,20 +87,67 @@ pub enum Fault {
 }
 
 pub(crate) enum Ev {
-    Connect { conn: u64, end: usize },
-    DialFailed { conn: u64 },
-    Arrive { conn: u64, end: usize, payload: Payload },
-    Acked { conn: u64, end: usize, size: usize },
-    Resend { conn: u64, end: usize, payload: Payload },
-    KeepAlive { conn: u64, end: usize },
-    IdleCheck { conn: u64, end: usize },
-    SyncedLocal { node: usize, boot: u32, group: GroupId, events: Vec<(Origin, u64, Priority)> },
-    SyncedReplicated { node: usize, boot: u32, group: GroupId, ticket: Ticket, report: AppendReport, keys: Vec<(Origin, u64)> },
-    Timer { node: usize, boot: u32 },
-    Manage { node: usize },
-    ManageTick { node: usize, boot: u32 },
-    Write { node: usize },
-    WriteOnce { node: usize },
+    Connect {
+        conn: u64,
+        end: usize,
+    },
+    DialFailed {
+        conn: u64,
+    },
+    Arrive {
+        conn: u64,
+        end: usize,
+        payload: Payload,
+    },
+    Acked {
+        conn: u64,
+        end: usize,
+        size: usize,
+    },
+    Resend {
+        conn: u64,
+        end: usize,
+        payload: Payload,
+    },
+    KeepAlive {
+        conn: u64,
+        end: usize,
+    },
+    IdleCheck {
+        conn: u64,
+        end: usize,
+    },
+    SyncedLocal {
+        node: usize,
+        boot: u32,
+        group: GroupId,
+        events: Vec<(Origin, u64, Priority)>,
+    },
+    SyncedReplicated {
+        node: usize,
+        boot: u32,
+        group: GroupId,
+        ticket: Ticket,
+        report: AppendReport,
+        keys: Vec<(Origin, u64)>,
+    },
+    Timer {
+        node: usize,
+        boot: u32,
+    },
+    Manage {
+        node: usize,
+    },
+    ManageTick {
+        node: usize,
+        boot: u32,
+    },
+    Write {
+        node: usize,
+    },
+    WriteOnce {
+        node: usize,
+    },
     Fault(Fault),
     Heal,
     CheckConverged,
@@ -243,7 +290,11 @@ impl World {
 
     pub fn heal_at(&mut self, at: Time) {
         self.seq += 1;
-        self.queue.push(Reverse(Scheduled { at, seq: self.seq, ev: Ev::Heal }));
+        self.queue.push(Reverse(Scheduled {
+            at,
+            seq: self.seq,
+            ev: Ev::Heal,
+        }));
     }
 
     pub(crate) fn fail(&mut self, what: String) {
@@ -275,7 +326,10 @@ impl World {
             };
             if next.at > self.deadline {
                 let why = crate::converge::describe_lag(self);
-                self.fail(format!("not converged {} after healing (a stall): {why}", self.deadline.saturating_sub(self.healed_at.unwrap_or_default())));
+                self.fail(format!(
+                    "not converged {} after healing (a stall): {why}",
+                    self.deadline.saturating_sub(self.healed_at.unwrap_or_default())
+                ));
                 break;
             }
             self.now = next.at;
@@ -339,7 +393,9 @@ impl World {
                     return;
                 }
                 let now = self.now;
-                let Some(r) = self.nodes[node].replica.as_mut() else { return };
+                let Some(r) = self.nodes[node].replica.as_mut() else {
+                    return;
+                };
                 r.store_mut().sync(group);
                 self.check.acked(node, events.iter().map(|(o, s, _)| (*o, *s)));
                 r.handle_local_appended(now, &events);
@@ -357,7 +413,9 @@ impl World {
                     return;
                 }
                 let now = self.now;
-                let Some(r) = self.nodes[node].replica.as_mut() else { return };
+                let Some(r) = self.nodes[node].replica.as_mut() else {
+                    return;
+                };
                 r.store_mut().sync(group);
                 self.last_arrival = self.now;
                 self.check.acked(node, keys);
@@ -466,7 +524,9 @@ impl World {
             })
             .collect();
         let wall = self.wall_ms(n);
-        let Some(disk) = self.nodes[n].disk.as_mut() else { return };
+        let Some(disk) = self.nodes[n].disk.as_mut() else {
+            return;
+        };
         let (group, events) = disk.write_local(items, wall);
         disk.sync(group);
         if self.check.is_empty() {
@@ -496,7 +556,9 @@ impl World {
         let wall = self.wall_ms(n);
         let boot = self.nodes[n].boot;
         let fsync = Time::from_millis(self.rng.gen_range(1..40));
-        let Some(r) = self.nodes[n].replica.as_mut() else { return };
+        let Some(r) = self.nodes[n].replica.as_mut() else {
+            return;
+        };
         let (group, events) = r.store_mut().write_local(items, wall);
         if let Err(e) = self.check.local_written(n, &events) {
             self.fail(e);
@@ -516,7 +578,9 @@ impl World {
     /// Carries out what a node's core asks for.
     pub fn drain(&mut self, n: usize) {
         loop {
-            let Some(action) = self.nodes[n].replica.as_mut().and_then(|r| r.poll_action()) else { break };
+            let Some(action) = self.nodes[n].replica.as_mut().and_then(|r| r.poll_action()) else {
+                break;
+            };
             self.act(n, action);
         }
         let want = self.nodes[n].replica.as_ref().and_then(|r| r.poll_timeout());
@@ -553,7 +617,8 @@ impl World {
             }
             Action::Send { conn, stream, bytes } => {
                 let Some(e) = self.end_of(conn.0, n) else { return };
-                let is_control = matches!(stream, StreamId::Local(0)) && e == 0 || matches!(stream, StreamId::Remote(_)) && e == 1;
+                let is_control =
+                    matches!(stream, StreamId::Local(0)) && e == 0 || matches!(stream, StreamId::Remote(_)) && e == 1;
                 if is_control {
                     let r = self.nodes[n].replica.as_ref();
                     let result = match (self.conns.get_mut(&conn.0), r) {
@@ -579,7 +644,10 @@ impl World {
             Action::Finish { .. } => {}
             Action::Close { conn, code, reason } => {
                 let Some(e) = self.end_of(conn.0, n) else { return };
-                let line = format!("{} closes connection {} (code {code}: {reason})", self.nodes[n].name, conn.0);
+                let line = format!(
+                    "{} closes connection {} (code {code}: {reason})",
+                    self.nodes[n].name, conn.0
+                );
                 self.trace.line(self.now, &line);
                 self.offer(conn.0, e, Payload::Close);
                 if let Some(c) = self.conns.get_mut(&conn.0) {
@@ -587,11 +655,17 @@ impl World {
                 }
                 self.after_close(n);
             }
-            Action::Append { conn: _, ticket, events } => {
+            Action::Append {
+                conn: _,
+                ticket,
+                events,
+            } => {
                 let wall = self.wall_ms(n);
                 let boot = self.nodes[n].boot;
                 let fsync = Time::from_millis(self.rng.gen_range(1..40));
-                let Some(r) = self.nodes[n].replica.as_mut() else { return };
+                let Some(r) = self.nodes[n].replica.as_mut() else {
+                    return;
+                };
                 let keys = events.iter().map(|e| (e.origin, e.seq)).collect();
                 let (group, report) = r.store_mut().write_replicated(events, wall);
                 self.check.duplicates += report.duplicates;
@@ -701,7 +775,9 @@ impl World {
             if c.closed[end] || c.ends[end].in_flight >= c.cwnd {
                 return;
             }
-            let Some((payload, drained)) = c.ends[end].next_packet() else { return };
+            let Some((payload, drained)) = c.ends[end].next_packet() else {
+                return;
+            };
             let n = c.nodes[end];
             self.offer(conn, end, payload);
             if let Some(stream) = drained {
@@ -755,7 +831,9 @@ impl World {
                 offset,
                 bytes,
             } => {
-                let Some((name, data)) = c.ends[end].receive(stream, offset, bytes) else { return };
+                let Some((name, data)) = c.ends[end].receive(stream, offset, bytes) else {
+                    return;
+                };
                 let is_data = kind == StreamKind::Uni;
                 if is_data {
                     let sender = c.nodes[1 - end];
@@ -765,7 +843,10 @@ impl World {
                     // never more, so this is a sound check of its policy.
                     let hubs = self.hubs();
                     let Some(c) = self.conns.get_mut(&conn) else { return };
-                    if let Err(why) = self.check.data_in(&mut c.taps[end], name, &data, &ident_s, &hubs, &ident_r) {
+                    if let Err(why) = self
+                        .check
+                        .data_in(&mut c.taps[end], name, &data, &ident_s, &hubs, &ident_r)
+                    {
                         let what = format!("{} -> {}: {why}", self.nodes[sender].name, self.nodes[n].name);
                         self.fail(what);
                         return;
@@ -945,7 +1026,11 @@ impl World {
         self.drain(n);
         self.schedule(keep, Ev::KeepAlive { conn, end });
         self.schedule(idle, Ev::IdleCheck { conn, end });
-        let early = self.conns.get_mut(&conn).map(|c| std::mem::take(&mut c.early[end])).unwrap_or_default();
+        let early = self
+            .conns
+            .get_mut(&conn)
+            .map(|c| std::mem::take(&mut c.early[end]))
+            .unwrap_or_default();
         for payload in early {
             self.on_arrive(conn, end, payload);
         }

@@ -49,7 +49,9 @@ impl Claims {
 
     /// Releases `done` of what `conn` claimed of `origin`.
     pub fn release(&mut self, conn: ConnId, origin: &Origin, done: &RangeSet) {
-        let Some(owners) = self.by_origin.get_mut(origin) else { return };
+        let Some(owners) = self.by_origin.get_mut(origin) else {
+            return;
+        };
         if let Some(mine) = owners.get_mut(&conn) {
             *mine = mine.difference(done);
             if mine.is_empty() {
@@ -89,7 +91,9 @@ impl Claims {
 
     /// Owners' claims never overlap: a range has one fetcher.
     fn check(&self, origin: &Origin) {
-        let Some(owners) = self.by_origin.get(origin) else { return };
+        let Some(owners) = self.by_origin.get(origin) else {
+            return;
+        };
         let mut seen = RangeSet::new();
         for r in owners.values() {
             assert!(
@@ -117,10 +121,19 @@ mod tests {
     fn a_claimed_range_is_not_claimed_again_until_released() {
         let mut c = Claims::default();
         let (a, b) = (ConnId(1), ConnId(2));
-        assert_eq!(c.claim(a, o(), &RangeSet::from_range(1, 100)), RangeSet::from_range(1, 100));
-        assert_eq!(c.claim(b, o(), &RangeSet::from_range(50, 150)), RangeSet::from_range(101, 150));
+        assert_eq!(
+            c.claim(a, o(), &RangeSet::from_range(1, 100)),
+            RangeSet::from_range(1, 100)
+        );
+        assert_eq!(
+            c.claim(b, o(), &RangeSet::from_range(50, 150)),
+            RangeSet::from_range(101, 150)
+        );
         c.release(a, &o(), &RangeSet::from_range(1, 100));
-        assert_eq!(c.claim(b, o(), &RangeSet::from_range(1, 150)), RangeSet::from_range(1, 100));
+        assert_eq!(
+            c.claim(b, o(), &RangeSet::from_range(1, 150)),
+            RangeSet::from_range(1, 100)
+        );
         assert_eq!(c.total(), 150);
     }
 

@@ -91,7 +91,11 @@ pub enum Action {
     },
     /// Write these bytes on the stream, in order after earlier sends. On a
     /// data stream the core sends nothing more until `handle_sent`.
-    Send { conn: ConnId, stream: StreamId, bytes: Vec<u8> },
+    Send {
+        conn: ConnId,
+        stream: StreamId,
+        bytes: Vec<u8>,
+    },
     /// End the stream: nothing more will be sent on it.
     Finish { conn: ConnId, stream: StreamId },
     /// Close the connection with an error code (`ErrorCode`) and a reason.
@@ -117,7 +121,11 @@ pub enum Notice {
     InStep { conn: ConnId },
     /// What the peer holds as far as this node knows (its summary plus
     /// everything sent to it since), for the next 0-RTT reconnect.
-    PeerHolds { conn: ConnId, summary: Summary, classes: Classes },
+    PeerHolds {
+        conn: ConnId,
+        summary: Summary,
+        classes: Classes,
+    },
     /// A round this node pulled for finished.
     RoundDone { conn: ConnId, received: u64 },
     /// The peer would not serve a want.

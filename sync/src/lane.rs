@@ -112,7 +112,9 @@ impl Lane {
         // pieces on this stream: the receiver puts one together at a time.
         let mut parked = Vec::new();
         let turn = loop {
-            let Some(mut job) = self.jobs.pop_front() else { break None };
+            let Some(mut job) = self.jobs.pop_front() else {
+                break None;
+            };
             let may_start_large = !self.jobs.iter().chain(parked.iter()).any(|j: &Job| j.piece.is_some());
             let has = peer_has.entry(job.origin).or_default();
             let (items, events) = match job.piece {

@@ -110,7 +110,9 @@ impl MemStore {
     /// Makes every group up to and including `id` durable and visible.
     pub fn sync(&mut self, id: GroupId) {
         while self.unsynced.front().is_some_and(|(g, _)| *g <= id) {
-            let Some((_, group)) = self.unsynced.pop_front() else { break };
+            let Some((_, group)) = self.unsynced.pop_front() else {
+                break;
+            };
             self.last_synced = group.iter().map(|e| (e.origin, e.seq)).collect();
             for e in group {
                 let ix = self.index.entry(e.origin).or_default();
@@ -157,9 +159,7 @@ impl MemStore {
 
     /// Every durable event of `origin`, for checkers.
     pub fn events_of(&self, origin: &Origin) -> impl Iterator<Item = &Event> {
-        self.events
-            .range((*origin, 0)..=(*origin, u64::MAX))
-            .map(|(_, e)| e)
+        self.events.range((*origin, 0)..=(*origin, u64::MAX)).map(|(_, e)| e)
     }
 
     pub fn get(&self, origin: &Origin, seq: u64) -> Option<&Event> {
@@ -270,7 +270,10 @@ mod tests {
         assert_eq!(s.have(&origin()), RangeSet::from_range(1, 2));
         let (_, again) = s.write_local(vec![item(4)], 1002);
         assert_eq!(again[0].seq, 3, "an unsynced seq was never acknowledged and is reused");
-        assert!(again[0].hlc > Hlc::new(1000, 1), "the clock restarts after what the log holds");
+        assert!(
+            again[0].hlc > Hlc::new(1000, 1),
+            "the clock restarts after what the log holds"
+        );
     }
 
     #[test]

@@ -9,12 +9,12 @@
 //! out once nothing the peer's summary offered is still missing, asked for
 //! or on its way to disk.
 
+use crate::io::StreamId;
 use crate::io::{Action, Notice};
 use crate::pending::Append;
 use crate::session::{fault, Cx, Fault, Session};
 use crate::store::{AppendReport, Store};
 use ferry_proto::batch::Item;
-use crate::io::StreamId;
 use ferry_proto::{Classes, ErrorCode, Event, Frame, Gap, Origin, RangeSet, Summary, Want};
 
 impl Session {
@@ -61,7 +61,9 @@ impl Session {
         self.needs_plan = false;
         let Some((theirs, classes)) = &self.theirs else { return };
         let local = cx.store.local_origin();
-        let gaps = self.basis(cx, theirs, lan_offers).gaps(theirs, classes, |o| *o != local);
+        let gaps = self
+            .basis(cx, theirs, lan_offers)
+            .gaps(theirs, classes, |o| *o != local);
         self.queued.clear();
         self.queue(cx, gaps);
         self.fill_wants(cx);
@@ -223,11 +225,15 @@ impl Session {
                 self.stats.duplicates_received += 1;
                 continue;
             }
-            let wanted = self.wants.iter().any(|w| w.origin == e.origin && w.first <= e.seq && e.seq <= w.last);
+            let wanted = self
+                .wants
+                .iter()
+                .any(|w| w.origin == e.origin && w.first <= e.seq && e.seq <= w.last);
             if !wanted && !pushed.contains(&e.origin) {
                 pushed.push(e.origin);
             }
-            cx.claims.claim(self.conn, e.origin, &RangeSet::from_range(e.seq, e.seq));
+            cx.claims
+                .claim(self.conn, e.origin, &RangeSet::from_range(e.seq, e.seq));
             fresh.push(e);
         }
         if !fresh.is_empty() {
@@ -279,8 +285,14 @@ impl Session {
     /// Says `Done` once nothing the peer's summary offered is missing here
     /// or on its way.
     pub fn maybe_done<S: Store>(&mut self, cx: &mut Cx<'_, S>, lan_offers: &Summary) {
-        let (Some(id), Some((theirs, _))) = (self.their_id, &self.theirs) else { return };
-        if self.done_sent == Some(id) || !self.wants.is_empty() || !self.queued.is_empty() || cx.pending.any_for(self.conn) {
+        let (Some(id), Some((theirs, _))) = (self.their_id, &self.theirs) else {
+            return;
+        };
+        if self.done_sent == Some(id)
+            || !self.wants.is_empty()
+            || !self.queued.is_empty()
+            || cx.pending.any_for(self.conn)
+        {
             return;
         }
         let local = cx.store.local_origin();
@@ -306,13 +318,7 @@ impl Session {
         let received = self.received_in_round;
         self.received_in_round = 0;
         self.done_sent = Some(id);
-        self.send_control(
-            cx,
-            &Frame::Done {
-                summary: id,
-                received,
-            },
-        );
+        self.send_control(cx, &Frame::Done { summary: id, received });
         cx.out.push_back(Action::Notice(Notice::RoundDone {
             conn: self.conn,
             received,
@@ -320,4 +326,3 @@ impl Session {
         self.check_in_step(cx);
     }
 }
-

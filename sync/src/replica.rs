@@ -145,7 +145,12 @@ impl<S: Store> Replica<S> {
             .collect();
         for (old, old_dialer) in same {
             if old_dialer == new_dialer || new_dialer < old_dialer {
-                self.close(now, old, ErrorCode::Done, "replaced by a newer connection from the same node");
+                self.close(
+                    now,
+                    old,
+                    ErrorCode::Done,
+                    "replaced by a newer connection from the same node",
+                );
             } else {
                 self.out.push_back(Action::Close {
                     conn,
@@ -208,7 +213,9 @@ impl<S: Store> Replica<S> {
 
     /// An `Action::Append` finished.
     pub fn handle_appended(&mut self, now: Time, ticket: Ticket, result: Result<AppendReport, StoreError>) {
-        let Some(append) = self.pending.take(ticket) else { return };
+        let Some(append) = self.pending.take(ticket) else {
+            return;
+        };
         if !self.cfg.bugs.on(|b| b.claims_never_released) {
             for (origin, set) in by_origin(&append.events) {
                 self.claims.release(append.conn, &origin, &set);
@@ -323,7 +330,9 @@ impl<S: Store> Replica<S> {
             let lan = self.lan_offers();
             let conns: Vec<ConnId> = self.sessions.keys().copied().collect();
             for conn in conns {
-                let Some(s) = self.sessions.get_mut(&conn) else { continue };
+                let Some(s) = self.sessions.get_mut(&conn) else {
+                    continue;
+                };
                 if s.needs_plan {
                     s.plan(&mut cx!(self, now), &lan);
                 }
@@ -365,27 +374,21 @@ impl<S: Store> Replica<S> {
                 let sub = if rest {
                     Subscription {
                         all: true,
-                        nodes: direct
-                            .iter()
-                            .filter(|(_, c)| **c != s.conn)
-                            .map(|(n, _)| *n)
-                            .collect(),
+                        nodes: direct.iter().filter(|(_, c)| **c != s.conn).map(|(n, _)| *n).collect(),
                     }
                 } else {
                     Subscription {
                         all: false,
-                        nodes: direct
-                            .iter()
-                            .filter(|(_, c)| **c == s.conn)
-                            .map(|(n, _)| *n)
-                            .collect(),
+                        nodes: direct.iter().filter(|(_, c)| **c == s.conn).map(|(n, _)| *n).collect(),
                     }
                 };
                 (s.conn, sub)
             })
             .collect();
         for (conn, sub) in wanted {
-            let Some(s) = self.sessions.get_mut(&conn) else { continue };
+            let Some(s) = self.sessions.get_mut(&conn) else {
+                continue;
+            };
             let widened = s.subscribe(&mut cx!(self, now), sub);
             if widened && s.their_id.is_some() {
                 // What no one pushed while another connection had it.

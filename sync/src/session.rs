@@ -47,7 +47,10 @@ impl<S: Store> Cx<'_, S> {
     /// What this node holds, cut down to what policy lets `peer` have.
     pub fn summary_for(&self, peer: &PeerInfo) -> (Summary, Classes) {
         let allow = |o: &Origin| self.allows(peer, o);
-        (self.store.summary().filtered(allow), self.store.classes().filtered(allow))
+        (
+            self.store.summary().filtered(allow),
+            self.store.classes().filtered(allow),
+        )
     }
 }
 
@@ -196,7 +199,10 @@ impl Session {
     pub fn send_control<S>(&mut self, cx: &mut Cx<'_, S>, frame: &Frame) {
         let Some(stream) = self.control else { return };
         let bytes = frame.encode();
-        assert!(bytes.len() <= ferry_proto::frame::MAX_FRAME_LEN + 4, "a frame within its limit");
+        assert!(
+            bytes.len() <= ferry_proto::frame::MAX_FRAME_LEN + 4,
+            "a frame within its limit"
+        );
         self.stats.bytes_sent += bytes.len() as u64;
         cx.out.push_back(Action::Send {
             conn: self.conn,
@@ -309,7 +315,10 @@ impl Session {
         }
         if let Some(data) = self.data_in.remove(&stream) {
             if data.reader.partial() > 0 || data.assembly.in_progress().is_some() {
-                return Err(fault(ErrorCode::Malformed, "a data stream ended in the middle of a frame"));
+                return Err(fault(
+                    ErrorCode::Malformed,
+                    "a data stream ended in the middle of a frame",
+                ));
             }
         }
         Ok(())
@@ -330,7 +339,10 @@ impl Session {
             Frame::Hello(hello) => {
                 let first = self.hello.as_ref().map(|h| (h.node, h.version));
                 if first != Some((hello.node, hello.version)) {
-                    return Err(fault(ErrorCode::Protocol, "a later Hello names another node or version"));
+                    return Err(fault(
+                        ErrorCode::Protocol,
+                        "a later Hello names another node or version",
+                    ));
                 }
                 self.hello = Some(hello);
                 Ok(())
@@ -426,8 +438,10 @@ impl Session {
 
     /// Both sides have pulled what the other's latest summary offered.
     pub fn check_in_step<S>(&mut self, cx: &mut Cx<'_, S>) {
-        let in_step =
-            self.their_id.is_some() && self.done_sent == self.their_id && self.our_id > 0 && self.peer_done == Some(self.our_id);
+        let in_step = self.their_id.is_some()
+            && self.done_sent == self.their_id
+            && self.our_id > 0
+            && self.peer_done == Some(self.our_id);
         if !in_step || self.in_step {
             return;
         }
@@ -507,7 +521,10 @@ impl Session {
     /// connection once it has read everything before it.
     pub fn goodbye<S>(&mut self, cx: &mut Cx<'_, S>) {
         if let Some(stream) = self.control {
-            cx.out.push_back(Action::Finish { conn: self.conn, stream });
+            cx.out.push_back(Action::Finish {
+                conn: self.conn,
+                stream,
+            });
         }
     }
 
@@ -515,7 +532,6 @@ impl Session {
     pub fn offers(&self) -> Option<&Summary> {
         self.theirs.as_ref().map(|(s, _)| s)
     }
-
 }
 
 /// A peer holding more of this node's own current log than this node means

@@ -2,7 +2,9 @@
 //! logic without any transport, in the manner of quinn-proto's `Pair`.
 
 use ferry_proto::{NodeId, Origin, Priority, Role};
-use ferry_sync::{Action, Config, ConnId, MemStore, Notice, PeerInfo, Policy, Replica, Store, StreamId, StreamKind, Time};
+use ferry_sync::{
+    Action, Config, ConnId, MemStore, Notice, PeerInfo, Policy, Replica, Store, StreamId, StreamKind, Time,
+};
 use std::collections::{BTreeMap, VecDeque};
 
 struct Node {
@@ -55,7 +57,10 @@ impl Net {
     }
 
     fn add(&mut self, cfg: Config) -> usize {
-        let origin = Origin { node: cfg.node, epoch: 1 };
+        let origin = Origin {
+            node: cfg.node,
+            epoch: 1,
+        };
         let replica = Replica::new(cfg, MemStore::new(origin), 7, Default::default());
         self.nodes.push(Node {
             replica,
@@ -118,11 +123,9 @@ impl Net {
             while let Some(d) = queue.pop_front() {
                 progress = true;
                 match d {
-                    Delivery::Data(n, conn, stream, kind, bytes) => {
-                        self.nodes[n]
-                            .replica
-                            .handle_stream_data(self.now, conn, stream, kind, &bytes)
-                    }
+                    Delivery::Data(n, conn, stream, kind, bytes) => self.nodes[n]
+                        .replica
+                        .handle_stream_data(self.now, conn, stream, kind, &bytes),
                     Delivery::Closed(n, conn) => self.nodes[n].replica.handle_closed(self.now, conn),
                 }
             }
@@ -139,7 +142,9 @@ impl Net {
             }
             Action::Send { conn, stream, bytes } => {
                 let kind = self.kinds[&(n, conn, stream)];
-                let Some(&(peer, pconn)) = self.links.get(&(n, conn)) else { return };
+                let Some(&(peer, pconn)) = self.links.get(&(n, conn)) else {
+                    return;
+                };
                 let remote = match stream {
                     StreamId::Local(i) => StreamId::Remote(i),
                     StreamId::Remote(i) => StreamId::Local(i),

@@ -126,15 +126,52 @@ async fn malformed_frames_close_the_connection_and_the_node_keeps_serving() {
     rng_bytes[3] = 60;
     let cases: Vec<(&str, Vec<Frame>, Vec<u8>, ErrorCode)> = vec![
         ("random body", vec![], rng_bytes, ErrorCode::Malformed),
-        ("huge length", vec![], vec![0xff, 0xff, 0xff, 0xff, 1, 2, 3], ErrorCode::TooLarge),
-        ("unknown frame type", vec![], vec![0, 0, 0, 3, 99, 0, 0], ErrorCode::Malformed),
-        ("events before Hello", vec![], Frame::Events(vec![]).encode(), ErrorCode::Protocol),
-        ("want with bad CBOR after Hello", vec![hello.clone()], vec![0, 0, 0, 4, 3, 0xa1, 0xff, 0x00], ErrorCode::Malformed),
-        ("summary garbage after Hello", vec![hello.clone()], vec![0, 0, 0, 5, 2, 0xff, 0xff, 0xff, 0xff], ErrorCode::Malformed),
-        ("data frames on the control stream", vec![hello.clone()], Frame::Open { class: Priority::Normal }.encode(), ErrorCode::Protocol),
+        (
+            "huge length",
+            vec![],
+            vec![0xff, 0xff, 0xff, 0xff, 1, 2, 3],
+            ErrorCode::TooLarge,
+        ),
+        (
+            "unknown frame type",
+            vec![],
+            vec![0, 0, 0, 3, 99, 0, 0],
+            ErrorCode::Malformed,
+        ),
+        (
+            "events before Hello",
+            vec![],
+            Frame::Events(vec![]).encode(),
+            ErrorCode::Protocol,
+        ),
+        (
+            "want with bad CBOR after Hello",
+            vec![hello.clone()],
+            vec![0, 0, 0, 4, 3, 0xa1, 0xff, 0x00],
+            ErrorCode::Malformed,
+        ),
+        (
+            "summary garbage after Hello",
+            vec![hello.clone()],
+            vec![0, 0, 0, 5, 2, 0xff, 0xff, 0xff, 0xff],
+            ErrorCode::Malformed,
+        ),
+        (
+            "data frames on the control stream",
+            vec![hello.clone()],
+            Frame::Open {
+                class: Priority::Normal,
+            }
+            .encode(),
+            ErrorCode::Protocol,
+        ),
     ];
     for (what, prefix, bytes, code) in cases {
-        assert_eq!(close_code(&rogue_dir, addr, &prefix, &bytes).await, code as u64, "{what}");
+        assert_eq!(
+            close_code(&rogue_dir, addr, &prefix, &bytes).await,
+            code as u64,
+            "{what}"
+        );
     }
 
     // A Hello that names another node than the certificate is refused.
@@ -149,8 +186,13 @@ async fn malformed_frames_close_the_connection_and_the_node_keeps_serving() {
         gives_own: true,
     });
     send.write_all(&liar.encode()).await.unwrap();
-    match tokio::time::timeout(Duration::from_secs(10), conn.closed()).await.expect("liar kept") {
-        quinn::ConnectionError::ApplicationClosed(c) => assert_eq!(c.error_code.into_inner(), ErrorCode::Protocol as u64),
+    match tokio::time::timeout(Duration::from_secs(10), conn.closed())
+        .await
+        .expect("liar kept")
+    {
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            assert_eq!(c.error_code.into_inner(), ErrorCode::Protocol as u64)
+        }
         other => panic!("unexpected close: {other}"),
     }
 

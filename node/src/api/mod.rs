@@ -18,8 +18,8 @@ pub use error::ApiError;
 pub use events::{content_type, list_events, EventJson, Payload};
 pub use metrics::Histogram;
 
-use crate::datadir::DataDir;
 use crate::ctx::NodeCtx;
+use crate::datadir::DataDir;
 use anyhow::{bail, Context, Result};
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};

@@ -150,13 +150,23 @@ async fn reconnect_costs(
     let before = sim.stats();
     let moved = Instant::now();
     sim.rebind(None).await?;
-    let received_before = node.ctx.totals.events_received.load(std::sync::atomic::Ordering::Relaxed);
+    let received_before = node
+        .ctx
+        .totals
+        .events_received
+        .load(std::sync::atomic::Ordering::Relaxed);
     node.driver.with_core(|core, now| core.start_round(now, link.id()));
     let got = ferry_tests::eventually("the probe after migrating", std::time::Duration::from_secs(60), || {
-        node.ctx.totals.events_received.load(std::sync::atomic::Ordering::Relaxed) > received_before
+        node.ctx
+            .totals
+            .events_received
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > received_before
     })
     .await;
-    let first = link.first_event_after().map(|d| d.saturating_sub(moved.duration_since(link.started)));
+    let first = link
+        .first_event_after()
+        .map(|d| d.saturating_sub(moved.duration_since(link.started)));
     if got.is_err() || sim.stats().rebinds != 1 {
         bail!("migration reconnect: no event after the address change");
     }
