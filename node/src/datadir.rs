@@ -319,7 +319,13 @@ pub struct PeerRecord {
     pub last_sync_unix: Option<u64>,
     pub last_error: Option<String>,
     pub events_received: u64,
+    /// Events written to the peer's connection. A connection whose peer
+    /// has gone (a mule driven away) takes pushes until its idle timeout,
+    /// and those count here though they never arrive.
     pub events_sent: u64,
+    /// Events the peer sent that this node already held: wasted bytes.
+    #[serde(default)]
+    pub duplicates_received: u64,
     /// How this node learnt of the peer: `static`, `mdns` or `dialed-us`.
     #[serde(default)]
     pub found_by: String,

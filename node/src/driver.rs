@@ -112,16 +112,6 @@ impl Driver {
         self.with_core(|core, now| core.connect(now, id, info, memory.as_ref()));
     }
 
-    /// The peer rejected 0-RTT: the streams opened early are void. The core
-    /// forgets that session and opens a new one on the same connection.
-    pub fn reopen(self: &Arc<Self>, link: &Arc<Link>) {
-        let old = link.id();
-        self.links.lock().unwrap_or_else(|p| p.into_inner()).remove(&old);
-        self.with_core(|core, now| core.handle_closed(now, old));
-        link.renumber(self.new_conn_id());
-        self.connect(link, true);
-    }
-
     /// The connection ended, for whatever reason.
     pub fn closed(self: &Arc<Self>, link: &Arc<Link>) {
         let id = link.id();

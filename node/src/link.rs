@@ -7,7 +7,7 @@ use crate::pki::CertInfo;
 use ferry_sync::{ConnId, SessionView, StreamId, StreamKind};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
@@ -25,9 +25,8 @@ enum Out {
 
 pub struct Link {
     pub conn: quinn::Connection,
-    /// The core's name for the session on this connection (it changes when
-    /// 0-RTT is rejected and the session starts again).
-    id: AtomicU64,
+    /// The core's name for the session on this connection.
+    id: ConnId,
     pub peer: CertInfo,
     pub addr: SocketAddr,
     /// The peer dialled this node.
@@ -43,8 +42,8 @@ pub struct Link {
     in_step: tokio::sync::watch::Sender<u64>,
     view: Mutex<Option<SessionView>>,
     /// peers.json's counts for this peer when the connection began: events
-    /// received and sent, bytes received and sent.
-    pub(crate) base: Mutex<[u64; 4]>,
+    /// received and sent, bytes received and sent, duplicates received.
+    pub(crate) base: Mutex<[u64; 5]>,
 }
 
 pub fn code(c: ferry_proto::ErrorCode) -> quinn::VarInt {
@@ -63,7 +62,7 @@ impl Link {
     ) -> Arc<Link> {
         Arc::new(Link {
             conn,
-            id: AtomicU64::new(id.0),
+            id,
             peer,
             addr,
             inbound,
@@ -75,22 +74,16 @@ impl Link {
             appends: Arc::new(Semaphore::new(APPENDS_IN_FLIGHT)),
             in_step: tokio::sync::watch::Sender::new(0),
             view: Mutex::new(None),
-            base: Mutex::new([0; 4]),
+            base: Mutex::new([0; 5]),
         })
     }
 
     pub fn id(&self) -> ConnId {
-        ConnId(self.id.load(Relaxed))
+        self.id
     }
 
     /// Drops the senders of every stream: the connection is gone.
     pub fn forget_streams(&self) {
-        self.streams.lock().unwrap_or_else(|p| p.into_inner()).clear();
-    }
-
-    /// A new session on the same connection: streams of the old are void.
-    pub fn renumber(&self, id: ConnId) {
-        self.id.store(id.0, Relaxed);
         self.streams.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 

@@ -260,27 +260,64 @@ impl Node {
     /// its session at once. With a ticket from an earlier connection to the
     /// same address, the TLS session resumes and the opening (Hello,
     /// summary, and wants from what the peer held last time) goes out as
-    /// 0-RTT data; if the peer rejects it, the session opens again once the
-    /// handshake completes. `lan`: the peer was found on the LAN.
+    /// 0-RTT data; if the peer rejects it (it restarted, or the ticket
+    /// expired), that connection is closed and a full handshake follows.
+    /// `lan`: the peer was found on the LAN.
     pub async fn open(&self, addr: SocketAddr, lan: bool) -> Result<Opened> {
         let started = Instant::now();
         let (config, last) = self.dial(addr, lan)?;
-        let mut connecting = self.dialer()?.connect_with(config, addr, crate::pki::SERVER_NAME)?;
+        let mut connecting = self
+            .dialer()?
+            .connect_with(config.clone(), addr, crate::pki::SERVER_NAME)?;
         if let Some(peer) = last {
             match connecting.into_0rtt() {
                 Ok((conn, accepted)) => {
                     let early = self.open_early(addr, lan, conn.clone(), accepted, peer, started);
-                    return match tokio::time::timeout(self.connect_timeout(lan), early).await {
-                        Ok(opened) => opened,
+                    match tokio::time::timeout(self.connect_timeout(lan), early).await {
+                        Ok(Ok(Some(opened))) => return Ok(opened),
+                        Ok(Ok(None)) => {
+                            // Rejected. The session's streams cannot simply
+                            // be opened again on this connection: quinn
+                            // numbers streams from 0 again after a rejection,
+                            // so a handle of the void session that is dropped
+                            // late would finish the new session's control
+                            // stream (seen: a hub read that as goodbye).
+                            let mut opened = self.open_full(addr, lan, config, started).await?;
+                            opened.zero_rtt = ZeroRtt::Rejected;
+                            return Ok(opened);
+                        }
+                        Ok(Err(e)) => return Err(e),
                         Err(_) => {
                             conn.close(code(ErrorCode::Done), b"no answer");
-                            Err(self.unreachable(addr, lan))
+                            return Err(self.unreachable(addr, lan));
                         }
-                    };
+                    }
                 }
                 Err(c) => connecting = c,
             }
         }
+        self.finish_full(connecting, addr, lan, started).await
+    }
+
+    /// A full handshake, without trying 0-RTT.
+    async fn open_full(
+        &self,
+        addr: SocketAddr,
+        lan: bool,
+        config: quinn::ClientConfig,
+        started: Instant,
+    ) -> Result<Opened> {
+        let connecting = self.dialer()?.connect_with(config, addr, crate::pki::SERVER_NAME)?;
+        self.finish_full(connecting, addr, lan, started).await
+    }
+
+    async fn finish_full(
+        &self,
+        connecting: quinn::Connecting,
+        addr: SocketAddr,
+        lan: bool,
+        started: Instant,
+    ) -> Result<Opened> {
         let conn = tokio::time::timeout(self.connect_timeout(lan), connecting)
             .await
             .map_err(|_| self.unreachable(addr, lan))?
@@ -301,7 +338,7 @@ impl Node {
         accepted: quinn::ZeroRttAccepted,
         peer: CertInfo,
         started: Instant,
-    ) -> Result<Opened> {
+    ) -> Result<Option<Opened>> {
         let link = self.adopt(conn.clone(), peer.clone(), addr, lan, started);
         let accepted = accepted.await;
         if let Some(why) = conn.close_reason() {
@@ -316,18 +353,19 @@ impl Node {
                 actual.node_id
             );
         }
-        let zero_rtt = if accepted {
+        if accepted {
             self.ctx.totals.zero_rtt_accepted.fetch_add(1, Relaxed);
             tracing::info!(%addr, peer = %actual.node_id.short(), "0-RTT accepted");
-            ZeroRtt::Accepted
+            Ok(Some(Opened {
+                link,
+                zero_rtt: ZeroRtt::Accepted,
+            }))
         } else {
-            // Streams opened in 0-RTT are void; the connection itself is fine.
             self.ctx.totals.zero_rtt_rejected.fetch_add(1, Relaxed);
-            tracing::info!(%addr, peer = %actual.node_id.short(), "0-RTT rejected; opening the session again");
-            self.driver.reopen(&link);
-            ZeroRtt::Rejected
-        };
-        Ok(Opened { link, zero_rtt })
+            tracing::info!(%addr, peer = %actual.node_id.short(), "0-RTT rejected; connecting again");
+            conn.close(code(ErrorCode::Done), b"0-RTT rejected; connecting again");
+            Ok(None)
+        }
     }
 
     /// Hands a dialled connection to the driver.

@@ -17,7 +17,15 @@ pub fn record_start(ctx: &NodeCtx, link: &Link) {
     let prior = dir
         .peers()
         .get(&link.peer.node_id.to_string())
-        .map(|p| [p.events_received, p.events_sent, p.bytes_received, p.bytes_sent])
+        .map(|p| {
+            [
+                p.events_received,
+                p.events_sent,
+                p.bytes_received,
+                p.bytes_sent,
+                p.duplicates_received,
+            ]
+        })
         .unwrap_or_default();
     *link.base.lock().unwrap_or_else(|p| p.into_inner()) = prior;
     let _ = dir.record_peer(link.peer.node_id, |p| p.connected_since_unix = Some(unix_now()));
@@ -36,7 +44,8 @@ pub fn record_end(ctx: &NodeCtx, link: &Link, error: Option<String>) {
 
 fn write(ctx: &NodeCtx, link: &Link, synced: bool, error: Option<String>, connected: bool) {
     let Some(dir) = &ctx.data_dir else { return };
-    let [base_received, base_sent, base_rx, base_tx] = *link.base.lock().unwrap_or_else(|p| p.into_inner());
+    let [base_received, base_sent, base_rx, base_tx, base_duplicates] =
+        *link.base.lock().unwrap_or_else(|p| p.into_inner());
     let view = link.last_view();
     let udp = link.conn.stats();
     let result = dir.record_peer(link.peer.node_id, |p| {
@@ -58,6 +67,7 @@ fn write(ctx: &NodeCtx, link: &Link, synced: bool, error: Option<String>, connec
         if let Some(v) = &view {
             p.events_received = base_received + v.stats.events_received;
             p.events_sent = base_sent + v.stats.events_sent;
+            p.duplicates_received = base_duplicates + v.stats.duplicates_received;
             p.we_lack = Some(v.we_lack);
             p.they_lack = Some(v.they_lack);
         }

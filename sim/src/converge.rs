@@ -98,8 +98,11 @@ fn held(w: &World, n: usize) -> BTreeSet<(Origin, u64)> {
         .collect()
 }
 
+/// The events a node holds, or should.
+type Held = BTreeSet<(Origin, u64)>;
+
 /// Per node: what it holds and what it should.
-fn compare(w: &World) -> Vec<(BTreeSet<(Origin, u64)>, BTreeSet<(Origin, u64)>)> {
+fn compare(w: &World) -> Vec<(Held, Held)> {
     let holdings: Vec<_> = (0..w.nodes.len()).map(|n| held(w, n)).collect();
     let want = expected(&w.identities(), &edges(w), &holdings);
     holdings.into_iter().zip(want).collect()

@@ -41,11 +41,7 @@ pub fn apply(w: &mut World, f: Fault) {
             w.nodes[n].disk = Some(store);
             w.fault_at(w.now.saturating_add(down), Fault::Restart(n));
         }
-        Fault::Restart(n) => {
-            if !w.node_up(n) {
-                w.boot_node(n);
-            }
-        }
+        Fault::Restart(n) if !w.node_up(n) => w.boot_node(n),
         Fault::Snapshot(n) if !healing => {
             if let Some(r) = &w.nodes[n].replica {
                 w.nodes[n].snapshot = Some(r.store().clone());

@@ -577,10 +577,7 @@ impl World {
 
     /// Carries out what a node's core asks for.
     pub fn drain(&mut self, n: usize) {
-        loop {
-            let Some(action) = self.nodes[n].replica.as_mut().and_then(|r| r.poll_action()) else {
-                break;
-            };
+        while let Some(action) = self.nodes[n].replica.as_mut().and_then(|r| r.poll_action()) {
             self.act(n, action);
         }
         let want = self.nodes[n].replica.as_ref().and_then(|r| r.poll_timeout());

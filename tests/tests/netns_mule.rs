@@ -161,7 +161,10 @@ fn a_mule_carries_events_between_sites_that_never_connect() {
             .values()
             .all(|p| p.found_by == "mdns" || p.found_by == "dialed-us"));
     }
-    // Every event sent was stored by its receiver: none crossed twice.
+    // Every event crossed once: none arrived where it was held already,
+    // and the receivers stored exactly the events policy sends them. (What
+    // a node wrote to a connection whose peer had gone, as the mule drove
+    // off, counts as sent but never arrived; it is not compared.)
     let total = |f: fn(&ferry::datadir::PeerRecord) -> u64| -> u64 {
         [&a, &b, &hub, &mule]
             .iter()
@@ -169,10 +172,21 @@ fn a_mule_carries_events_between_sites_that_never_connect() {
             .map(|p| f(&p))
             .sum()
     };
-    let (sent, received) = (total(|p| p.events_sent), total(|p| p.events_received));
-    assert_eq!(sent, received, "{sent} events sent, {received} stored");
+    let counts: Vec<String> = [("A", &a), ("B", &b), ("hub", &hub), ("mule", &mule)]
+        .iter()
+        .flat_map(|(n, d)| {
+            d.peers().into_values().map(move |p| {
+                format!(
+                    "{n} with {}: sent {} received {} duplicates {}",
+                    p.name, p.events_sent, p.events_received, p.duplicates_received
+                )
+            })
+        })
+        .collect();
+    assert_eq!(total(|p| p.duplicates_received), 0, "events crossed twice: {counts:#?}");
     // The mule got A, B and the hub (800), the hub A and B (600), A the hub (200).
-    assert_eq!(received, 800 + 600 + 200);
+    assert_eq!(total(|p| p.events_received), 800 + 600 + 200, "{counts:#?}");
+    assert!(total(|p| p.events_sent) >= 1600, "{counts:#?}");
     let hub_log = std::fs::read_to_string(log("hub")).unwrap_or_default();
     let kept = hub_log
         .lines()
