@@ -58,7 +58,7 @@ impl Index {
         if let Some(first) = o.open_chunk {
             if let Some(c) = o.chunks.get_mut(&first) {
                 if c.segment == segment
-                    && first + c.count as u64 == seq
+                    && seq.checked_sub(first) == Some(c.count as u64)
                     && c.count < CHUNK_MAX
                     && start >= c.end
                     && end - c.start <= CHUNK_MAX_SPAN
@@ -88,7 +88,9 @@ impl Index {
         };
         let mut out = Vec::new();
         if let Some((&s, c)) = o.chunks.range(..first).next_back() {
-            if s + c.count as u64 > first {
+            // A chunk holds at least one seq; its last is `s + count - 1`,
+            // which exists even when it is u64::MAX.
+            if s + (c.count as u64 - 1) >= first {
                 out.push((s, *c));
             }
         }

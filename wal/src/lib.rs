@@ -90,6 +90,8 @@ pub enum WalError {
     InvalidIdempotencyKey(String),
     #[error("idempotency key {key:?} was already used for a different request (other events); a new request needs a new key")]
     IdempotencyKeyReused { key: String },
+    #[error("the log {0} has used every sequence number (it holds an event at the largest one, from a peer or a damaged file); start a new log epoch")]
+    SeqExhausted(String),
     #[error("the WAL was opened read-only")]
     ReadOnly,
     #[error("the WAL writer has stopped after an earlier failure ({0}); restart ferry")]

@@ -185,7 +185,7 @@ impl Wal {
                 .flat_map(|(o, oi)| {
                     oi.chunks
                         .iter()
-                        .map(move |(s, c)| (c.segment, c.end, *o, *s + c.count as u64 - 1))
+                        .map(move |(s, c)| (c.segment, c.end, *o, *s + (c.count as u64 - 1)))
                 })
                 .max()
         };

@@ -59,12 +59,17 @@ pub(crate) fn start(
         .unwrap_or_else(|p| p.into_inner())
         .iter()
         .next_back()
-        .map(|(n, s)| (*n, s.path.clone(), s.version));
+        .map(|(n, s)| {
+            // Readers open a segment's records with the key its header names,
+            // so the writer may only continue a segment under its own key
+            // (encryption turned on or off, a rekey cut short) and of its
+            // own version (an older build's segment is left as it is).
+            let same_key = s.key.as_ref().map(|k| k.fingerprint()) == key.as_ref().map(|k| k.fingerprint());
+            (*n, s.path.clone(), same_key && s.version == VERSION)
+        });
     let (file, segment, len) = match last {
-        // An older build's segment is left as it is; new records go to a
-        // new segment whose header announces the kinds they may use.
-        Some((n, _, version)) if version < VERSION => create_segment(&shared, n + 1, key.as_ref())?,
-        Some((n, path, _)) => {
+        Some((n, _, false)) => create_segment(&shared, n + 1, key.as_ref())?,
+        Some((n, path, true)) => {
             let file = std::fs::OpenOptions::new()
                 .write(true)
                 .open(&path)
@@ -198,7 +203,14 @@ impl Writer {
         {
             let shared = self.shared.clone();
             let index = shared.index.read().unwrap_or_else(|p| p.into_inner());
-            let mut next_local = index.origins.get(&origin).and_then(|o| o.have.last()).unwrap_or(0) + 1;
+            // `None`: the local log holds u64::MAX (written by a peer or a
+            // damaged file) and can take no more events.
+            let mut next_local = index
+                .origins
+                .get(&origin)
+                .and_then(|o| o.have.last())
+                .unwrap_or(0)
+                .checked_add(1);
             for cmd in group {
                 match cmd {
                     Command::Local(items, tx) => {
@@ -311,7 +323,7 @@ impl Writer {
         &mut self,
         items: Vec<NewEvent>,
         origin: Origin,
-        next_local: &mut u64,
+        next_local: &mut Option<u64>,
         wall: u64,
         buf: &mut Vec<u8>,
         entries: &mut Vec<Entry>,
@@ -319,17 +331,25 @@ impl Writer {
         for item in &items {
             check_limits(&item.topic, &item.payload).map_err(|e| WalError::InvalidEvent(e.to_string()))?;
         }
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let first = next_local
+            .filter(|n| n.checked_add(items.len() as u64 - 1).is_some())
+            .ok_or_else(|| WalError::SeqExhausted(origin.to_string()))?;
         let mut out = Vec::with_capacity(items.len());
-        for item in items {
+        for (i, item) in items.into_iter().enumerate() {
+            // Fits: checked above for the last item.
+            let seq = first + i as u64;
             let e = Event {
                 origin,
-                seq: *next_local,
+                seq,
                 hlc: self.clock.now(wall),
                 topic: item.topic,
                 priority: item.priority,
                 payload: item.payload,
             };
-            *next_local += 1;
+            *next_local = seq.checked_add(1);
             let start = buf.len() as u64;
             encode_record(&e, self.key.as_ref(), buf);
             entries.push((e.origin, e.seq, e.priority, start, buf.len() as u64));
@@ -345,7 +365,7 @@ impl Writer {
         index: &Index,
         seen: &mut HashSet<(Origin, u64)>,
         origin: Origin,
-        next_local: &mut u64,
+        next_local: &mut Option<u64>,
         wall: u64,
         buf: &mut Vec<u8>,
         entries: &mut Vec<Entry>,
@@ -360,10 +380,10 @@ impl Writer {
                 report.duplicates += 1;
                 continue;
             }
-            if e.origin == origin && e.seq >= *next_local {
+            if e.origin == origin && next_local.is_some_and(|n| e.seq >= n) {
                 // Our own past events, coming back from a peer: never reuse
                 // their numbers.
-                *next_local = e.seq + 1;
+                *next_local = e.seq.checked_add(1);
             }
             self.clock.observe(e.hlc, wall);
             let start = buf.len() as u64;

@@ -340,3 +340,82 @@ fn rekey_keeps_every_event_in_order_even_when_interrupted() {
         Err(WalError::WrongKey { .. })
     ));
 }
+
+/// Found by the `wal_open` fuzz target: the writer continued the last
+/// segment with its own key although the segment's header names another, so
+/// what it wrote could not be read back. It must start a new segment.
+#[test]
+fn appends_after_a_key_change_go_to_a_segment_under_that_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (k1, k2) = (WalKey::generate(), WalKey::generate());
+    Wal::open(opts(dir.path(), Keyring::plaintext()))
+        .unwrap()
+        .append_local_blocking(vec![new_event(1)])
+        .unwrap();
+    // Encryption turned on.
+    let wal = open(dir.path(), &k1);
+    wal.append_local_blocking(vec![new_event(2)]).unwrap();
+    wal.append_local_once_blocking("k", vec![new_event(3)]).unwrap();
+    assert_eq!(wal.stats().segments, 2);
+    drop(wal);
+    let wal = open(dir.path(), &k1);
+    assert_eq!(all_events(&wal).len(), 3);
+    assert!(
+        wal.append_local_once_blocking("k", vec![new_event(3)])
+            .unwrap()
+            .replayed
+    );
+    drop(wal);
+    // A rekey that rewrote every segment but was cut short before the new
+    // key replaced the old: the node opens with the old key as current.
+    ferry_wal::rekey(dir.path(), &Keyring::single(k1.clone()), &k2).unwrap();
+    let both = Keyring {
+        current: Some(k1.clone()),
+        previous: vec![k2.clone()],
+    };
+    let wal = Wal::open(opts(dir.path(), both.clone())).unwrap();
+    wal.append_local_blocking(vec![new_event(4)]).unwrap();
+    drop(wal);
+    let wal = Wal::open(opts(dir.path(), both)).unwrap();
+    assert_eq!(all_events(&wal).len(), 4);
+    assert_eq!(wal.stats().segments, 3);
+}
+
+/// Found by the `wal_open` fuzz target: an event at seq u64::MAX (a damaged
+/// file, or a peer sending this node's own origin) overflowed the index and
+/// the next local seq. It is stored and read like any other; the local log
+/// then refuses new events instead of wrapping to seq 0.
+#[test]
+fn an_event_at_the_largest_seq_is_held_and_ends_the_local_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = WalKey::generate();
+    let wal = open(dir.path(), &key);
+    let ev = |seq: u64| Event {
+        origin: origin(1),
+        seq,
+        hlc: Hlc::new(1_000, 0),
+        topic: "t".into(),
+        priority: Priority::Normal,
+        payload: format!("at {seq}").into_bytes(),
+    };
+    wal.append_replicated_blocking(vec![ev(u64::MAX - 1)]).unwrap();
+    let last = wal.append_local_blocking(vec![new_event(1)]).unwrap();
+    assert_eq!(last[0].seq, u64::MAX);
+    let err = wal.append_local_blocking(vec![new_event(2)]).unwrap_err();
+    assert!(matches!(err, WalError::SeqExhausted(_)), "{err}");
+    assert_eq!(wal.append_local_blocking(vec![]).unwrap(), vec![]);
+    drop(wal);
+    let wal = open(dir.path(), &key);
+    let got = wal.read_range(&origin(1), u64::MAX - 5, u64::MAX, 10).unwrap();
+    assert_eq!(got.iter().map(|e| e.seq).collect::<Vec<_>>(), [u64::MAX - 1, u64::MAX]);
+    assert!(matches!(
+        wal.append_local_blocking(vec![new_event(3)]),
+        Err(WalError::SeqExhausted(_))
+    ));
+    // Other origins are unaffected.
+    let other = Event {
+        origin: origin(2),
+        ..ev(u64::MAX)
+    };
+    assert_eq!(wal.append_replicated_blocking(vec![other]).unwrap().stored, 1);
+}
