@@ -63,6 +63,8 @@ impl From<WalError> for ApiError {
             WalError::InvalidIdempotencyKey(_) => (StatusCode::BAD_REQUEST, "invalid_idempotency_key"),
             // The key names an earlier, different request: retrying cannot help.
             WalError::IdempotencyKeyReused { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"),
+            // Like a full disk: the log takes no more until an operator acts.
+            WalError::SeqExhausted(_) => (StatusCode::INSUFFICIENT_STORAGE, "log_exhausted"),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "storage_error"),
         };
         ApiError::new(status, code, e.to_string())
