@@ -126,6 +126,9 @@ pub enum Command {
   ferry run --api-listen 0.0.0.0:7701    # needs the token in DATA_DIR/api.token
   FERRY_LOG=info FERRY_LOG_FORMAT=json ferry run")]
     Run(RunArgs),
+    /// Keyed records: write, read and resolve versions through the running daemon.
+    #[command(subcommand)]
+    Record(RecordCommand),
     /// Maintenance of the write-ahead log.
     #[command(subcommand)]
     Wal(WalCommand),
@@ -193,6 +196,69 @@ pub enum CertCommand {
     Install {
         #[arg(long)]
         cert: PathBuf,
+    },
+}
+
+/// `ferry record ...`: every one goes through the daemon's local API.
+#[derive(Subcommand)]
+pub enum RecordCommand {
+    /// Write a new version of a record. Prints the version (`ORIGIN:SEQ`).
+    #[command(after_help = "Examples:
+  ferry record put patients p-17 '{\"name\":\"Dorji\",\"village\":\"Gasa\"}'
+  ferry record put patients p-17 --file p17.json --if-match NODE_ID.EPOCH:42
+  ferry record put patients p-17 --delete")]
+    Put {
+        collection: String,
+        key: String,
+        /// The value (or use --file, or --delete).
+        value: Option<String>,
+        /// Read the value from this file, whatever bytes it holds.
+        #[arg(long, conflicts_with = "value")]
+        file: Option<PathBuf>,
+        /// Write a tombstone instead of a value.
+        #[arg(long, conflicts_with_all = ["value", "file"])]
+        delete: bool,
+        /// Only if the current version is this one (else exit 1, nothing written).
+        #[arg(long)]
+        if_match: Option<String>,
+    },
+    /// Print a record's current value; concurrent versions are listed on stderr.
+    #[command(after_help = "Examples:\n  ferry record get patients p-17\n  ferry record get patients p-17 --json")]
+    Get {
+        collection: String,
+        key: String,
+        /// The whole answer as JSON: version, value, concurrent versions.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Page through a collection's current values.
+    #[command(
+        after_help = "Examples:\n  ferry record list patients\n  ferry record list patients --after CURSOR --limit 500 --json"
+    )]
+    List {
+        collection: String,
+        #[arg(long)]
+        after: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Records edited concurrently and not yet resolved, oldest first.
+    #[command(after_help = "Examples:\n  ferry record conflicts\n  ferry record conflicts --json")]
+    Conflicts {
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every version of a record: where and when it was written.
+    #[command(after_help = "Examples:\n  ferry record history patients p-17")]
+    History {
+        collection: String,
+        key: String,
+        #[arg(long)]
+        json: bool,
     },
 }
 

@@ -89,6 +89,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             })
         }
         Command::Run(ref args) => run(&data_dir()?, args),
+        Command::Record(ref c) => crate::records::cli::run(&data_dir()?, c),
         Command::Wal(WalCommand::Rekey) => rekey(&data_dir()?),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();

@@ -17,6 +17,7 @@ pub mod node;
 pub mod peers;
 pub mod pki;
 pub mod progress;
+pub mod records;
 pub mod status;
 pub mod store;
 pub mod tls;

@@ -11,6 +11,7 @@ mod dashboard;
 mod error;
 mod events;
 mod metrics;
+mod records;
 mod stream;
 
 pub use client::{Body, Client};
@@ -59,6 +60,8 @@ pub struct Api {
     stopping: tokio_util::sync::CancellationToken,
     /// Time from an append request to its events being durable.
     append_seconds: Histogram,
+    /// The keyed-record index (`None` only in unit tests of other parts).
+    records: Option<Arc<crate::records::Records>>,
 }
 
 /// Starts the API and records its address in the data directory.
@@ -92,6 +95,7 @@ pub async fn start(ctx: &Arc<NodeCtx>, opts: ApiOptions) -> Result<SocketAddr> {
         token,
         stopping: ctx.stopping.clone(),
         append_seconds: Histogram::default(),
+        records: Some(crate::records::Records::start(ctx)?),
     });
     let app = router(api);
     let stopping = ctx.stopping.clone();
@@ -112,6 +116,13 @@ fn router(api: Arc<Api>) -> Router {
         .route("/v1/events", post(events::append).get(events::list))
         .route("/v1/events/{origin}/{seq}", get(events::get_one))
         .route("/v1/stream", get(stream::stream))
+        .route("/v1/records/{collection}", get(records::list))
+        .route(
+            "/v1/records/{collection}/{key}",
+            get(records::get).put(records::put).delete(records::delete),
+        )
+        .route("/v1/records/{collection}/{key}/history", get(records::history))
+        .route("/v1/conflicts", get(records::conflicts))
         .route("/v1/status", get(status))
         .route("/v1/peers", get(peers))
         .route("/v1/openapi.json", get(openapi))

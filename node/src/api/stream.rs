@@ -130,6 +130,8 @@ pub async fn stream(
 enum Out {
     /// An event: its `ORIGIN:SEQ` and its JSON.
     Event(String, String),
+    /// A record write (`event: record`): its `ORIGIN:SEQ` and its JSON.
+    Record(String, String),
     /// The whole cursor after a batch.
     Cursor(String, String),
     Peers(String),
@@ -140,6 +142,7 @@ impl Out {
     fn into_sse(self) -> Sse {
         match self {
             Out::Event(id, data) => Sse::default().id(id).data(data),
+            Out::Record(id, data) => Sse::default().event("record").id(id).data(data),
             Out::Cursor(id, data) => Sse::default().event("cursor").id(id).data(data),
             Out::Peers(data) => Sse::default().event("peers").data(data),
             Out::Error(data) => Sse::default().event("error").data(data),
@@ -215,12 +218,14 @@ impl Feed {
                 let page = self.api.wal.read_range(origin, at + 1, end, PAGE)?;
                 let Some(last) = page.last().map(|e| e.seq) else { break };
                 for e in page.iter().filter(|e| self.filter.topic(&e.topic)) {
-                    let data = serde_json::to_string(&EventJson::of(e)).unwrap_or_default();
-                    if self
-                        .send(Out::Event(format!("{}:{}", e.origin, e.seq), data))
-                        .await
-                        .is_err()
-                    {
+                    let id = format!("{}:{}", e.origin, e.seq);
+                    // Record writes come as `record` events, decoded; other
+                    // events as they always have.
+                    let out = match super::records::stream_json(e) {
+                        Some(data) => Out::Record(id, data),
+                        None => Out::Event(id, serde_json::to_string(&EventJson::of(e)).unwrap_or_default()),
+                    };
+                    if self.send(out).await.is_err() {
                         return Ok(moved);
                     }
                 }
@@ -280,6 +285,7 @@ mod tests {
             token: None,
             stopping: Default::default(),
             append_seconds: Default::default(),
+            records: None,
         });
         let (tx, mut rx) = tokio::sync::mpsc::channel(64);
         let feed = Feed {
