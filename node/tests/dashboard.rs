@@ -58,6 +58,13 @@ fn the_dashboard_shows_the_hub_its_clinics_and_live_events() {
                 &format!(r#"{{"type":"visit","clinic":"{name}","n":{v}}}"#),
             ]);
         }
+        if i < 2 {
+            // The first two edit the same record, each before hearing of
+            // the other: one conflict at the hub.
+            let offline = Daemon::start(&dir, &[]);
+            ok(&["record", "put", "--data-dir", &dir, "patients", "p-1", name]);
+            offline.stop();
+        }
         ok(&["sync", "--data-dir", &dir, "--peer", &hub.addr]);
         std::thread::sleep(Duration::from_millis(1100));
     }
@@ -71,7 +78,7 @@ fn the_dashboard_shows_the_hub_its_clinics_and_live_events() {
         r#"{"type":"visit","clinic":"bhu-tang"}"#,
     ]);
     wait_for("the hub to hold every clinic's events", || {
-        hub.get_json("/v1/status")["events"] == 40 + 5 + 8 + 11 + 1
+        hub.get_json("/v1/status")["events"] == 40 + 5 + 8 + 11 + 1 + 2
     });
 
     let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
@@ -93,6 +100,7 @@ fn the_dashboard_shows_the_hub_its_clinics_and_live_events() {
     assert_eq!(shown["errors"], serde_json::json!([]), "errors in the page");
     assert_eq!(shown["node"]["name"], "thimphu-hub");
     assert_eq!(shown["node"]["role"], "hub");
+    assert_eq!(shown["node"]["conflicts"], "1", "the record edited at two clinics");
     // Every request went to the node itself: no fonts, scripts or styles
     // from elsewhere.
     for url in shown["requests"].as_array().unwrap() {

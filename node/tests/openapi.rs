@@ -28,6 +28,10 @@ fn the_served_document_is_the_one_in_the_repository() {
         "/v1/stream",
         "/v1/status",
         "/v1/peers",
+        "/v1/records/{collection}",
+        "/v1/records/{collection}/{key}",
+        "/v1/records/{collection}/{key}/history",
+        "/v1/conflicts",
         "/v1/openapi.json",
         "/metrics",
         "/healthz",
@@ -64,6 +68,8 @@ fn schemathesis_finds_no_server_error_and_no_undocumented_answer() {
     wait_for("the hub to hold the clinic's events", || {
         hub.get_json("/v1/status")["events"] == 3
     });
+    // A record, so that the record routes have something to show.
+    ok(&["record", "put", "--data-dir", &hub_dir, "patients", "p-1", r#"{"name":"Dorji"}"#]);
     // Its cache of findings goes in the test's own directory, not the repository.
     let out = Command::new("schemathesis")
         .current_dir(dep.tmp.path())

@@ -31,6 +31,8 @@ try {
     role: await page.textContent("#node-role"),
     events: await page.textContent("#node-events"),
     connected: await page.textContent("#node-connected"),
+    conflicts: await page.waitForFunction(() => document.getElementById("node-conflicts").textContent !== "-", null, { timeout: 20000 })
+      .then(() => page.textContent("#node-conflicts")),
   };
   shown.clinics = await rows("#clinics");
   shown.peers = await rows("#peers");
