@@ -58,7 +58,8 @@ impl Index {
             Some(p) => match redb::Builder::new().set_cache_size(CACHE_BYTES).create(p) {
                 Ok(db) => db,
                 Err(e) => {
-                    tracing::warn!(path = %p.display(), "record index unreadable ({e}); rebuilding it from the log");
+                    // It heals itself, so no warning: an operator has nothing to do.
+                    tracing::info!(path = %p.display(), "record index unreadable ({e}); rebuilding it from the log");
                     std::fs::remove_file(p)
                         .with_context(|| format!("could not remove the damaged record index {}", p.display()))?;
                     redb::Builder::new()
