@@ -69,7 +69,15 @@ fn schemathesis_finds_no_server_error_and_no_undocumented_answer() {
         hub.get_json("/v1/status")["events"] == 3
     });
     // A record, so that the record routes have something to show.
-    ok(&["record", "put", "--data-dir", &hub_dir, "patients", "p-1", r#"{"name":"Dorji"}"#]);
+    ok(&[
+        "record",
+        "put",
+        "--data-dir",
+        &hub_dir,
+        "patients",
+        "p-1",
+        r#"{"name":"Dorji"}"#,
+    ]);
     // Its cache of findings goes in the test's own directory, not the repository.
     let out = Command::new("schemathesis")
         .current_dir(dep.tmp.path())

@@ -309,3 +309,57 @@ fn a_collection_pages_and_the_index_survives_loss_and_damage() {
     assert!(change["key"].as_str().unwrap().starts_with('v'));
     assert!(change["version"].is_string());
 }
+
+/// The same, with no network between the sites at all: a mule (`ferry sync`
+/// from a laptop) visits each clinic and the hub in turn and carries both
+/// edits, then the resolution.
+#[test]
+fn a_mule_carries_both_edits_and_the_resolution() {
+    let dep = Deployment::new("bhutan-east");
+    let hub_dir = dep.node("thimphu-hub", "hub");
+    let gasa_dir = dep.node("bhu-gasa", "clinic");
+    let laya_dir = dep.node("bhu-laya", "clinic");
+    let mule_dir = dep.node("mule", "mule");
+    let hub = offline(&hub_dir);
+    let gasa = offline(&gasa_dir);
+    let laya = offline(&laya_dir);
+    let visit = |d: &Daemon| ok(&["sync", "--data-dir", &mule_dir, "--peer", &d.addr]);
+
+    let put = |dir: &str, value: &str| {
+        ok(&["record", "put", "--data-dir", dir, "referrals", "r-9", value])
+            .trim()
+            .to_string()
+    };
+    let v_gasa = put(&gasa_dir, r#"{"to":"thimphu","reason":"x-ray"}"#);
+    let v_laya = put(&laya_dir, r#"{"to":"thimphu","reason":"maternity"}"#);
+    for d in [&gasa, &laya, &hub, &gasa, &laya] {
+        visit(d);
+    }
+    let nodes = [("hub", &hub), ("gasa", &gasa), ("laya", &laya)];
+    let mut winners = Vec::new();
+    for (name, d) in nodes {
+        wait_for(&format!("{name} to show the conflict"), || conflicts(d)["count"] == 1);
+        let r = record(d, "/v1/records/referrals/r-9");
+        let mut both = vec![
+            r["version"].as_str().unwrap().to_string(),
+            r["concurrent"][0]["version"].as_str().unwrap().to_string(),
+        ];
+        winners.push(both[0].clone());
+        both.sort();
+        let mut want = vec![v_gasa.clone(), v_laya.clone()];
+        want.sort();
+        assert_eq!(both, want, "{name}: {r}");
+    }
+    assert!(winners.iter().all(|w| *w == winners[0]), "{winners:?}");
+
+    // Resolved at the hub; the mule takes it to both clinics.
+    let resolved = put(&hub_dir, r#"{"to":"thimphu","reason":"x-ray, maternity"}"#);
+    for d in [&hub, &gasa, &laya] {
+        visit(d);
+    }
+    for (name, d) in nodes {
+        wait_for(&format!("{name} to show it resolved"), || {
+            conflicts(d)["count"] == 0 && record(d, "/v1/records/referrals/r-9")["version"] == resolved.as_str()
+        });
+    }
+}
