@@ -161,6 +161,8 @@ fn a_stale_if_match_gets_409_and_writes_nothing() {
     let dir = dep.node("bhu-gasa", "clinic");
     let d = Daemon::start(&dir, &[]);
     let url = d.url("/v1/records/stock/amoxicillin");
+    // ureq's error is large; it is what `error_of` takes apart.
+    #[allow(clippy::result_large_err)]
     let put = |body: &str, if_match: Option<&str>| {
         let mut r = ureq::put(&url).set("Content-Type", "application/json");
         if let Some(v) = if_match {

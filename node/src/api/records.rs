@@ -341,7 +341,7 @@ pub async fn list(
     for (_, rec) in &page {
         let (_, key) = names_of(&api, rec)?;
         let r = record_json(&api, &collection, &key, rec)?;
-        if !(r.current.deleted && !r.conflict) {
+        if !r.current.deleted || r.conflict {
             out.push(r);
         }
     }
