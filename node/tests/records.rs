@@ -365,3 +365,17 @@ fn a_mule_carries_both_edits_and_the_resolution() {
         });
     }
 }
+
+#[test]
+fn record_commands_have_help_and_say_they_need_the_daemon() {
+    for sub in ["put", "get", "list", "conflicts", "history"] {
+        let out = ok(&["record", sub, "--help"]);
+        assert!(out.contains("Usage") && out.contains("Examples"), "{sub}: {out}");
+    }
+    let dep = Deployment::new("bhutan-east");
+    let dir = dep.node("bhu-gasa", "clinic");
+    let out = run(&["record", "get", "--data-dir", &dir, "patients", "p-1"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ferry run"), "{err}");
+}
