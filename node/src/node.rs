@@ -169,7 +169,7 @@ impl Node {
             },
         );
         ctx.tasks.spawn(accept_loop(driver.clone(), endpoint.clone()));
-        ctx.tasks.spawn(crate::peers::refresh(driver.clone()));
+        ctx.tasks.spawn(crate::driver::refresh_peers(driver.clone()));
         Ok(Node {
             ctx,
             driver,
