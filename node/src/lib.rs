@@ -21,5 +21,6 @@ pub mod pki;
 pub(crate) mod progress;
 pub(crate) mod status;
 pub(crate) mod store;
+pub mod sync_error;
 pub mod tls;
 pub mod transport;
