@@ -179,7 +179,7 @@ async fn resolve(peer: &str) -> Result<SocketAddr> {
 
 async fn dial(node: &Node, target: &Target) -> Result<crate::node::Opened> {
     match target {
-        Target::Static(peer) => node.open(resolve(peer).await?, false).await,
+        Target::Static(peer) => Ok(node.open(resolve(peer).await?, false).await?),
         Target::Lan(id, addrs) => {
             let addrs = addrs.lock().unwrap_or_else(|p| p.into_inner()).clone();
             let mut last = anyhow::anyhow!("{} advertised no address", id.short());
@@ -196,7 +196,7 @@ async fn dial(node: &Node, target: &Target) -> Result<crate::node::Opened> {
                             o.link.peer.node_id
                         );
                     }
-                    Err(e) => last = e,
+                    Err(e) => last = e.into(),
                 }
             }
             Err(last)

@@ -13,7 +13,7 @@
 //! wal/          segments
 //! ```
 
-use crate::pki::{self, CertInfo, Role};
+use crate::pki::{self, CertInfo, Identity, Role};
 use anyhow::{bail, Context, Result};
 use ferry_proto::{NodeId, Origin};
 use ferry_wal::{Keyring, Wal, WalKey, WalOptions};
@@ -90,16 +90,6 @@ fn default_interval() -> u64 {
 #[derive(Clone, Debug)]
 pub struct DataDir {
     pub root: PathBuf,
-}
-
-/// The node's identity as the data directory holds it.
-pub struct Identity {
-    pub key: KeyPair,
-    pub node_id: NodeId,
-    /// Present once enrolled.
-    pub cert: Option<CertInfo>,
-    pub cert_pem: Option<String>,
-    pub ca_pem: Option<String>,
 }
 
 impl DataDir {

@@ -11,6 +11,15 @@ use ferry_wal::NewEvent;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// A line of the demo's story. A closed pipe (`ferry demo | head`) ends the
+/// output with an error the binary treats as the end, not a panic.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*)?;
+    }};
+}
+
 const GASA: &str = include_str!("../demo/gasa.jsonl");
 const LAYA: &str = include_str!("../demo/laya.jsonl");
 
@@ -34,15 +43,16 @@ async fn write(node: &Node, lines: &str) -> Result<()> {
     Ok(())
 }
 
-fn show(nodes: &[(&str, &Arc<Node>)]) {
+fn show(nodes: &[(&str, &Arc<Node>)]) -> Result<()> {
     for (label, n) in nodes {
         let s = n.ctx.wal.summary();
-        println!(
+        say!(
             "    {label:<9} holds {:>3} events from {} origin(s)",
             s.total_events(),
             s.0.len()
         );
     }
+    Ok(())
 }
 
 pub fn run(dir: Option<PathBuf>) -> Result<()> {
@@ -53,10 +63,10 @@ pub fn run(dir: Option<PathBuf>) -> Result<()> {
         .enable_all()
         .build()?
         .block_on(async {
-            println!("ferry demo in {}\n", root.display());
+            say!("ferry demo in {}\n", root.display());
             let ca = root.join("ca");
             pki::ca_init(&ca, "demo")?;
-            println!("1.  made a deployment CA, and enrolled a hub and two clinics under it");
+            say!("1.  made a deployment CA, and enrolled a hub and two clinics under it");
             let mut nodes = Vec::new();
             for (name, role) in [
                 ("hub", Role::Hub),
@@ -70,7 +80,7 @@ pub fn run(dir: Option<PathBuf>) -> Result<()> {
                     "127.0.0.1:0".parse()?,
                     &TransportProfile::lan(),
                 )?);
-                println!(
+                say!(
                     "    {name:<9} {:<6} node {}  listening on {}",
                     role.to_string(),
                     node.ctx.node_id,
@@ -81,29 +91,30 @@ pub fn run(dir: Option<PathBuf>) -> Result<()> {
             let (hub, gasa, laya) = (&nodes[0], &nodes[1], &nodes[2]);
             write(gasa, GASA).await?;
             write(laya, LAYA).await?;
-            println!("\n2.  each clinic wrote 150 events locally (no network needed)");
-            show(&[("hub", hub), ("bhu-gasa", gasa), ("bhu-laya", laya)]);
+            say!("\n2.  each clinic wrote 150 events locally (no network needed)");
+            show(&[("hub", hub), ("bhu-gasa", gasa), ("bhu-laya", laya)])?;
 
-            println!("\n3.  the clinics sync with the hub (QUIC, mutual TLS, pulls of exactly the missing ranges)");
+            say!("\n3.  the clinics sync with the hub (QUIC, mutual TLS, pulls of exactly the missing ranges)");
             for (label, clinic) in [("bhu-gasa", gasa), ("bhu-laya", laya), ("bhu-gasa", gasa)] {
                 let r = clinic.sync_once(hub.local_addr()?).await?;
-                println!(
+                say!(
                     "    {label:<9} <-> hub: sent {:>3}, received {:>3} events, {:>6} bytes on the wire",
                     r.events_sent,
                     r.events_received,
                     r.udp_tx_bytes + r.udp_rx_bytes
                 );
             }
-            show(&[("hub", hub), ("bhu-gasa", gasa), ("bhu-laya", laya)]);
+            show(&[("hub", hub), ("bhu-gasa", gasa), ("bhu-laya", laya)])?;
 
             let r = gasa.sync_once(hub.local_addr()?).await?;
-            println!(
+            say!(
                 "\n4.  syncing again moves nothing: sent {}, received {}",
-                r.events_sent, r.events_received
+                r.events_sent,
+                r.events_received
             );
             let same =
                 hub.ctx.wal.summary() == gasa.ctx.wal.summary() && gasa.ctx.wal.summary() == laya.ctx.wal.summary();
-            println!(
+            say!(
                 "\n{}",
                 if same {
                     "all three nodes hold the same 300 events."
@@ -115,7 +126,7 @@ pub fn run(dir: Option<PathBuf>) -> Result<()> {
                 n.shutdown().await;
             }
             if tmp.path() != root {
-                println!(
+                say!(
                     "\nexplore: ferry status --data-dir {}/bhu-gasa ; ferry log --data-dir {}/hub --limit 3",
                     root.display(),
                     root.display()

@@ -9,10 +9,14 @@
 //! bytes and events between it and the world.
 
 use crate::ctx::NodeCtx;
-use crate::link::Link;
+use crate::link::{code, Link, LinkEvents};
+use crate::peers;
 use crate::store::WalStore;
-use ferry_proto::{Classes, NodeId, Origin, RangeSet, Summary};
-use ferry_sync::{Action, AppendReport, Config, ConnId, Notice, PeerInfo, Replica, SessionView, StoreError, Time};
+use ferry_proto::{Classes, ErrorCode, NodeId, Origin, RangeSet, Summary};
+use ferry_sync::{
+    Action, AppendReport, Config, ConnId, Notice, PeerInfo, Replica, SessionView, StoreError, StreamId, StreamKind,
+    Time,
+};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -110,21 +114,6 @@ impl Driver {
         };
         let memory = remembered.then(|| self.remembered(&link.peer.node_id)).flatten();
         self.with_core(|core, now| core.connect(now, id, info, memory.as_ref()));
-    }
-
-    /// The connection ended, for whatever reason.
-    pub fn closed(self: &Arc<Self>, link: &Arc<Link>) {
-        let id = link.id();
-        let view = self.with_core(|core, now| {
-            let view = core.session(id);
-            core.handle_closed(now, id);
-            view
-        });
-        if let Some(v) = view {
-            link.keep_view(v);
-        }
-        link.forget_streams();
-        self.links.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
     }
 
     pub fn link(&self, id: ConnId) -> Option<Arc<Link>> {
@@ -251,7 +240,7 @@ impl Driver {
                         link.keep_view(v);
                     }
                     link.in_step();
-                    crate::peers::record(&self.ctx, &link, true);
+                    peers::record(&self.ctx, &link, true);
                 }
             }
             Notice::PeerHolds { conn, summary, classes } => {
@@ -333,5 +322,65 @@ async fn local_appends(driver: Arc<Driver>) {
             .map(|seq| (local, seq, class_of(seq)))
             .collect();
         driver.with_core(|core, now| core.handle_local_appended(now, &events));
+    }
+}
+
+/// Writes every connected peer's counts and lag to peers.json every few
+/// seconds, for `ferry peers`, `ferry status`, `/metrics` and the dashboard.
+pub async fn refresh_peers(driver: Arc<Driver>) {
+    loop {
+        tokio::select! {
+            _ = driver.ctx.stopping.cancelled() => return,
+            _ = tokio::time::sleep(peers::REFRESH) => {}
+        }
+        let views = driver.views();
+        for link in driver.links() {
+            if let Some(v) = views.iter().find(|v| v.conn == link.id()) {
+                link.keep_view(v.clone());
+                peers::record(&driver.ctx, &link, false);
+            }
+        }
+    }
+}
+
+impl LinkEvents for Driver {
+    fn stream_data(self: &Arc<Self>, conn: ConnId, stream: StreamId, kind: StreamKind, bytes: &[u8]) {
+        self.with_core(|core, now| core.handle_stream_data(now, conn, stream, kind, bytes));
+    }
+
+    fn stream_end(self: &Arc<Self>, conn: ConnId, stream: StreamId) {
+        self.with_core(|core, now| core.handle_stream_end(now, conn, stream));
+    }
+
+    fn sent(self: &Arc<Self>, conn: ConnId, stream: StreamId) {
+        self.with_core(|core, now| core.handle_sent(now, conn, stream));
+    }
+
+    fn closed(self: &Arc<Self>, link: &Arc<Link>, why: &quinn::ConnectionError) {
+        let id = link.id();
+        let view = self.with_core(|core, now| {
+            let view = core.session(id);
+            core.handle_closed(now, id);
+            view
+        });
+        if let Some(v) = view {
+            link.keep_view(v);
+        }
+        link.forget_streams();
+        self.links.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        let error = match why {
+            quinn::ConnectionError::ApplicationClosed(c) if c.error_code == code(ErrorCode::Done) => None,
+            quinn::ConnectionError::LocallyClosed => None,
+            other => Some(other.to_string()),
+        };
+        peers::record_end(&self.ctx, link, error);
+    }
+
+    fn tasks(&self) -> &tokio_util::task::TaskTracker {
+        &self.ctx.tasks
+    }
+
+    fn budget(&self) -> Option<&crate::budget::Budget> {
+        self.ctx.budget.as_ref()
     }
 }

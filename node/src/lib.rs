@@ -1,24 +1,27 @@
-//! The ferry node: identity and PKI, QUIC endpoint, sync sessions, daemon
-//! and CLI. The binary is a thin `main` over this library, which tests use.
+//! The ferry node: identity and PKI, the QUIC driver of the sync core
+//! (`ferry-sync`), the daemon, the local API and the CLI. The binary is a
+//! thin `main` over this library; tests use its public modules, and the
+//! rest is internal.
 
 pub mod api;
-pub mod budget;
+pub(crate) mod budget;
 pub mod cli;
 pub mod commands;
-pub mod congestion;
-pub mod ctx;
+pub(crate) mod congestion;
+pub(crate) mod ctx;
 pub mod daemon;
 pub mod datadir;
-pub mod demo;
-pub mod driver;
-pub mod link;
-pub mod netwatch;
+pub(crate) mod demo;
+pub(crate) mod driver;
+pub(crate) mod link;
+pub(crate) mod netwatch;
 pub mod node;
-pub mod peers;
+pub(crate) mod peers;
 pub mod pki;
-pub mod progress;
-pub mod records;
-pub mod status;
-pub mod store;
+pub(crate) mod progress;
+pub(crate) mod records;
+pub(crate) mod status;
+pub(crate) mod store;
+pub mod sync_error;
 pub mod tls;
 pub mod transport;

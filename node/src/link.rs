@@ -1,8 +1,9 @@
 //! One QUIC connection to a verified peer: the streams the core opens and
 //! writes, the streams the peer opens and what arrives on them, and the
-//! connection's end, all handed to the driver.
+//! connection's end, all handed to whoever runs the core (`LinkEvents`,
+//! implemented by the driver).
 
-use crate::driver::Driver;
+use crate::budget::Budget;
 use crate::pki::CertInfo;
 use ferry_sync::{ConnId, SessionView, StreamId, StreamKind};
 use std::collections::BTreeMap;
@@ -44,6 +45,20 @@ pub struct Link {
     /// peers.json's counts for this peer when the connection began: events
     /// received and sent, bytes received and sent, duplicates received.
     pub(crate) base: Mutex<[u64; 5]>,
+}
+
+/// What a link reports, and what it needs from the node that runs it.
+pub trait LinkEvents: Send + Sync + 'static {
+    fn stream_data(self: &Arc<Self>, conn: ConnId, stream: StreamId, kind: StreamKind, bytes: &[u8]);
+    fn stream_end(self: &Arc<Self>, conn: ConnId, stream: StreamId);
+    /// A data stream's last bytes were taken by QUIC: the core may send more.
+    fn sent(self: &Arc<Self>, conn: ConnId, stream: StreamId);
+    /// The connection ended, for the reason given.
+    fn closed(self: &Arc<Self>, link: &Arc<Link>, why: &quinn::ConnectionError);
+    /// Where the link's tasks are tracked, so shutdown waits for them.
+    fn tasks(&self) -> &tokio_util::task::TaskTracker;
+    /// The bandwidth budget event data is charged to, if any.
+    fn budget(&self) -> Option<&Budget>;
 }
 
 pub fn code(c: ferry_proto::ErrorCode) -> quinn::VarInt {
@@ -88,43 +103,34 @@ impl Link {
     }
 
     /// Starts reading what the peer sends and watching for the end.
-    pub fn serve(self: &Arc<Self>, driver: &Arc<Driver>) {
-        let tasks = &driver.ctx.tasks;
-        tasks.spawn(accept_bi(driver.clone(), self.clone()));
-        tasks.spawn(accept_uni(driver.clone(), self.clone()));
-        let (driver, link) = (driver.clone(), self.clone());
+    pub fn serve<E: LinkEvents>(self: &Arc<Self>, events: &Arc<E>) {
+        let tasks = events.tasks();
+        tasks.spawn(accept_bi(events.clone(), self.clone()));
+        tasks.spawn(accept_uni(events.clone(), self.clone()));
+        let (events, link) = (events.clone(), self.clone());
         tasks.spawn(async move {
             let why = link.conn.closed().await;
             tracing::info!(peer = %link.peer.node_id.short(), addr = %link.addr, "connection ended: {why}");
-            driver.closed(&link);
-            let error = match &why {
-                quinn::ConnectionError::ApplicationClosed(c) if c.error_code == code(ferry_proto::ErrorCode::Done) => {
-                    None
-                }
-                quinn::ConnectionError::LocallyClosed => None,
-                other => Some(other.to_string()),
-            };
-            crate::peers::record_end(&driver.ctx, &link, error);
+            events.closed(&link, &why);
         });
     }
 
     /// Opens a stream the core asked for; what it sends queues meanwhile.
-    pub fn open(self: &Arc<Self>, driver: &Arc<Driver>, stream: StreamId, kind: StreamKind, priority: i32) {
+    pub fn open<E: LinkEvents>(self: &Arc<Self>, events: &Arc<E>, stream: StreamId, kind: StreamKind, priority: i32) {
         let (tx, rx) = mpsc::unbounded_channel();
         self.streams
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(stream, tx);
-        let (driver, link) = (driver.clone(), self.clone());
+        let (events, link) = (events.clone(), self.clone());
         let session = self.id();
-        driver.ctx.tasks.clone().spawn(async move {
+        events.tasks().clone().spawn(async move {
             let send = match kind {
                 StreamKind::Bidi => match link.conn.open_bi().await {
                     Ok((send, recv)) => {
-                        driver
-                            .ctx
-                            .tasks
-                            .spawn(read(driver.clone(), link.clone(), session, recv, stream, kind));
+                        events
+                            .tasks()
+                            .spawn(read(events.clone(), link.clone(), session, recv, stream, kind));
                         send
                     }
                     Err(e) => return tracing::debug!("could not open a stream: {e}"),
@@ -135,7 +141,7 @@ impl Link {
                 },
             };
             let _ = send.set_priority(priority);
-            write(driver, link, session, send, rx, stream, kind).await;
+            write(events, link, session, send, rx, stream, kind).await;
         });
     }
 
@@ -190,8 +196,8 @@ impl Link {
     }
 }
 
-async fn write(
-    driver: Arc<Driver>,
+async fn write<E: LinkEvents>(
+    events: Arc<E>,
     link: Arc<Link>,
     session: ConnId,
     mut send: quinn::SendStream,
@@ -210,7 +216,7 @@ async fn write(
         match out {
             Out::Bytes(bytes) => {
                 if kind == StreamKind::Uni {
-                    if let Some(budget) = &driver.ctx.budget {
+                    if let Some(budget) = events.budget() {
                         budget.spend(bytes.len()).await;
                     }
                 }
@@ -219,7 +225,7 @@ async fn write(
                     return;
                 }
                 if kind == StreamKind::Uni {
-                    driver.with_core(|core, now| core.handle_sent(now, session, stream));
+                    events.sent(session, stream);
                 }
             }
             Out::Finish => {
@@ -229,8 +235,8 @@ async fn write(
     }
 }
 
-async fn read(
-    driver: Arc<Driver>,
+async fn read<E: LinkEvents>(
+    events: Arc<E>,
     link: Arc<Link>,
     session: ConnId,
     mut recv: quinn::RecvStream,
@@ -242,16 +248,16 @@ async fn read(
         drop(link.append_slot().await);
         match recv.read_chunk(READ_CHUNK, true).await {
             Ok(Some(chunk)) => {
-                driver.with_core(|core, now| core.handle_stream_data(now, session, stream, kind, &chunk.bytes));
+                events.stream_data(session, stream, kind, &chunk.bytes);
             }
             Ok(None) => {
-                driver.with_core(|core, now| core.handle_stream_end(now, session, stream));
+                events.stream_end(session, stream);
                 return;
             }
             Err(e) => {
                 tracing::debug!(peer = %link.peer.node_id.short(), "stream read ended: {e}");
                 if !matches!(e, quinn::ReadError::ConnectionLost(_) | quinn::ReadError::ClosedStream) {
-                    driver.with_core(|core, now| core.handle_stream_end(now, session, stream));
+                    events.stream_end(session, stream);
                 }
                 return;
             }
@@ -259,7 +265,7 @@ async fn read(
     }
 }
 
-async fn accept_bi(driver: Arc<Driver>, link: Arc<Link>) {
+async fn accept_bi<E: LinkEvents>(events: Arc<E>, link: Arc<Link>) {
     while let Ok((send, recv)) = link.conn.accept_bi().await {
         let stream = StreamId::Remote(link.remote_next.fetch_add(1, Relaxed));
         let session = link.id();
@@ -268,9 +274,9 @@ async fn accept_bi(driver: Arc<Driver>, link: Arc<Link>) {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(stream, tx);
-        let tasks = &driver.ctx.tasks;
+        let tasks = events.tasks();
         tasks.spawn(read(
-            driver.clone(),
+            events.clone(),
             link.clone(),
             session,
             recv,
@@ -278,7 +284,7 @@ async fn accept_bi(driver: Arc<Driver>, link: Arc<Link>) {
             StreamKind::Bidi,
         ));
         tasks.spawn(write(
-            driver.clone(),
+            events.clone(),
             link.clone(),
             session,
             send,
@@ -289,12 +295,12 @@ async fn accept_bi(driver: Arc<Driver>, link: Arc<Link>) {
     }
 }
 
-async fn accept_uni(driver: Arc<Driver>, link: Arc<Link>) {
+async fn accept_uni<E: LinkEvents>(events: Arc<E>, link: Arc<Link>) {
     while let Ok(recv) = link.conn.accept_uni().await {
         let stream = StreamId::Remote(link.remote_next.fetch_add(1, Relaxed));
         let session = link.id();
-        driver.ctx.tasks.spawn(read(
-            driver.clone(),
+        events.tasks().spawn(read(
+            events.clone(),
             link.clone(),
             session,
             recv,

@@ -6,6 +6,7 @@ use crate::datadir::{DataDir, Policy};
 use crate::driver::{Driver, Mode};
 use crate::link::{code, Link};
 use crate::pki::{CertInfo, Role};
+use crate::sync_error::SyncError;
 use crate::tls::{self, TlsIdentity};
 use crate::transport::TransportProfile;
 use anyhow::{Context, Result};
@@ -169,7 +170,7 @@ impl Node {
             },
         );
         ctx.tasks.spawn(accept_loop(driver.clone(), endpoint.clone()));
-        ctx.tasks.spawn(crate::peers::refresh(driver.clone()));
+        ctx.tasks.spawn(crate::driver::refresh_peers(driver.clone()));
         Ok(Node {
             ctx,
             driver,
@@ -249,11 +250,11 @@ impl Node {
         }
     }
 
-    fn unreachable(&self, addr: SocketAddr, lan: bool) -> anyhow::Error {
-        anyhow::anyhow!(
-            "no answer from {addr} within {:?}; is the peer running and the UDP port open?",
-            self.connect_timeout(lan)
-        )
+    fn unreachable(&self, addr: SocketAddr, lan: bool) -> SyncError {
+        SyncError::Unreachable {
+            addr,
+            after: self.connect_timeout(lan),
+        }
     }
 
     /// Connects to `addr` and hands the connection to the core, which opens
@@ -263,12 +264,13 @@ impl Node {
     /// 0-RTT data; if the peer rejects it (it restarted, or the ticket
     /// expired), that connection is closed and a full handshake follows.
     /// `lan`: the peer was found on the LAN.
-    pub async fn open(&self, addr: SocketAddr, lan: bool) -> Result<Opened> {
+    pub async fn open(&self, addr: SocketAddr, lan: bool) -> Result<Opened, SyncError> {
         let started = Instant::now();
         let (config, last) = self.dial(addr, lan)?;
         let mut connecting = self
             .dialer()?
-            .connect_with(config.clone(), addr, crate::pki::SERVER_NAME)?;
+            .connect_with(config.clone(), addr, crate::pki::SERVER_NAME)
+            .map_err(|source| SyncError::Dial { addr, source })?;
         if let Some(peer) = last {
             match connecting.into_0rtt() {
                 Ok((conn, accepted)) => {
@@ -306,8 +308,11 @@ impl Node {
         lan: bool,
         config: quinn::ClientConfig,
         started: Instant,
-    ) -> Result<Opened> {
-        let connecting = self.dialer()?.connect_with(config, addr, crate::pki::SERVER_NAME)?;
+    ) -> Result<Opened, SyncError> {
+        let connecting = self
+            .dialer()?
+            .connect_with(config, addr, crate::pki::SERVER_NAME)
+            .map_err(|source| SyncError::Dial { addr, source })?;
         self.finish_full(connecting, addr, lan, started).await
     }
 
@@ -317,11 +322,11 @@ impl Node {
         addr: SocketAddr,
         lan: bool,
         started: Instant,
-    ) -> Result<Opened> {
+    ) -> Result<Opened, SyncError> {
         let conn = tokio::time::timeout(self.connect_timeout(lan), connecting)
             .await
             .map_err(|_| self.unreachable(addr, lan))?
-            .with_context(|| format!("could not connect to {addr}"))?;
+            .map_err(|source| SyncError::Connection { addr, source })?;
         let peer = tls::peer_cert(&conn)?;
         let link = self.adopt(conn, peer, addr, lan, started);
         Ok(Opened {
@@ -338,20 +343,20 @@ impl Node {
         accepted: quinn::ZeroRttAccepted,
         peer: CertInfo,
         started: Instant,
-    ) -> Result<Option<Opened>> {
+    ) -> Result<Option<Opened>, SyncError> {
         let link = self.adopt(conn.clone(), peer.clone(), addr, lan, started);
         let accepted = accepted.await;
         if let Some(why) = conn.close_reason() {
-            return Err(anyhow::Error::new(why).context(format!("could not connect to {addr}")));
+            return Err(SyncError::Connection { addr, source: why });
         }
         let actual = tls::peer_cert(&conn)?;
         if actual.node_id != peer.node_id {
             conn.close(code(ErrorCode::Protocol), b"unexpected peer");
-            anyhow::bail!(
-                "{addr} resumed a session of node {} but presents {}",
-                peer.node_id,
-                actual.node_id
-            );
+            return Err(SyncError::WrongPeer {
+                addr,
+                expected: peer.node_id,
+                found: actual.node_id,
+            });
         }
         if accepted {
             self.ctx.totals.zero_rtt_accepted.fetch_add(1, Relaxed);
@@ -394,7 +399,7 @@ impl Node {
     /// One sync with the peer at `addr`: both sides pull what the other
     /// offers, then the connection closes. Fails unless every want was
     /// answered.
-    pub async fn sync_once(&self, addr: SocketAddr) -> Result<SyncReport> {
+    pub async fn sync_once(&self, addr: SocketAddr) -> Result<SyncReport, SyncError> {
         let Opened { link, zero_rtt } = self.open(addr, false).await?;
         let done = link.wait_in_step().await;
         if done {
@@ -415,7 +420,7 @@ impl Node {
                 .close_reason()
                 .map(|r| r.to_string())
                 .unwrap_or_else(|| "the connection ended".into());
-            anyhow::bail!("sync with {addr} did not complete: {why}");
+            return Err(SyncError::Incomplete { addr, reason: why });
         }
         Ok(report)
     }

@@ -3,13 +3,11 @@
 
 use crate::ctx::NodeCtx;
 use crate::datadir::unix_now;
-use crate::driver::Driver;
 use crate::link::Link;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// How often connected peers' counts and lag are written out.
-const REFRESH: Duration = Duration::from_secs(5);
+pub const REFRESH: Duration = Duration::from_secs(5);
 
 /// Notes a new connection: peers.json's counts so far, and who it is.
 pub fn record_start(ctx: &NodeCtx, link: &Link) {
@@ -32,7 +30,8 @@ pub fn record_start(ctx: &NodeCtx, link: &Link) {
     write(ctx, link, false, None, true);
 }
 
-/// The connection is in step with its peer: a sync completed.
+/// The connection's counts and lag so far; `synced`: it is in step with
+/// its peer (a sync completed).
 pub fn record(ctx: &NodeCtx, link: &Link, synced: bool) {
     write(ctx, link, synced, None, true);
 }
@@ -80,22 +79,5 @@ fn write(ctx: &NodeCtx, link: &Link, synced: bool, error: Option<String>, connec
     });
     if let Err(e) = result {
         tracing::warn!("could not record peer state: {e:#}");
-    }
-}
-
-/// Writes every connected peer's counts and lag every few seconds.
-pub async fn refresh(driver: Arc<Driver>) {
-    loop {
-        tokio::select! {
-            _ = driver.ctx.stopping.cancelled() => return,
-            _ = tokio::time::sleep(REFRESH) => {}
-        }
-        let views = driver.views();
-        for link in driver.links() {
-            if let Some(v) = views.iter().find(|v| v.conn == link.id()) {
-                link.keep_view(v.clone());
-                write(&driver.ctx, &link, false, None, true);
-            }
-        }
     }
 }

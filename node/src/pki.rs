@@ -17,6 +17,16 @@ pub const SERVER_NAME: &str = "ferry-node";
 
 pub use ferry_proto::Role;
 
+/// A node's identity as its data directory holds it.
+pub struct Identity {
+    pub key: KeyPair,
+    pub node_id: NodeId,
+    /// Present once enrolled.
+    pub cert: Option<CertInfo>,
+    pub cert_pem: Option<String>,
+    pub ca_pem: Option<String>,
+}
+
 /// What a verified certificate says about its holder.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CertInfo {

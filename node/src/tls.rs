@@ -1,7 +1,7 @@
 //! rustls and quinn configuration: TLS 1.3 only, ALPN `ferry/1`, mutual
 //! authentication against the deployment CA and nothing else.
 
-use crate::datadir::Identity;
+use crate::pki::Identity;
 use crate::pki::{self, CertInfo};
 use anyhow::{anyhow, bail, Context, Result};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};

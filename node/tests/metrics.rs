@@ -122,6 +122,13 @@ fn metrics_parse_and_describe_the_node_and_its_peers() {
         }
     }
     assert!(c.get("ferry_append_durable_seconds_sum", &[]) > 0.0);
+    // Every group commit of this daemon was an fdatasync, timed.
+    assert_eq!(c.types["ferry_wal_fsync_seconds"], "histogram");
+    let commits = c.get("ferry_wal_commits_total", &[]);
+    assert!(commits >= 5.0, "the five pushes were five commits at least");
+    assert_eq!(c.get("ferry_wal_fsync_seconds_count", &[]), commits);
+    assert_eq!(c.get("ferry_wal_fsync_seconds_bucket", &[("le", "+Inf")]), commits);
+    assert!(c.get("ferry_wal_fsync_seconds_sum", &[]) > 0.0);
     let hub_peer = [("name", "hub"), ("role", "hub")];
     assert_eq!(c.get("ferry_peer_connected", &hub_peer), 1.0);
     assert!(c.get("ferry_peer_last_sync_timestamp_seconds", &hub_peer) > 1.7e9);

@@ -106,6 +106,11 @@ fn output_into_a_closed_pipe_ends_quietly() {
             out.status
         );
     }
+    // The demo tells its story line by line; the first write ends it.
+    let out = Command::new(FERRY).arg("demo").stdout(closed_pipe()).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "ferry demo panicked: {err}");
+    assert!(out.status.success(), "ferry demo: {:?} {err}", out.status);
     // As a shell runs it.
     let sh = Command::new("sh")
         .args(["-c", &format!("{FERRY} log --data-dir {dir} | head -1")])

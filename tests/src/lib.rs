@@ -216,7 +216,7 @@ pub async fn wan_pair(dep: &Deployment, hub_policy: Option<Policy>) -> Result<(A
 pub fn spawn_sync(
     node: &Arc<Node>,
     addr: std::net::SocketAddr,
-) -> tokio::task::JoinHandle<Result<ferry::node::SyncReport>> {
+) -> tokio::task::JoinHandle<Result<ferry::node::SyncReport, ferry::sync_error::SyncError>> {
     let node = node.clone();
     tokio::spawn(async move { node.sync_once(addr).await })
 }

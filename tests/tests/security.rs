@@ -48,6 +48,10 @@ async fn foreign_and_self_signed_nodes_cannot_sync_and_change_nothing() {
         let err = target.sync_once(intruder.local_addr().unwrap()).await.expect_err(what);
         println!("{what} dialed: {err:#}");
         assert!(
+            matches!(err, ferry::sync_error::SyncError::Connection { .. }),
+            "{what}: refused in the handshake, not {err:?}"
+        );
+        assert!(
             format!("{err:#}").to_lowercase().contains("certificate"),
             "{what}: {err:#}"
         );

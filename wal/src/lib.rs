@@ -177,6 +177,51 @@ pub struct WalStats {
     pub segments: usize,
     /// Group commits (fsyncs) since open.
     pub commits: u64,
+    /// How long each group's fdatasync took.
+    pub fsync: FsyncHistogram,
+}
+
+/// Upper bounds of the fsync latency buckets, in seconds: an SSD syncs in
+/// well under a millisecond, an SD card in tens to hundreds.
+pub const FSYNC_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// Counts of fsyncs per latency bucket (not cumulative), their number and
+/// their total seconds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FsyncHistogram {
+    pub buckets: [u64; FSYNC_BUCKETS.len()],
+    pub count: u64,
+    pub sum_seconds: f64,
+}
+
+/// The writer's side of `FsyncHistogram`: added to without a lock.
+#[derive(Default)]
+struct FsyncTimes {
+    buckets: [AtomicU64; FSYNC_BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl FsyncTimes {
+    fn observe(&self, took: std::time::Duration) {
+        let secs = took.as_secs_f64();
+        if let Some(i) = FSYNC_BUCKETS.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(took.as_micros().min(u64::MAX as u128) as u64, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> FsyncHistogram {
+        FsyncHistogram {
+            buckets: std::array::from_fn(|i| self.buckets[i].load(Ordering::Relaxed)),
+            count: self.count.load(Ordering::Relaxed),
+            sum_seconds: self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
+        }
+    }
 }
 
 struct SegmentFile {
@@ -194,6 +239,7 @@ struct Shared {
     segments: RwLock<BTreeMap<u32, SegmentFile>>,
     bytes: AtomicU64,
     commits: AtomicU64,
+    fsync: FsyncTimes,
     appended: tokio::sync::watch::Sender<u64>,
 }
 
@@ -450,6 +496,7 @@ impl Wal {
             bytes: self.shared.bytes.load(Ordering::Relaxed),
             segments: self.shared.segments.read().unwrap_or_else(|p| p.into_inner()).len(),
             commits: self.shared.commits.load(Ordering::Relaxed),
+            fsync: self.shared.fsync.snapshot(),
         }
     }
 

@@ -139,6 +139,7 @@ impl Wal {
             segments: RwLock::new(segments),
             bytes: AtomicU64::new(bytes),
             commits: AtomicU64::new(0),
+            fsync: Default::default(),
             appended: tokio::sync::watch::channel(events).0,
         });
         let local_origin = Arc::new(RwLock::new(opts.local_origin));

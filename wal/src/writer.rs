@@ -402,10 +402,14 @@ impl Writer {
         let group_crc = crc32fast::hash(buf);
         encode_commit(self.len, group_crc, buf);
         let path = segment_path(&self.shared.dir, self.segment);
-        let written = self
-            .file
-            .write_all_at(buf, self.len)
-            .and_then(|_| self.file.sync_data());
+        let written = self.file.write_all_at(buf, self.len).and_then(|_| {
+            // A measurement for operators (`/metrics`), not an input to
+            // anything the WAL decides: the clock stays out of its logic.
+            let started = std::time::Instant::now();
+            let synced = self.file.sync_data();
+            self.shared.fsync.observe(started.elapsed());
+            synced
+        });
         if let Err(e) = written {
             let err = WalError::io("append to", &path, e);
             // Cut off whatever part of the group reached the file, so the next

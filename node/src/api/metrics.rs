@@ -153,6 +153,25 @@ pub async fn metrics(State(api): State<Arc<Api>>) -> Response {
         "Group commits (one fdatasync each) since the daemon started.",
         stats.commits as f64,
     );
+    let fsync = &stats.fsync;
+    let name = "ferry_wal_fsync_seconds";
+    t.family(
+        name,
+        "histogram",
+        "Seconds each group commit's fdatasync took (a slow or failing SD card shows here first).",
+    );
+    let mut cumulative = 0;
+    for (bound, n) in ferry_wal::FSYNC_BUCKETS.iter().zip(fsync.buckets) {
+        cumulative += n;
+        t.sample(
+            &format!("{name}_bucket"),
+            &[("le", &bound.to_string())],
+            cumulative as f64,
+        );
+    }
+    t.sample(&format!("{name}_bucket"), &[("le", "+Inf")], fsync.count as f64);
+    t.sample(&format!("{name}_sum"), &[], fsync.sum_seconds);
+    t.sample(&format!("{name}_count"), &[], fsync.count as f64);
     api.append_seconds.write(
         &mut t,
         "ferry_append_durable_seconds",

@@ -6,7 +6,7 @@
 pub mod cli;
 mod index;
 
-pub use index::{RecordId, CACHE_BYTES};
+pub use index::RecordId;
 
 use crate::ctx::NodeCtx;
 use anyhow::{Context as _, Result};
