@@ -22,7 +22,7 @@ struct Args {
     #[arg(long)]
     seed: Option<u64>,
     /// A named scenario instead of random deployments: large-backlog,
-    /// interrupted-sync, hub-restart, or `all`.
+    /// interrupted-sync, hub-restart, trickle, or `all`.
     #[arg(long)]
     scenario: Option<String>,
     /// Turn on a deliberate fault in the core: claims-never-released,

@@ -17,6 +17,9 @@ pub struct Config {
     /// A dialer asks its peer for a fresh summary this often, to heal
     /// anything a push missed. `None`: only at connect.
     pub round_interval: Option<Time>,
+    /// Rounds come this seldom (if less often than `round_interval`) on a
+    /// connection where each side subscribed to the other's news.
+    pub live_round_interval: Option<Time>,
     /// Wants outstanding per connection.
     pub wants_in_flight: usize,
     /// A gap longer than this is asked for in several wants, so that a
@@ -38,6 +41,7 @@ impl Config {
             policy: Policy::All,
             live: false,
             round_interval: None,
+            live_round_interval: Some(Time::from_secs(600)),
             wants_in_flight: 16,
             want_max_events: 2048,
             level_wan: ferry_proto::batch::LEVEL_WAN,

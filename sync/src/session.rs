@@ -233,8 +233,23 @@ impl Session {
             self.send_control(cx, &hello);
         }
         if self.peer.dialer {
-            self.next_round_at = cx.cfg.round_interval.map(|t| cx.now.saturating_add(t));
+            self.next_round_at = self.next_round(cx);
         }
+    }
+
+    /// When a dialer next asks for a fresh summary. While news is pushed
+    /// both ways, a round only heals what a push could have missed, so it
+    /// comes every `live_round_interval`: periodic summaries were most of
+    /// what an idle 2G connection cost.
+    fn next_round<S>(&self, cx: &Cx<'_, S>) -> Option<Time> {
+        let every = cx.cfg.round_interval?;
+        let pushed_both_ways =
+            self.subscribed.is_some() && self.peer_sub.is_some() && self.hello.as_ref().is_some_and(|h| h.live);
+        let every = match cx.cfg.live_round_interval {
+            Some(live) if pushed_both_ways => every.max(live),
+            _ => every,
+        };
+        Some(cx.now.saturating_add(every))
     }
 
     /// Sends this node's summary; `ask`: the peer answers with its own.
@@ -454,7 +469,7 @@ impl Session {
             classes,
         }));
         if self.peer.dialer {
-            self.next_round_at = cx.cfg.round_interval.map(|t| cx.now.saturating_add(t));
+            self.next_round_at = self.next_round(cx);
         }
     }
 
