@@ -646,6 +646,39 @@ mod tests {
     }
 
     #[test]
+    fn headers_cost_a_few_bytes_and_survive_a_full_topic_dictionary() {
+        // Consecutive events of one origin and topic: flags, clock delta,
+        // length; nothing else.
+        let mut codec = Codec::default();
+        let mut raw = Vec::new();
+        let events: Vec<Event> = (0..100).map(clinic_event).collect();
+        for e in &events {
+            codec.encode(&Item::Event(e.clone()), &mut raw);
+        }
+        let payloads: usize = events.iter().map(|e| e.payload.len()).sum();
+        let headers = raw.len() - payloads;
+        assert!(headers < 100 * 8 + 40, "{headers} bytes of headers for 100 events");
+        // More topics than the dictionary holds, mixed priorities, pieces.
+        let mut items = Vec::new();
+        for i in 0..200u64 {
+            let mut e = clinic_event(i);
+            e.topic = format!("topic/{}", i % 90);
+            e.priority = Priority::try_from((i % 3) as u8).unwrap(); // < 3
+            if i % 50 == 7 {
+                e.payload = vec![9; crate::frame::BATCH_BYTES + 5];
+                items.extend(pieces(&e).into_iter().map(Item::Piece));
+            } else {
+                items.push(Item::Event(e));
+            }
+        }
+        let mut c = StreamCompressor::new(LEVEL_WAN);
+        let mut d = StreamDecompressor::new();
+        for chunk in items.chunks(7) {
+            assert_eq!(d.decompress(&c.compress(chunk)).unwrap(), chunk); // our own encoding
+        }
+    }
+
+    #[test]
     fn a_bomb_is_refused() {
         let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 1).unwrap();
         enc.write_all(&vec![0u8; MAX_BATCH_DECOMPRESSED + 1]).unwrap();

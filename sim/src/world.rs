@@ -184,6 +184,9 @@ pub struct Options {
     /// A node restarted after a crash answers packets of connections it
     /// forgot with a stateless reset (its reset key survives restarts).
     pub stateless_reset: bool,
+    /// Convergence may not wait for a live round: an event a push should
+    /// have carried and did not is a stall.
+    pub strict_pushes: bool,
 }
 
 pub struct World {
@@ -210,6 +213,8 @@ pub struct World {
     /// When replicated events were last made durable anywhere.
     pub last_arrival: Time,
     pub round_interval: Time,
+    /// Rounds on connections pushed both ways (`Config::live_round_interval`).
+    pub live_round_interval: Time,
     /// A named scenario's promise for writes: 95 % of the events written
     /// at a node are durable at the other nodes within this long, and
     /// every one within a lost packet's recovery (`PUSH_MAX`).
@@ -250,6 +255,7 @@ impl World {
             promise_from: Time(0),
             last_arrival: Time(0),
             round_interval: Time::from_secs(60),
+            live_round_interval: Time::from_secs(300),
             push_within: None,
             push_latencies: Vec::new(),
             written_at: BTreeMap::new(),
@@ -486,7 +492,7 @@ impl World {
         cfg.policy = node.ident.policy;
         cfg.live = true;
         cfg.round_interval = Some(self.round_interval);
-        cfg.live_round_interval = None;
+        cfg.live_round_interval = Some(self.live_round_interval);
         cfg.level_wan = 3;
         cfg.bugs = self.opts.bugs;
         let seed = self.rng.gen();

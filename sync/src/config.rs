@@ -41,7 +41,7 @@ impl Config {
             policy: Policy::All,
             live: false,
             round_interval: None,
-            live_round_interval: Some(Time::from_secs(600)),
+            live_round_interval: Some(Time::from_secs(300)),
             wants_in_flight: 16,
             want_max_events: 2048,
             level_wan: ferry_proto::batch::LEVEL_WAN,

@@ -159,37 +159,43 @@ async fn reconnect_costs(
         let first = r.first_event_ms.map(std::time::Duration::from_millis);
         rows.insert(name.into(), row(first, &before, r.events_received));
     }
-    let opened = node.open(addr, false).await?;
-    let link = opened.link.clone();
-    if !link.wait_in_step().await {
-        bail!("migration reconnect: the first sync did not complete");
-    }
-    push_probe(hub_dir, 3)?;
-    let before = sim.stats();
-    let moved = Instant::now();
-    sim.rebind(None).await?;
-    let received_before = node
-        .ctx
-        .totals
-        .events_received
-        .load(std::sync::atomic::Ordering::Relaxed);
-    node.driver.with_core(|core, now| core.start_round(now, link.id()));
-    let got = ferry_tests::eventually("the probe after migrating", std::time::Duration::from_secs(60), || {
-        node.ctx
+    let migration = async {
+        let opened = node.open(addr, false).await?;
+        let link = opened.link.clone();
+        if !link.wait_in_step().await {
+            bail!("migration reconnect: the first sync did not complete");
+        }
+        push_probe(hub_dir, 3)?;
+        let before = sim.stats();
+        let moved = Instant::now();
+        sim.rebind(None).await?;
+        let received_before = node
+            .ctx
             .totals
             .events_received
-            .load(std::sync::atomic::Ordering::Relaxed)
-            > received_before
-    })
-    .await;
-    let first = link
-        .first_event_after()
-        .map(|d| d.saturating_sub(moved.duration_since(link.started)));
-    if got.is_err() || sim.stats().rebinds != 1 {
-        bail!("migration reconnect: no event after the address change");
+            .load(std::sync::atomic::Ordering::Relaxed);
+        node.driver.with_core(|core, now| core.start_round(now, link.id()));
+        let got = ferry_tests::eventually("the probe after migrating", std::time::Duration::from_secs(60), || {
+            node.ctx
+                .totals
+                .events_received
+                .load(std::sync::atomic::Ordering::Relaxed)
+                > received_before
+        })
+        .await;
+        let first = link
+            .first_event_after()
+            .map(|d| d.saturating_sub(moved.duration_since(link.started)));
+        if got.is_err() || sim.stats().rebinds != 1 {
+            bail!("migration reconnect: no event after the address change");
+        }
+        link.conn.close(0u32.into(), b"done");
+        Ok::<_, anyhow::Error>(row(first, &before, 1))
     }
-    rows.insert("migration".into(), row(first, &before, 1));
-    link.conn.close(0u32.into(), b"done");
+    .await;
+    // A failed row is reported beside the others.
+    let migration = migration.unwrap_or_else(|e| json!({ "error": format!("{e:#}") }));
+    rows.insert("migration".into(), migration);
     node.shutdown().await;
     Ok(rows.into())
 }
