@@ -79,6 +79,11 @@ fn main() {
         (19, 17, Some(18)),
         (19, 18, Some(17)),
         (19, 20, Some(17)),
+        (19, 18, Some(18)),
+        (19, 18, Some(19)),
+        (19, 17, Some(19)),
+        (19, 19, Some(19)),
+        (22, 17, Some(18)),
         (19, 18, None),
     ];
     for &(level, window_log, ch) in rows {

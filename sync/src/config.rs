@@ -28,6 +28,9 @@ pub struct Config {
     /// zstd levels for WAN and LAN links.
     pub level_wan: i32,
     pub level_lan: i32,
+    /// A dialer whose peer answers its `Hello` within this long uses
+    /// `level_lan` too: loopback, a LAN not found by mDNS, a fast link.
+    pub fast_link_rtt: Time,
     /// Deliberate faults, for the simulator to prove it catches them.
     pub bugs: Bugs,
 }
@@ -46,6 +49,7 @@ impl Config {
             want_max_events: 2048,
             level_wan: ferry_proto::batch::LEVEL_WAN,
             level_lan: ferry_proto::batch::LEVEL_LAN,
+            fast_link_rtt: Time::from_millis(20),
             bugs: Bugs::default(),
         }
     }

@@ -138,6 +138,8 @@ pub(crate) struct Session {
     pub lanes: [Lane; 3],
     pub lane_streams: [Option<StreamId>; 3],
     pub level: i32,
+    /// When the dialer sent its `Hello`: the peer's answer times the link.
+    hello_sent_at: Option<Time>,
     // Both.
     pub next_round_at: Option<Time>,
     pub in_step: bool,
@@ -178,6 +180,7 @@ impl Session {
             ],
             lane_streams: [None; 3],
             level,
+            hello_sent_at: None,
             next_round_at: None,
             in_step: false,
             stats: SessionStats::default(),
@@ -274,6 +277,7 @@ impl Session {
         self.control = Some(self.open_stream(cx, StreamKind::Bidi, CONTROL_PRIORITY));
         let hello = self.hello(cx);
         self.send_control(cx, &hello);
+        self.hello_sent_at = Some(cx.now);
         self.send_summary(cx, true);
         if let Some(mem) = remembered {
             self.early_wants(cx, mem);
@@ -423,6 +427,14 @@ impl Session {
         if !self.peer.dialer {
             let hello = self.hello(cx);
             self.send_control(cx, &hello);
+        }
+        // A peer that answers within `fast_link_rtt` is on a fast link,
+        // LAN or loopback, where compressing hard costs more time than
+        // the bytes it saves. Lanes take the level when they start.
+        if let Some(sent) = self.hello_sent_at.take() {
+            if cx.now.saturating_sub(sent) < cx.cfg.fast_link_rtt {
+                self.level = cx.cfg.level_lan;
+            }
         }
         Ok(())
     }
