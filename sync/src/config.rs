@@ -28,9 +28,13 @@ pub struct Config {
     /// zstd levels for WAN and LAN links.
     pub level_wan: i32,
     pub level_lan: i32,
-    /// A dialer whose peer answers its `Hello` within this long uses
-    /// `level_lan` too: loopback, a LAN not found by mDNS, a fast link.
+    /// A dialer whose peer answers its `Hello` within `fast_link_rtt`
+    /// uses `level_lan` (loopback, a LAN not found by mDNS); within
+    /// `mid_link_rtt`, `level_mid` (3G: level 19 would be slower than the
+    /// link there).
     pub fast_link_rtt: Time,
+    pub mid_link_rtt: Time,
+    pub level_mid: i32,
     /// Deliberate faults, for the simulator to prove it catches them.
     pub bugs: Bugs,
 }
@@ -50,6 +54,8 @@ impl Config {
             level_wan: ferry_proto::batch::LEVEL_WAN,
             level_lan: ferry_proto::batch::LEVEL_LAN,
             fast_link_rtt: Time::from_millis(20),
+            mid_link_rtt: Time::from_millis(200),
+            level_mid: ferry_proto::batch::LEVEL_MID,
             bugs: Bugs::default(),
         }
     }

@@ -428,12 +428,15 @@ impl Session {
             let hello = self.hello(cx);
             self.send_control(cx, &hello);
         }
-        // A peer that answers within `fast_link_rtt` is on a fast link,
-        // LAN or loopback, where compressing hard costs more time than
-        // the bytes it saves. Lanes take the level when they start.
+        // A peer that answers quickly is on a fast link (LAN, loopback,
+        // 3G), where compressing hard costs more time than the bytes it
+        // saves. Lanes take the level when they start.
         if let Some(sent) = self.hello_sent_at.take() {
-            if cx.now.saturating_sub(sent) < cx.cfg.fast_link_rtt {
-                self.level = cx.cfg.level_lan;
+            let rtt = cx.now.saturating_sub(sent);
+            if rtt < cx.cfg.fast_link_rtt {
+                self.level = self.level.min(cx.cfg.level_lan);
+            } else if rtt < cx.cfg.mid_link_rtt {
+                self.level = self.level.min(cx.cfg.level_mid);
             }
         }
         Ok(())
