@@ -323,6 +323,10 @@ pub struct RunArgs {
     /// Seconds between rounds with a connected peer.
     #[arg(long, env = "FERRY_SYNC_INTERVAL")]
     pub interval: Option<u64>,
+    /// Seconds of silence after which a WAN connection sends a keep-alive
+    /// (default from config, else 25): shorter than the NAT's UDP timeout.
+    #[arg(long, env = "FERRY_KEEP_ALIVE")]
+    pub keep_alive: Option<u64>,
     /// Cap in kbit/s on what this node sends to peers (default from config: none).
     #[arg(long, env = "FERRY_BANDWIDTH_KBPS")]
     pub bandwidth_kbps: Option<u64>,

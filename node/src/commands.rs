@@ -392,7 +392,18 @@ fn run(dir: &DataDir, args: &RunArgs) -> Result<()> {
         let addr = listen
             .parse()
             .with_context(|| format!("--listen {listen} is not an IP:PORT"))?;
-        let node = Arc::new(Node::start(ctx, &tls, addr, &TransportProfile::wan())?);
+        let mut profile = TransportProfile::wan();
+        if let Some(secs) = args.keep_alive.or(cfg.keep_alive_secs) {
+            let keep_alive = std::time::Duration::from_secs(secs.max(1));
+            if keep_alive >= profile.idle_timeout {
+                anyhow::bail!(
+                    "keep-alive of {secs} s is not below the idle timeout of {} s: the connection would time out first; choose less",
+                    profile.idle_timeout.as_secs()
+                );
+            }
+            profile.keep_alive = keep_alive;
+        }
+        let node = Arc::new(Node::start(ctx, &tls, addr, &profile)?);
         let api_listen = args
             .api_listen
             .clone()

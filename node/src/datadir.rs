@@ -53,6 +53,11 @@ pub struct Config {
     pub wal_key_file: Option<PathBuf>,
     #[serde(default = "default_interval")]
     pub sync_interval_secs: u64,
+    /// Seconds of silence after which a WAN connection sends a keep-alive
+    /// (unset: 25). It must be shorter than the UDP binding timeout of any
+    /// NAT on the path, or a quiet connection loses its way back.
+    #[serde(default)]
+    pub keep_alive_secs: Option<u64>,
     /// Cap in kbit/s on what this node sends to peers (unset: no cap).
     #[serde(default)]
     pub bandwidth_kbps: Option<u64>,
@@ -124,6 +129,7 @@ impl DataDir {
             encrypt_wal,
             wal_key_file: None,
             sync_interval_secs: default_interval(),
+            keep_alive_secs: None,
             bandwidth_kbps: None,
             api_listen: None,
             api_max_body_bytes: None,

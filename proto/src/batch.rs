@@ -11,20 +11,26 @@
 //! `BATCH_BYTES`: a photo crosses a thin link as pieces that take turns with
 //! small events instead of one frame that blocks its stream for minutes.
 
-use crate::event::EventRepr;
 use crate::frame::{FrameError, MAX_BATCH_DECOMPRESSED};
 use crate::{Event, Hlc, Origin, Priority};
-use serde::{Deserialize, Serialize};
 use std::io::Write;
-use zstd::stream::raw::CParameter;
 
-/// zstd level for links where bytes are dear.
-pub const LEVEL_WAN: i32 = 6;
+/// zstd level for links where bytes are dear. Level 19 with its tables cut
+/// to 2^18 (`WAN_TABLES_LOG`) compresses a clinic's stream as well as
+/// level 19 with its default tables (81.6 MiB of them) in 3.6 MiB, about
+/// what level 6 needs, and 17 % smaller than level 6: see docs/wire.md.
+pub const LEVEL_WAN: i32 = 19;
+/// zstd level for fast WAN links (a round trip under 200 ms, such as 3G),
+/// where level 19 compresses more slowly than the link carries.
+pub const LEVEL_MID: i32 = 6;
 /// zstd level for a LAN or loopback: speed matters more than bytes.
 pub const LEVEL_LAN: i32 = 1;
 /// 2^17 = 128 KiB of history: plenty for events of a few hundred bytes, and
 /// it bounds the decoder's memory on a small node.
 pub const WINDOW_LOG: u32 = 17;
+/// Chain and hash table logs for levels above 9, whose defaults assume
+/// windows of megabytes.
+pub const WAN_TABLES_LOG: u32 = 18;
 
 /// One piece of an event larger than a chunk.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,44 +68,221 @@ impl Item {
     }
 }
 
-#[derive(Serialize, Deserialize)]
-enum ItemRepr {
-    E(EventRepr),
-    P(
-        Origin,
-        u64,
-        Hlc,
-        String,
-        Priority,
-        u32,
-        u32,
-        #[serde(with = "serde_bytes")] Vec<u8>,
-    ),
+/// Topics a stream remembers; later ones are spelt out every time. Both
+/// ends apply the same rule, so they agree without saying so.
+const TOPICS: usize = 64;
+
+const KIND_PIECE: u8 = 1;
+const NEW_ORIGIN: u8 = 1 << 1;
+const SEQ_GIVEN: u8 = 1 << 2;
+const TOPIC_SAME: u8 = 1 << 3;
+const TOPIC_NEW: u8 = 1 << 4;
+const PRIORITY_GIVEN: u8 = 1 << 5;
+const FLAGS: u8 = KIND_PIECE | NEW_ORIGIN | SEQ_GIVEN | TOPIC_SAME | TOPIC_NEW | PRIORITY_GIVEN;
+
+/// What both ends of a data stream remember of the items before: an item
+/// spells out only what differs. Within a range the next item is the next
+/// seq of the same origin and topic with a clock a little later, so its
+/// header is a flag byte and a small clock delta; zstd does the rest.
+///
+/// An item: flags, [node(16) epoch(varint)], [seq(varint)],
+/// [topic index(varint) | topic(len varint, bytes)], [priority(u8)],
+/// hlc delta (zigzag varint), [total(varint) offset(varint)],
+/// len(varint), bytes.
+#[derive(Debug, Default)]
+struct Codec {
+    origin: Option<Origin>,
+    seq: u64,
+    hlc: u64,
+    topic: usize,
+    topics: Vec<String>,
+    priority: Priority,
 }
 
-impl From<&Item> for ItemRepr {
-    fn from(i: &Item) -> Self {
-        match i {
-            Item::Event(e) => ItemRepr::E(EventRepr::from(e)),
-            Item::Piece(p) => ItemRepr::P(
-                p.origin,
-                p.seq,
-                p.hlc,
-                p.topic.clone(),
-                p.priority,
-                p.total,
-                p.offset,
-                p.bytes.clone(),
-            ),
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    fn byte(&mut self) -> Result<u8, FrameError> {
+        let (&b, rest) = self.0.split_first().ok_or_else(|| malformed("truncated item"))?;
+        self.0 = rest;
+        Ok(b)
+    }
+    fn varint(&mut self) -> Result<u64, FrameError> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.byte()?;
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
         }
+        Err(malformed("varint longer than 64 bits"))
+    }
+    fn bytes(&mut self, len: u64, limit: usize) -> Result<&'a [u8], FrameError> {
+        if len > limit as u64 || len > self.0.len() as u64 {
+            return Err(malformed(format!("field of {len} bytes")));
+        }
+        let (b, rest) = self.0.split_at(len as usize);
+        self.0 = rest;
+        Ok(b)
     }
 }
 
-impl From<ItemRepr> for Item {
-    fn from(r: ItemRepr) -> Self {
-        match r {
-            ItemRepr::E(e) => Item::Event(e.into()),
-            ItemRepr::P(origin, seq, hlc, topic, priority, total, offset, bytes) => Item::Piece(Piece {
+impl Codec {
+    fn encode(&mut self, item: &Item, out: &mut Vec<u8>) {
+        let (origin, seq, hlc, topic, priority, bytes, piece) = match item {
+            Item::Event(e) => (e.origin, e.seq, e.hlc, &e.topic, e.priority, &e.payload, None),
+            Item::Piece(p) => (
+                p.origin,
+                p.seq,
+                p.hlc,
+                &p.topic,
+                p.priority,
+                &p.bytes,
+                Some((p.total, p.offset)),
+            ),
+        };
+        let mut flags = if piece.is_some() { KIND_PIECE } else { 0 };
+        let new_origin = self.origin != Some(origin);
+        if new_origin {
+            flags |= NEW_ORIGIN;
+        }
+        if new_origin || seq != self.seq.wrapping_add(1) {
+            flags |= SEQ_GIVEN;
+        }
+        let known = self.topics.iter().position(|t| t == topic);
+        match known {
+            Some(i) if i == self.topic => flags |= TOPIC_SAME,
+            Some(_) => {}
+            None => flags |= TOPIC_NEW,
+        }
+        if priority != self.priority {
+            flags |= PRIORITY_GIVEN;
+        }
+        out.push(flags);
+        if new_origin {
+            out.extend_from_slice(&origin.node.0);
+            put_varint(out, origin.epoch.into());
+        }
+        if flags & SEQ_GIVEN != 0 {
+            put_varint(out, seq);
+        }
+        match known {
+            Some(i) if i == self.topic => {}
+            Some(i) => {
+                put_varint(out, i as u64);
+                self.topic = i;
+            }
+            None => {
+                put_varint(out, topic.len() as u64);
+                out.extend_from_slice(topic.as_bytes());
+                if self.topics.len() < TOPICS {
+                    self.topics.push(topic.clone());
+                    self.topic = self.topics.len() - 1;
+                }
+            }
+        }
+        if priority != self.priority {
+            out.push(priority.into());
+        }
+        let delta = hlc.0.wrapping_sub(self.hlc) as i64;
+        put_varint(out, ((delta << 1) ^ (delta >> 63)) as u64);
+        if let Some((total, offset)) = piece {
+            put_varint(out, total.into());
+            put_varint(out, offset.into());
+        }
+        put_varint(out, bytes.len() as u64);
+        out.extend_from_slice(bytes);
+        self.origin = Some(origin);
+        self.seq = seq;
+        self.hlc = hlc.0;
+        self.priority = priority;
+    }
+
+    fn decode(&mut self, c: &mut Cursor<'_>) -> Result<Item, FrameError> {
+        let flags = c.byte()?;
+        if flags & !FLAGS != 0 || flags & (TOPIC_SAME | TOPIC_NEW) == (TOPIC_SAME | TOPIC_NEW) {
+            return Err(malformed(format!("item flags {flags:#04x}")));
+        }
+        let origin = if flags & NEW_ORIGIN != 0 {
+            let node = c.bytes(16, 16)?;
+            let epoch = u32::try_from(c.varint()?).map_err(|_| malformed("epoch beyond 32 bits"))?;
+            let mut id = [0u8; 16];
+            id.copy_from_slice(node);
+            Origin {
+                node: crate::NodeId(id),
+                epoch,
+            }
+        } else {
+            self.origin.ok_or_else(|| malformed("the first item names no origin"))?
+        };
+        let seq = if flags & SEQ_GIVEN != 0 {
+            c.varint()?
+        } else {
+            self.seq.checked_add(1).ok_or_else(|| malformed("seq beyond 64 bits"))?
+        };
+        let topic = if flags & TOPIC_SAME != 0 {
+            self.topics
+                .get(self.topic)
+                .ok_or_else(|| malformed("no topic yet"))?
+                .clone()
+        } else if flags & TOPIC_NEW != 0 {
+            let len = c.varint()?;
+            let t = c.bytes(len, crate::event::MAX_TOPIC_LEN)?;
+            let t = String::from_utf8(t.to_vec()).map_err(|_| malformed("topic is not UTF-8"))?;
+            if self.topics.len() < TOPICS {
+                self.topics.push(t.clone());
+                self.topic = self.topics.len() - 1;
+            }
+            t
+        } else {
+            let i = c.varint()?;
+            let t = usize::try_from(i)
+                .ok()
+                .and_then(|i| self.topics.get(i).map(|t| (i, t.clone())))
+                .ok_or_else(|| malformed(format!("topic {i} not known")))?;
+            self.topic = t.0;
+            t.1
+        };
+        let priority = if flags & PRIORITY_GIVEN != 0 {
+            Priority::try_from(c.byte()?).map_err(malformed)?
+        } else {
+            self.priority
+        };
+        let z = c.varint()?;
+        let delta = ((z >> 1) as i64) ^ -((z & 1) as i64);
+        let hlc = Hlc(self.hlc.wrapping_add(delta as u64));
+        let piece = if flags & KIND_PIECE != 0 {
+            let total = u32::try_from(c.varint()?).map_err(|_| malformed("piece total beyond 32 bits"))?;
+            let offset = u32::try_from(c.varint()?).map_err(|_| malformed("piece offset beyond 32 bits"))?;
+            Some((total, offset))
+        } else {
+            None
+        };
+        let len = c.varint()?;
+        let bytes = c.bytes(len, crate::event::MAX_PAYLOAD_LEN)?.to_vec();
+        self.origin = Some(origin);
+        self.seq = seq;
+        self.hlc = hlc.0;
+        self.priority = priority;
+        Ok(match piece {
+            None => Item::Event(Event {
+                origin,
+                seq,
+                hlc,
+                topic,
+                priority,
+                payload: bytes,
+            }),
+            Some((total, offset)) => Item::Piece(Piece {
                 origin,
                 seq,
                 hlc,
@@ -109,7 +292,7 @@ impl From<ItemRepr> for Item {
                 offset,
                 bytes,
             }),
-        }
+        })
     }
 }
 
@@ -120,30 +303,107 @@ fn malformed(detail: impl ToString) -> FrameError {
     }
 }
 
+/// How hard a compressor works and how much it may remember.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tuning {
+    /// History the compressor matches against: 2^window_log bytes. The
+    /// receiver refuses more than `WINDOW_LOG`.
+    pub window_log: u32,
+    /// zstd's chain and hash table logs (`None`: the level's default);
+    /// smaller tables cost less memory and find fewer matches.
+    pub chain_hash_log: Option<u32>,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            window_log: WINDOW_LOG,
+            chain_hash_log: None,
+        }
+    }
+}
+
 pub struct StreamCompressor {
-    enc: zstd::stream::write::Encoder<'static, Vec<u8>>,
+    cctx: zstd::zstd_safe::CCtx<'static>,
+    codec: Codec,
 }
 
 impl StreamCompressor {
+    /// A compressor at `level` with the window every receiver accepts and,
+    /// above level 9, tables bounded to `WAN_TABLES_LOG`.
     pub fn new(level: i32) -> Self {
-        // Creating a context and setting documented parameters to valid
-        // constants only fails when out of memory.
-        let mut enc = zstd::stream::write::Encoder::new(Vec::new(), level).expect("zstd context");
-        enc.set_parameter(CParameter::WindowLog(WINDOW_LOG))
-            .expect("zstd window");
-        StreamCompressor { enc }
+        Self::tuned(
+            level,
+            Tuning {
+                window_log: WINDOW_LOG,
+                chain_hash_log: (level > 9).then_some(WAN_TABLES_LOG),
+            },
+        )
+    }
+
+    pub fn tuned(level: i32, tuning: Tuning) -> Self {
+        use zstd::zstd_safe::CParameter as P;
+        let mut cctx = zstd::zstd_safe::CCtx::create();
+        // Setting documented parameters to values within their bounds
+        // (levels are clamped by zstd, logs are constants of ours) only
+        // fails when out of memory.
+        let params = [Some(P::CompressionLevel(level)), Some(P::WindowLog(tuning.window_log))]
+            .into_iter()
+            .chain(
+                tuning
+                    .chain_hash_log
+                    .map(|l| [Some(P::ChainLog(l)), Some(P::HashLog(l))])
+                    .unwrap_or_default(),
+            );
+        for p in params.flatten() {
+            cctx.set_parameter(p).expect("zstd parameter");
+        }
+        StreamCompressor {
+            cctx,
+            codec: Codec::default(),
+        }
+    }
+
+    /// Memory the compressor holds, in bytes.
+    pub fn memory(&self) -> usize {
+        self.cctx.sizeof()
     }
 
     /// The next chunk of the stream, carrying `items`.
     pub fn compress(&mut self, items: &[Item]) -> Vec<u8> {
-        let reprs: Vec<ItemRepr> = items.iter().map(ItemRepr::from).collect();
         let mut raw = Vec::new();
-        // Into a Vec: cannot fail.
-        ciborium::into_writer(&reprs, &mut raw).expect("CBOR into Vec");
-        // Writing into and flushing to a Vec cannot fail either.
-        self.enc.write_all(&raw).expect("zstd write");
-        self.enc.flush().expect("zstd flush");
-        std::mem::take(self.enc.get_mut())
+        for item in items {
+            self.codec.encode(item, &mut raw);
+        }
+        self.compress_raw(&raw)
+    }
+
+    /// `compress_raw`, for the measurements of `examples/zstd-table.rs`.
+    #[doc(hidden)]
+    pub fn compress_raw_for_table(&mut self, raw: &[u8]) -> Vec<u8> {
+        self.compress_raw(raw)
+    }
+
+    /// Compresses `raw` and flushes, so the receiver can decode all of it.
+    fn compress_raw(&mut self, raw: &[u8]) -> Vec<u8> {
+        use zstd::zstd_safe::{zstd_sys::ZSTD_EndDirective, InBuffer, OutBuffer};
+        let mut out: Vec<u8> = Vec::with_capacity(zstd::zstd_safe::compress_bound(raw.len()) + 64);
+        let mut input = InBuffer::around(raw);
+        loop {
+            let pos = out.len();
+            let mut ob = OutBuffer::around_pos(&mut out, pos);
+            // Fails only on a context in error, which ours cannot be: its
+            // parameters were valid and the output always has room.
+            let left = self
+                .cctx
+                .compress_stream2(&mut ob, &mut input, ZSTD_EndDirective::ZSTD_e_flush)
+                .expect("zstd compress");
+            if left == 0 && input.pos() == raw.len() {
+                break;
+            }
+            out.reserve(left.max(4096));
+        }
+        out
     }
 }
 
@@ -166,6 +426,7 @@ impl Write for Bounded {
 
 pub struct StreamDecompressor {
     dec: zstd::stream::write::Decoder<'static, Bounded>,
+    codec: Codec,
 }
 
 impl StreamDecompressor {
@@ -173,7 +434,10 @@ impl StreamDecompressor {
         // As above: only fails when out of memory.
         let mut dec = zstd::stream::write::Decoder::new(Bounded(Vec::new())).expect("zstd context");
         dec.window_log_max(WINDOW_LOG).expect("zstd window");
-        StreamDecompressor { dec }
+        StreamDecompressor {
+            dec,
+            codec: Codec::default(),
+        }
     }
 
     /// Decodes the next chunk of the stream. After an error the stream is
@@ -182,8 +446,11 @@ impl StreamDecompressor {
         let result = self.dec.write_all(chunk).and_then(|()| self.dec.flush());
         let raw = std::mem::take(&mut self.dec.get_mut().0);
         result.map_err(malformed)?;
-        let reprs: Vec<ItemRepr> = ciborium::from_reader(raw.as_slice()).map_err(malformed)?;
-        let items: Vec<Item> = reprs.into_iter().map(Item::from).collect();
+        let mut cursor = Cursor(&raw);
+        let mut items = Vec::new();
+        while !cursor.0.is_empty() {
+            items.push(self.codec.decode(&mut cursor)?);
+        }
         for item in &items {
             match item {
                 Item::Event(e) => e
@@ -370,10 +637,8 @@ mod tests {
         let separate: usize = events
             .chunks(128)
             .map(|b| {
-                let reprs: Vec<EventRepr> = b.iter().map(EventRepr::from).collect();
-                let mut raw = Vec::new();
-                ciborium::into_writer(&reprs, &mut raw).unwrap(); // into a Vec
-                zstd::bulk::compress(&raw, LEVEL_WAN).unwrap().len() // in memory, valid level
+                let items: Vec<Item> = b.iter().cloned().map(Item::Event).collect();
+                StreamCompressor::new(LEVEL_WAN).compress(&items).len()
             })
             .sum();
         println!("1024 events in 8 batches: {streamed} bytes streamed, {separate} separately");
@@ -381,6 +646,39 @@ mod tests {
             streamed * 10 < separate * 9,
             "streamed {streamed} vs separate {separate}"
         );
+    }
+
+    #[test]
+    fn headers_cost_a_few_bytes_and_survive_a_full_topic_dictionary() {
+        // Consecutive events of one origin and topic: flags, clock delta,
+        // length; nothing else.
+        let mut codec = Codec::default();
+        let mut raw = Vec::new();
+        let events: Vec<Event> = (0..100).map(clinic_event).collect();
+        for e in &events {
+            codec.encode(&Item::Event(e.clone()), &mut raw);
+        }
+        let payloads: usize = events.iter().map(|e| e.payload.len()).sum();
+        let headers = raw.len() - payloads;
+        assert!(headers < 100 * 8 + 40, "{headers} bytes of headers for 100 events");
+        // More topics than the dictionary holds, mixed priorities, pieces.
+        let mut items = Vec::new();
+        for i in 0..200u64 {
+            let mut e = clinic_event(i);
+            e.topic = format!("topic/{}", i % 90);
+            e.priority = Priority::try_from((i % 3) as u8).unwrap(); // < 3
+            if i % 50 == 7 {
+                e.payload = vec![9; crate::frame::BATCH_BYTES + 5];
+                items.extend(pieces(&e).into_iter().map(Item::Piece));
+            } else {
+                items.push(Item::Event(e));
+            }
+        }
+        let mut c = StreamCompressor::new(LEVEL_WAN);
+        let mut d = StreamDecompressor::new();
+        for chunk in items.chunks(7) {
+            assert_eq!(d.decompress(&c.compress(chunk)).unwrap(), chunk); // our own encoding
+        }
     }
 
     #[test]

@@ -25,6 +25,11 @@ pub mod world;
 
 pub use world::Options;
 
+/// A pushed event whose packet was lost arrives after a retransmission:
+/// one probe timeout, or two if the retransmission is lost too; a round
+/// would take a minute.
+pub const PUSH_MAX: ferry_sync::Time = ferry_sync::Time::from_secs(6);
+
 /// How one seed went.
 #[derive(Debug, Clone)]
 pub struct Outcome {
@@ -66,6 +71,23 @@ pub fn run(seed: u64, scenario: Option<&str>, opts: Options) -> Outcome {
             let what = format!(
                 "the last event arrived at {done}, later than the scenario's promise of {limit} after {}",
                 w.promise_from
+            );
+            w.fail(what);
+        }
+    }
+    if let Some(limit) = w.push_within {
+        let mut lat = std::mem::take(&mut w.push_latencies);
+        lat.sort();
+        // Nearest rank.
+        let p95 = lat
+            .get((lat.len() * 95).div_ceil(100).saturating_sub(1))
+            .copied()
+            .unwrap_or_default();
+        let max = lat.last().copied().unwrap_or_default();
+        if lat.is_empty() || p95 > limit || max > PUSH_MAX {
+            let what = format!(
+                "{} written events arrived with p95 {p95} and max {max}: the promise is p95 within {limit}, all within {PUSH_MAX} (a round would take a minute)",
+                lat.len()
             );
             w.fail(what);
         }

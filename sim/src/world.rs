@@ -184,6 +184,9 @@ pub struct Options {
     /// A node restarted after a crash answers packets of connections it
     /// forgot with a stateless reset (its reset key survives restarts).
     pub stateless_reset: bool,
+    /// Convergence may not wait for a live round: an event a push should
+    /// have carried and did not is a stall.
+    pub strict_pushes: bool,
 }
 
 pub struct World {
@@ -210,6 +213,15 @@ pub struct World {
     /// When replicated events were last made durable anywhere.
     pub last_arrival: Time,
     pub round_interval: Time,
+    /// Rounds on connections pushed both ways (`Config::live_round_interval`).
+    pub live_round_interval: Time,
+    /// A named scenario's promise for writes: 95 % of the events written
+    /// at a node are durable at the other nodes within this long, and
+    /// every one within a lost packet's recovery (`PUSH_MAX`).
+    pub push_within: Option<Time>,
+    /// How long each written event took to reach each other node.
+    pub push_latencies: Vec<Time>,
+    written_at: BTreeMap<(Origin, u64), Time>,
     base: Instant,
 }
 
@@ -243,6 +255,10 @@ impl World {
             promise_from: Time(0),
             last_arrival: Time(0),
             round_interval: Time::from_secs(60),
+            live_round_interval: Time::from_secs(300),
+            push_within: None,
+            push_latencies: Vec::new(),
+            written_at: BTreeMap::new(),
             base: Instant::now(),
         }
     }
@@ -413,6 +429,13 @@ impl World {
                     return;
                 }
                 let now = self.now;
+                if self.push_within.is_some() {
+                    for k in &keys {
+                        if let Some(w) = self.written_at.get(k) {
+                            self.push_latencies.push(self.now.saturating_sub(*w));
+                        }
+                    }
+                }
                 let Some(r) = self.nodes[node].replica.as_mut() else {
                     return;
                 };
@@ -469,6 +492,7 @@ impl World {
         cfg.policy = node.ident.policy;
         cfg.live = true;
         cfg.round_interval = Some(self.round_interval);
+        cfg.live_round_interval = Some(self.live_round_interval);
         cfg.level_wan = 3;
         cfg.bugs = self.opts.bugs;
         let seed = self.rng.gen();
@@ -562,6 +586,11 @@ impl World {
         let (group, events) = r.store_mut().write_local(items, wall);
         if let Err(e) = self.check.local_written(n, &events) {
             self.fail(e);
+        }
+        if self.push_within.is_some() {
+            for e in &events {
+                self.written_at.insert((e.origin, e.seq), self.now);
+            }
         }
         let keys = events.iter().map(|e| (e.origin, e.seq, e.priority)).collect();
         self.schedule(

@@ -10,6 +10,7 @@ fn opts(bugs: Bugs) -> Options {
         bugs,
         keep_trace: false,
         stateless_reset: true,
+        strict_pushes: false,
     }
 }
 

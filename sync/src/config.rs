@@ -17,6 +17,9 @@ pub struct Config {
     /// A dialer asks its peer for a fresh summary this often, to heal
     /// anything a push missed. `None`: only at connect.
     pub round_interval: Option<Time>,
+    /// Rounds come this seldom (if less often than `round_interval`) on a
+    /// connection where each side subscribed to the other's news.
+    pub live_round_interval: Option<Time>,
     /// Wants outstanding per connection.
     pub wants_in_flight: usize,
     /// A gap longer than this is asked for in several wants, so that a
@@ -25,6 +28,13 @@ pub struct Config {
     /// zstd levels for WAN and LAN links.
     pub level_wan: i32,
     pub level_lan: i32,
+    /// A dialer whose peer answers its `Hello` within `fast_link_rtt`
+    /// uses `level_lan` (loopback, a LAN not found by mDNS); within
+    /// `mid_link_rtt`, `level_mid` (3G: level 19 would be slower than the
+    /// link there).
+    pub fast_link_rtt: Time,
+    pub mid_link_rtt: Time,
+    pub level_mid: i32,
     /// Deliberate faults, for the simulator to prove it catches them.
     pub bugs: Bugs,
 }
@@ -38,10 +48,14 @@ impl Config {
             policy: Policy::All,
             live: false,
             round_interval: None,
+            live_round_interval: Some(Time::from_secs(300)),
             wants_in_flight: 16,
             want_max_events: 2048,
             level_wan: ferry_proto::batch::LEVEL_WAN,
             level_lan: ferry_proto::batch::LEVEL_LAN,
+            fast_link_rtt: Time::from_millis(20),
+            mid_link_rtt: Time::from_millis(200),
+            level_mid: ferry_proto::batch::LEVEL_MID,
             bugs: Bugs::default(),
         }
     }

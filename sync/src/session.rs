@@ -138,6 +138,8 @@ pub(crate) struct Session {
     pub lanes: [Lane; 3],
     pub lane_streams: [Option<StreamId>; 3],
     pub level: i32,
+    /// When the dialer sent its `Hello`: the peer's answer times the link.
+    hello_sent_at: Option<Time>,
     // Both.
     pub next_round_at: Option<Time>,
     pub in_step: bool,
@@ -178,6 +180,7 @@ impl Session {
             ],
             lane_streams: [None; 3],
             level,
+            hello_sent_at: None,
             next_round_at: None,
             in_step: false,
             stats: SessionStats::default(),
@@ -233,8 +236,23 @@ impl Session {
             self.send_control(cx, &hello);
         }
         if self.peer.dialer {
-            self.next_round_at = cx.cfg.round_interval.map(|t| cx.now.saturating_add(t));
+            self.next_round_at = self.next_round(cx);
         }
+    }
+
+    /// When a dialer next asks for a fresh summary. While news is pushed
+    /// both ways, a round only heals what a push could have missed, so it
+    /// comes every `live_round_interval`: periodic summaries were most of
+    /// what an idle 2G connection cost.
+    fn next_round<S>(&self, cx: &Cx<'_, S>) -> Option<Time> {
+        let every = cx.cfg.round_interval?;
+        let pushed_both_ways =
+            self.subscribed.is_some() && self.peer_sub.is_some() && self.hello.as_ref().is_some_and(|h| h.live);
+        let every = match cx.cfg.live_round_interval {
+            Some(live) if pushed_both_ways => every.max(live),
+            _ => every,
+        };
+        Some(cx.now.saturating_add(every))
     }
 
     /// Sends this node's summary; `ask`: the peer answers with its own.
@@ -259,6 +277,7 @@ impl Session {
         self.control = Some(self.open_stream(cx, StreamKind::Bidi, CONTROL_PRIORITY));
         let hello = self.hello(cx);
         self.send_control(cx, &hello);
+        self.hello_sent_at = Some(cx.now);
         self.send_summary(cx, true);
         if let Some(mem) = remembered {
             self.early_wants(cx, mem);
@@ -409,6 +428,17 @@ impl Session {
             let hello = self.hello(cx);
             self.send_control(cx, &hello);
         }
+        // A peer that answers quickly is on a fast link (LAN, loopback,
+        // 3G), where compressing hard costs more time than the bytes it
+        // saves. Lanes take the level when they start.
+        if let Some(sent) = self.hello_sent_at.take() {
+            let rtt = cx.now.saturating_sub(sent);
+            if rtt < cx.cfg.fast_link_rtt {
+                self.level = self.level.min(cx.cfg.level_lan);
+            } else if rtt < cx.cfg.mid_link_rtt {
+                self.level = self.level.min(cx.cfg.level_mid);
+            }
+        }
         Ok(())
     }
 
@@ -454,7 +484,7 @@ impl Session {
             classes,
         }));
         if self.peer.dialer {
-            self.next_round_at = cx.cfg.round_interval.map(|t| cx.now.saturating_add(t));
+            self.next_round_at = self.next_round(cx);
         }
     }
 
