@@ -125,6 +125,15 @@ pub fn check(w: &mut World) {
             w.fail(why);
             return;
         }
+        let nodes: Vec<_> = w
+            .nodes
+            .iter()
+            .filter_map(|n| n.replica.as_ref().map(|r| (n.name.as_str(), &n.records, r.store())))
+            .collect();
+        if let Err(why) = crate::records::check(&nodes) {
+            w.fail(why);
+            return;
+        }
         w.converged_at = Some(w.now);
         w.trace.line(w.now, "converged");
         return;

@@ -17,6 +17,7 @@ pub mod check;
 pub mod converge;
 pub mod faults;
 pub mod manage;
+pub mod records;
 pub mod scenario;
 pub mod trace;
 pub mod transport;

@@ -39,6 +39,9 @@ pub struct SimNode {
     /// Until then the node's address is changing: its WAN packets are lost.
     pub moving_until: Time,
     timer_at: Option<Time>,
+    /// Keyed records as this node's index would show them: every event
+    /// applied as it arrives, in arrival order, duplicates and all.
+    pub records: ferry_records::State,
 }
 
 /// A WAN link from a clinic or mule to a hub.
@@ -283,6 +286,7 @@ impl World {
             snapshot: None,
             moving_until: Time(0),
             timer_at: None,
+            records: ferry_records::State::new(),
         });
     }
 
@@ -488,6 +492,8 @@ impl World {
         let node = &mut self.nodes[n];
         let Some(disk) = node.disk.take() else { return };
         node.boot += 1;
+        // The index is rebuilt from what survived, as the node's is.
+        node.records = crate::records::rebuild(&disk);
         let mut cfg = ferry_sync::Config::new(node.ident.id, node.ident.role, node.name.clone());
         cfg.policy = node.ident.policy;
         cfg.live = true;
@@ -576,7 +582,11 @@ impl World {
         }
         let mix = self.nodes[n].mix.clone();
         let name = self.nodes[n].name.clone();
-        let items = mix.batch(&mut self.rng, &name);
+        let mut items = mix.batch(&mut self.rng, &name);
+        if self.rng.gen_bool(0.2) {
+            let write = crate::records::edit(&mut self.rng, &self.nodes[n].records);
+            items.push(write);
+        }
         let wall = self.wall_ms(n);
         let boot = self.nodes[n].boot;
         let fsync = Time::from_millis(self.rng.gen_range(1..40));
@@ -584,6 +594,9 @@ impl World {
             return;
         };
         let (group, events) = r.store_mut().write_local(items, wall);
+        for e in &events {
+            self.nodes[n].records.apply(e);
+        }
         if let Err(e) = self.check.local_written(n, &events) {
             self.fail(e);
         }
@@ -689,6 +702,12 @@ impl World {
                 let wall = self.wall_ms(n);
                 let boot = self.nodes[n].boot;
                 let fsync = Time::from_millis(self.rng.gen_range(1..40));
+                if self.nodes[n].replica.is_none() {
+                    return;
+                }
+                for e in &events {
+                    self.nodes[n].records.apply(e);
+                }
                 let Some(r) = self.nodes[n].replica.as_mut() else {
                     return;
                 };
