@@ -123,20 +123,32 @@ impl Client {
 
     /// The JSON of a successful answer, or the server's own error message.
     fn answer(&self, resp: Result<ureq::Response, ureq::Error>, what: &str) -> Result<serde_json::Value> {
-        match resp {
-            Ok(r) => Ok(r.into_json()?),
-            Err(ureq::Error::Status(status, r)) => {
-                let text = r.into_string().unwrap_or_default();
-                match serde_json::from_str::<serde_json::Value>(&text) {
-                    Ok(v) if v["error"]["message"].is_string() => bail!(
-                        "{what}: {} ({}, HTTP {status})",
-                        v["error"]["message"].as_str().unwrap_or_default(),
-                        v["error"]["code"].as_str().unwrap_or("no code"),
-                    ),
-                    _ => bail!("{what}: HTTP {status}: {}", text.trim()),
-                }
+        json_answer(resp, &self.base, Some(what))
+    }
+}
+
+/// The JSON of a successful answer, or the daemon's own error message and
+/// code, prefixed with `what` was being done when given. The records CLI
+/// uses it too.
+pub(crate) fn json_answer(
+    resp: Result<ureq::Response, ureq::Error>,
+    base: &str,
+    what: Option<&str>,
+) -> Result<serde_json::Value> {
+    let doing = what.map(|w| format!("{w}: ")).unwrap_or_default();
+    match resp {
+        Ok(r) => Ok(r.into_json()?),
+        Err(ureq::Error::Status(status, r)) => {
+            let text = r.into_string().unwrap_or_default();
+            match serde_json::from_str::<serde_json::Value>(&text) {
+                Ok(v) if v["error"]["message"].is_string() => bail!(
+                    "{doing}{} ({}, HTTP {status})",
+                    v["error"]["message"].as_str().unwrap_or_default(),
+                    v["error"]["code"].as_str().unwrap_or("no code"),
+                ),
+                _ => bail!("{doing}HTTP {status}: {}", text.trim()),
             }
-            Err(e) => bail!("could not reach the daemon's local API at {}: {e}", self.base),
         }
+        Err(e) => bail!("could not reach the daemon's local API at {base}: {e}"),
     }
 }

@@ -6,7 +6,7 @@
 //! It listens on loopback unless told otherwise; bound to any other
 //! address it asks every request for the token in `api.token` (0600).
 
-mod client;
+pub(crate) mod client;
 mod dashboard;
 mod error;
 mod events;

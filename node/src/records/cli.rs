@@ -63,21 +63,7 @@ impl Api {
 
     /// The JSON of a successful answer, or the daemon's error, explained.
     fn answer(&self, resp: Result<ureq::Response, ureq::Error>) -> Result<serde_json::Value> {
-        match resp {
-            Ok(r) => Ok(r.into_json()?),
-            Err(ureq::Error::Status(status, r)) => {
-                let text = r.into_string().unwrap_or_default();
-                match serde_json::from_str::<serde_json::Value>(&text) {
-                    Ok(v) if v["error"]["message"].is_string() => bail!(
-                        "{} ({}, HTTP {status})",
-                        v["error"]["message"].as_str().unwrap_or_default(),
-                        v["error"]["code"].as_str().unwrap_or("no code"),
-                    ),
-                    _ => bail!("HTTP {status}: {}", text.trim()),
-                }
-            }
-            Err(e) => bail!("could not reach the daemon's local API at {}: {e}", self.base),
-        }
+        crate::api::client::json_answer(resp, &self.base, None)
     }
 }
 
