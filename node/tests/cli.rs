@@ -346,8 +346,9 @@ fn sync_shows_progress_on_a_terminal_and_nothing_otherwise() {
         }
     }
     assert!(push.wait().unwrap().success());
-    // Served at 1 Mbit/s, the transfer lasts a few seconds: long enough to draw.
-    let (daemon, addr) = daemon(&hub, &["--bandwidth-kbps", "1000"]);
+    // Served at 200 kbit/s, the transfer (about 105 KiB compressed) lasts a
+    // few seconds: long enough to draw.
+    let (daemon, addr) = daemon(&hub, &["--bandwidth-kbps", "200"]);
 
     let on_terminal = Command::new("script")
         .args([
