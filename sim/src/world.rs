@@ -755,6 +755,22 @@ impl World {
         }
     }
 
+    /// Node `n`'s end of `conn` is gone without a word from its own core:
+    /// the peer closed it, or it timed out (`what`, for the trace).
+    fn lose_connection(&mut self, n: usize, conn: u64, end: usize, what: &str) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.closed[end] = true;
+        }
+        let line = format!("{} {what}", self.nodes[n].name);
+        self.trace.line(self.now, &line);
+        let now = self.now;
+        if let Some(r) = self.nodes[n].replica.as_mut() {
+            r.handle_closed(now, ConnId(conn));
+        }
+        self.drain(n);
+        self.after_close(n);
+    }
+
     /// A connection of node `n` ended: look for peers again soon.
     fn after_close(&mut self, n: usize) {
         let after = Time::from_secs(1);
@@ -859,17 +875,7 @@ impl World {
         }
         match payload {
             Payload::Ping => {}
-            Payload::Close => {
-                c.closed[end] = true;
-                let line = format!("{} sees connection {conn} closed by its peer", self.nodes[n].name);
-                self.trace.line(self.now, &line);
-                let now = self.now;
-                if let Some(r) = self.nodes[n].replica.as_mut() {
-                    r.handle_closed(now, ConnId(conn));
-                }
-                self.drain(n);
-                self.after_close(n);
-            }
+            Payload::Close => self.lose_connection(n, conn, end, &format!("sees connection {conn} closed by its peer")),
             Payload::Stream {
                 stream,
                 kind,
@@ -935,16 +941,7 @@ impl World {
         let quiet_since = c.last_rx[end];
         let limit = c.idle_timeout;
         if self.now.saturating_sub(quiet_since) >= limit {
-            let Some(c) = self.conns.get_mut(&conn) else { return };
-            c.closed[end] = true;
-            let line = format!("{} times out connection {conn}", self.nodes[n].name);
-            self.trace.line(self.now, &line);
-            let now = self.now;
-            if let Some(r) = self.nodes[n].replica.as_mut() {
-                r.handle_closed(now, ConnId(conn));
-            }
-            self.drain(n);
-            self.after_close(n);
+            self.lose_connection(n, conn, end, &format!("times out connection {conn}"));
         } else {
             let next = quiet_since.saturating_add(limit).saturating_sub(self.now);
             self.schedule(next.saturating_add(Time::from_millis(1)), Ev::IdleCheck { conn, end });

@@ -220,3 +220,34 @@ pub fn spawn_sync(
     let node = node.clone();
     tokio::spawn(async move { node.sync_once(addr).await })
 }
+
+/// Starts `ferry run` (`cmd`, not yet spawned) as its own process and
+/// returns it with the QUIC address it took, once it says it listens. Its
+/// log lines before that go to this process's stderr, and so do those
+/// after, read by a thread so the daemon never blocks on a full pipe.
+pub fn spawn_daemon(mut cmd: std::process::Command) -> Result<(netns::Proc, String)> {
+    use std::io::BufRead;
+    cmd.stderr(std::process::Stdio::piped());
+    let mut proc = netns::Proc::spawn(cmd)?;
+    let stderr = proc.child.stderr.take().context("no stderr")?;
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    let addr = loop {
+        let line = lines.next().context("the daemon exited before it listened")??;
+        match line.split("listening on ").nth(1) {
+            Some(rest) => {
+                break rest
+                    .split_whitespace()
+                    .next()
+                    .with_context(|| format!("no address in {line:?}"))?
+                    .to_string()
+            }
+            None => eprintln!("{line}"),
+        }
+    };
+    std::thread::spawn(move || {
+        for line in lines.map_while(std::result::Result::ok) {
+            eprintln!("{line}");
+        }
+    });
+    Ok((proc, addr))
+}

@@ -6,8 +6,7 @@ use ferry::datadir::DataDir;
 use ferry::pki::Role;
 use ferry_tests::netns::Proc;
 use ferry_tests::{all_events, eventually, fill_wal, init_logging, workload, Deployment};
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn ferry() -> Command {
@@ -22,33 +21,8 @@ fn run(dir: &DataDir, listen: &str, extra: &[&str]) -> (Proc, String) {
     cmd.args(["run", "--data-dir"])
         .arg(&dir.root)
         .args(["--listen", listen, "--api-listen", "127.0.0.1:0", "--no-mdns"])
-        .args(extra)
-        .stderr(Stdio::piped());
-    let mut proc = Proc::spawn(cmd).unwrap();
-    let mut err = BufReader::new(proc.child.stderr.take().unwrap());
-    let mut line = String::new();
-    // Log lines (FERRY_LOG) may come first.
-    while !line.contains("listening on ") {
-        line.clear();
-        if err.read_line(&mut line).unwrap() == 0 {
-            panic!("the node exited before it listened");
-        }
-        eprint!("{line}");
-    }
-    let addr = line
-        .split("listening on ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap_or_else(|| panic!("the node said {line:?}"))
-        .to_string();
-    // Keep draining its log so it never blocks on a full pipe; shown with
-    // the test's output when it fails.
-    std::thread::spawn(move || {
-        for line in err.lines().map_while(Result::ok) {
-            eprintln!("{line}");
-        }
-    });
-    (proc, addr)
+        .args(extra);
+    ferry_tests::spawn_daemon(cmd).unwrap()
 }
 
 /// Blocking WAL work from inside the async tests (the runtime has two

@@ -16,8 +16,7 @@ use ferry::pki::Role;
 use ferry_proto::Priority;
 use ferry_tests::netns::Proc;
 use ferry_tests::{workload, Deployment};
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 #[derive(Parser)]
@@ -42,19 +41,7 @@ fn daemon(dir: &DataDir, peers: &[String]) -> Result<(Proc, String)> {
     for p in peers {
         cmd.args(["--peer", p]);
     }
-    cmd.stderr(Stdio::piped());
-    let mut proc = Proc::spawn(cmd)?;
-    let stderr = proc.child.stderr.take().context("no stderr")?;
-    let mut lines = BufReader::new(stderr).lines();
-    let first = lines.next().context("daemon exited at start")??;
-    let addr = first
-        .split("listening on ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .with_context(|| format!("no address in {first:?}"))?
-        .to_string();
-    std::thread::spawn(move || for _ in lines {});
-    Ok((proc, addr))
+    ferry_tests::spawn_daemon(cmd)
 }
 
 /// Whether `origin:seq` is readable through the daemon of `dir`.

@@ -19,8 +19,6 @@ use ferry_proto::Priority;
 use ferry_tests::netns::Proc;
 use ferry_tests::{workload, Deployment};
 use serde_json::json;
-use std::io::{BufRead, BufReader};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 /// `ferry run` as its own process; returns it and its QUIC address once it
@@ -44,20 +42,7 @@ fn daemon(dir: &DataDir, peer: Option<&str>, keep_alive: Option<u64>) -> Result<
     if let Some(p) = peer {
         args.extend(["--peer", p]);
     }
-    let mut cmd = node(&args);
-    cmd.stderr(Stdio::piped());
-    let mut proc = Proc::spawn(cmd)?;
-    let stderr = proc.child.stderr.take().context("no stderr")?;
-    let mut lines = BufReader::new(stderr).lines();
-    let first = lines.next().context("daemon exited at start")??;
-    let addr = first
-        .split("listening on ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .with_context(|| format!("no address in {first:?}"))?
-        .to_string();
-    std::thread::spawn(move || for _ in lines {});
-    Ok((proc, addr))
+    ferry_tests::spawn_daemon(node(&args))
 }
 
 /// Whether `origin:seq` is readable through the daemon of `dir`.
