@@ -42,9 +42,9 @@ pub struct Link {
     appends: Arc<Semaphore>,
     in_step: tokio::sync::watch::Sender<u64>,
     view: Mutex<Option<SessionView>>,
-    /// peers.json's counts for this peer when the connection began: events
-    /// received and sent, bytes received and sent, duplicates received.
-    pub(crate) base: Mutex<[u64; 5]>,
+    /// peers.json's record of this peer when the connection began: this
+    /// connection's counts are added to its totals.
+    pub(crate) base: Mutex<crate::datadir::PeerRecord>,
 }
 
 /// What a link reports, and what it needs from the node that runs it.
@@ -89,7 +89,7 @@ impl Link {
             appends: Arc::new(Semaphore::new(APPENDS_IN_FLIGHT)),
             in_step: tokio::sync::watch::Sender::new(0),
             view: Mutex::new(None),
-            base: Mutex::new([0; 5]),
+            base: Mutex::new(Default::default()),
         })
     }
 

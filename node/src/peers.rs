@@ -12,19 +12,7 @@ pub const REFRESH: Duration = Duration::from_secs(5);
 /// Notes a new connection: peers.json's counts so far, and who it is.
 pub fn record_start(ctx: &NodeCtx, link: &Link) {
     let Some(dir) = &ctx.data_dir else { return };
-    let prior = dir
-        .peers()
-        .get(&link.peer.node_id.to_string())
-        .map(|p| {
-            [
-                p.events_received,
-                p.events_sent,
-                p.bytes_received,
-                p.bytes_sent,
-                p.duplicates_received,
-            ]
-        })
-        .unwrap_or_default();
+    let prior = dir.peers().remove(&link.peer.node_id.to_string()).unwrap_or_default();
     *link.base.lock().unwrap_or_else(|p| p.into_inner()) = prior;
     let _ = dir.record_peer(link.peer.node_id, |p| p.connected_since_unix = Some(unix_now()));
     write(ctx, link, false, None, true);
@@ -43,8 +31,7 @@ pub fn record_end(ctx: &NodeCtx, link: &Link, error: Option<String>) {
 
 fn write(ctx: &NodeCtx, link: &Link, synced: bool, error: Option<String>, connected: bool) {
     let Some(dir) = &ctx.data_dir else { return };
-    let [base_received, base_sent, base_rx, base_tx, base_duplicates] =
-        *link.base.lock().unwrap_or_else(|p| p.into_inner());
+    let base = link.base.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let view = link.last_view();
     let udp = link.conn.stats();
     let result = dir.record_peer(link.peer.node_id, |p| {
@@ -59,14 +46,14 @@ fn write(ctx: &NodeCtx, link: &Link, synced: bool, error: Option<String>, connec
         if !connected {
             p.connected_since_unix = None;
         }
-        p.bytes_received = base_rx + udp.udp_rx.bytes;
-        p.bytes_sent = base_tx + udp.udp_tx.bytes;
+        p.bytes_received = base.bytes_received + udp.udp_rx.bytes;
+        p.bytes_sent = base.bytes_sent + udp.udp_tx.bytes;
         // Where the peer is now: a migrated connection has moved on.
         p.addr = link.conn.remote_address().to_string();
         if let Some(v) = &view {
-            p.events_received = base_received + v.stats.events_received;
-            p.events_sent = base_sent + v.stats.events_sent;
-            p.duplicates_received = base_duplicates + v.stats.duplicates_received;
+            p.events_received = base.events_received + v.stats.events_received;
+            p.events_sent = base.events_sent + v.stats.events_sent;
+            p.duplicates_received = base.duplicates_received + v.stats.duplicates_received;
             p.we_lack = Some(v.we_lack);
             p.they_lack = Some(v.they_lack);
         }
