@@ -251,3 +251,18 @@ pub fn spawn_daemon(mut cmd: std::process::Command) -> Result<(netns::Proc, Stri
     });
     Ok((proc, addr))
 }
+
+/// Whether the event `ORIGIN:SEQ` is readable through the local API at
+/// `base` (`http://HOST:PORT`).
+pub fn readable(agent: &ureq::Agent, base: &str, id: &str) -> Result<bool> {
+    let (origin, seq) = id.rsplit_once(':').context("bad event id")?;
+    let seq: u64 = seq.parse()?;
+    let v: serde_json::Value = agent
+        .get(&format!("{base}/v1/events"))
+        .query("origin", origin)
+        .query("after", &seq.saturating_sub(1).to_string())
+        .query("limit", "1")
+        .call()?
+        .into_json()?;
+    Ok(v["events"].as_array().is_some_and(|e| !e.is_empty()))
+}

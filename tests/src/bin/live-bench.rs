@@ -46,17 +46,8 @@ fn daemon(dir: &DataDir, peers: &[String]) -> Result<(Proc, String)> {
 
 /// Whether `origin:seq` is readable through the daemon of `dir`.
 fn readable(dir: &DataDir, id: &str) -> Result<bool> {
-    let (origin, seq) = id.rsplit_once(':').context("bad event id")?;
-    let seq: u64 = seq.parse()?;
-    let base = std::fs::read_to_string(dir.path(ferry::api::ADDR_FILE))?;
-    let url = format!("http://{}/v1/events", base.trim());
-    let v: serde_json::Value = ureq::get(&url)
-        .query("origin", origin)
-        .query("after", &(seq - 1).to_string())
-        .query("limit", "1")
-        .call()?
-        .into_json()?;
-    Ok(v["events"].as_array().is_some_and(|e| !e.is_empty()))
+    let addr = std::fs::read_to_string(dir.path(ferry::api::ADDR_FILE))?;
+    ferry_tests::readable(&ureq::agent(), &format!("http://{}", addr.trim()), id)
 }
 
 fn time_path(from: &DataDir, to: &DataDir, payloads: &[Vec<u8>]) -> Result<Vec<Duration>> {

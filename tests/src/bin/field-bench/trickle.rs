@@ -45,27 +45,13 @@ fn daemon(dir: &DataDir, peer: Option<&str>, keep_alive: Option<u64>) -> Result<
     ferry_tests::spawn_daemon(node(&args))
 }
 
-/// Whether `origin:seq` is readable through the daemon of `dir`.
-fn readable(agent: &ureq::Agent, base: &str, id: &str) -> Result<bool> {
-    let (origin, seq) = id.rsplit_once(':').context("bad event id")?;
-    let seq: u64 = seq.parse()?;
-    let v: serde_json::Value = agent
-        .get(&format!("{base}/v1/events"))
-        .query("origin", origin)
-        .query("after", &(seq - 1).to_string())
-        .query("limit", "1")
-        .call()?
-        .into_json()?;
-    Ok(v["events"].as_array().is_some_and(|e| !e.is_empty()))
-}
-
 /// Appends one payload at the clinic; waits until the hub returns it.
 /// Returns the time from the append being answered to readable.
 fn one(client: &Client, agent: &ureq::Agent, hub_api: &str, payload: &[u8]) -> Result<Duration> {
     let id = client.append("clinic/visit", Priority::Normal, &[payload.to_vec()])?;
     let start = Instant::now();
     let id = id.first().context("no event id")?.clone();
-    while !readable(agent, hub_api, &id)? {
+    while !ferry_tests::readable(agent, hub_api, &id)? {
         if start.elapsed() > Duration::from_secs(60) {
             bail!("{id} did not reach the hub within 60 s");
         }
