@@ -37,7 +37,8 @@ pub struct Checker {
     /// Per node: events acknowledged to their writer (local) or reported
     /// durable (replicated): they must survive every crash.
     acked: Vec<BTreeSet<(Origin, u64)>>,
-    /// Per node: the highest HLC of its own durable events.
+    /// Per node: the highest HLC it has stamped on its own events since it
+    /// last restarted from its log.
     last_hlc: Vec<Hlc>,
     /// Events a restored data directory lost at their only holder.
     pub lost_to_restore: u64,
@@ -74,13 +75,22 @@ impl Checker {
         self.acked[node].extend(keys);
     }
 
-    /// After a crash: everything acknowledged must still be there.
-    pub fn after_crash(&mut self, node: usize, holds: impl Fn(&Origin, u64) -> bool) -> Result<(), String> {
+    /// After a crash: everything acknowledged must still be there. The
+    /// node's clock restarts from its durable log (`last_hlc`), so it may
+    /// stamp below events of a group the crash lost: those never reached
+    /// the disk, were never acknowledged and never left the node.
+    pub fn after_crash(
+        &mut self,
+        node: usize,
+        holds: impl Fn(&Origin, u64) -> bool,
+        last_hlc: Hlc,
+    ) -> Result<(), String> {
         if let Some((o, s)) = self.acked[node].iter().find(|(o, s)| !holds(o, *s)) {
             return Err(format!(
                 "node {node} lost {o}:{s}, which it had acknowledged, in a crash"
             ));
         }
+        self.last_hlc[node] = last_hlc;
         Ok(())
     }
 

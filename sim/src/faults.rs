@@ -33,7 +33,7 @@ pub fn apply(w: &mut World, f: Fault) {
             store.crash(survive, &bugs);
             let line = format!("{} crashes ({survive} unsynced groups reach the disk)", w.nodes[n].name);
             w.trace.line(w.now, &line);
-            if let Err(why) = w.check.after_crash(n, |o, s| store.holds(o, s)) {
+            if let Err(why) = w.check.after_crash(n, |o, s| store.holds(o, s), store.last_hlc()) {
                 w.nodes[n].disk = Some(store);
                 w.fail(why);
                 return;

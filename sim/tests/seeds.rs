@@ -60,3 +60,12 @@ fn the_hub_restart_promise_needs_the_stateless_reset() {
     let outcome = run(1, Some("hub-restart"), o);
     assert!(outcome.failure.is_some(), "the scenario cannot tell");
 }
+
+/// A crash lost a group that had not reached the disk; the node's clock
+/// restarted from its durable log and stamped below the lost group, which
+/// no one ever saw. The checker once called that a clock going backwards.
+#[test]
+fn a_clock_may_restart_below_events_a_crash_lost() {
+    let o = run(2421, None, opts(Bugs::default()));
+    assert_eq!(o.failure, None);
+}
