@@ -69,3 +69,15 @@ fn a_clock_may_restart_below_events_a_crash_lost() {
     let o = run(2421, None, opts(Bugs::default()));
     assert_eq!(o.failure, None);
 }
+
+/// Events a hub stored after it sent a clinic its summary, and before the
+/// clinic's subscription arrived, were neither offered nor pushed: the
+/// clinic waited for the next round (up to the 300 s live round) for them.
+/// The subscription now pushes what was stored since the last summary.
+#[test]
+fn events_stored_while_a_subscription_travels_are_pushed() {
+    let mut o = opts(Bugs::default());
+    o.strict_pushes = true;
+    let outcome = run(246, None, o);
+    assert_eq!(outcome.failure, None);
+}

@@ -5,7 +5,7 @@ use crate::io::{Action, StreamKind};
 use crate::lane::Lane;
 use crate::session::{fault, Cx, Fault, Session};
 use crate::store::Store;
-use ferry_proto::{ErrorCode, Frame, Origin, Priority, RangeSet, Want};
+use ferry_proto::{ErrorCode, Frame, Origin, Priority, RangeSet, Subscription, Want};
 
 fn lane_index(p: Priority) -> usize {
     match p {
@@ -67,6 +67,50 @@ impl Session {
         }
         self.lanes[lane_index(priority)].push(origin, &todo);
         self.pump(cx)
+    }
+
+    /// The peer asks to be sent news of the nodes `sub` covers. What was
+    /// stored here after this node's last summary and before the
+    /// subscription arrived was neither offered nor pushed: push it now,
+    /// or the peer would wait a whole round for it (a summary crosses a 2G
+    /// link while other peers' events land).
+    pub fn on_subscribe<S: Store>(&mut self, cx: &mut Cx<'_, S>, sub: Subscription) -> Result<(), Fault> {
+        self.peer_sub = Some(sub);
+        if self.our_id == 0 {
+            // The summary still to come offers everything held.
+            return Ok(());
+        }
+        let (now_held, classes) = cx.summary_for(&self.peer);
+        for (origin, held) in &now_held.0 {
+            let mut missed = held.clone();
+            if let Some(offered) = self.our_summary.get(origin) {
+                missed = missed.difference(offered);
+            }
+            if missed.is_empty() {
+                continue;
+            }
+            let urgent = classes
+                .urgent
+                .get(origin)
+                .map(|r| missed.intersection(r))
+                .unwrap_or_default();
+            let bulk = classes
+                .bulk
+                .get(origin)
+                .map(|r| missed.intersection(r))
+                .unwrap_or_default();
+            let normal = missed.difference(&urgent).difference(&bulk);
+            for (seqs, priority) in [
+                (urgent, Priority::Urgent),
+                (normal, Priority::Normal),
+                (bulk, Priority::Bulk),
+            ] {
+                if !seqs.is_empty() {
+                    self.on_stored(cx, *origin, &seqs, priority)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The driver took the last frame of a data stream: send the next.

@@ -132,7 +132,7 @@ pub(crate) struct Session {
     /// What the peer holds, by its summaries and what was sent to it.
     pub peer_has: BTreeMap<Origin, RangeSet>,
     pub our_id: u32,
-    our_summary: Summary,
+    pub our_summary: Summary,
     pub peer_done: Option<u32>,
     pub peer_sub: Option<Subscription>,
     pub lanes: [Lane; 3],
@@ -373,10 +373,7 @@ impl Session {
                 classes,
             } => self.on_summary(cx, id, ask, summary, classes),
             Frame::Want(w) => self.on_want(cx, w),
-            Frame::Subscribe(s) => {
-                self.peer_sub = Some(s);
-                Ok(())
-            }
+            Frame::Subscribe(s) => self.on_subscribe(cx, s),
             Frame::Done { summary, received: _ } => {
                 self.peer_done = Some(summary);
                 if summary == self.our_id {
