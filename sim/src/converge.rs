@@ -66,8 +66,8 @@ fn bound(w: &World) -> Time {
         .min()
         .unwrap_or(1_000_000);
     let transfer = Time((bytes * 8 * 3 * 1_000_000) / slowest);
-    // A push missed heals at the next round (see docs/wire.md: the
-    // simulator found such misses).
+    // Strict (the default): a push missed is a stall, found before the
+    // live round would heal it.
     Time::from_secs(180)
         .saturating_add(if w.opts.strict_pushes {
             w.round_interval

@@ -10,7 +10,7 @@ fn opts(bugs: Bugs) -> Options {
         bugs,
         keep_trace: false,
         stateless_reset: true,
-        strict_pushes: false,
+        strict_pushes: true,
     }
 }
 
@@ -76,8 +76,6 @@ fn a_clock_may_restart_below_events_a_crash_lost() {
 /// The subscription now pushes what was stored since the last summary.
 #[test]
 fn events_stored_while_a_subscription_travels_are_pushed() {
-    let mut o = opts(Bugs::default());
-    o.strict_pushes = true;
-    let outcome = run(246, None, o);
+    let outcome = run(246, None, opts(Bugs::default()));
     assert_eq!(outcome.failure, None);
 }

@@ -48,10 +48,10 @@ impl Config {
             policy: Policy::All,
             live: false,
             round_interval: None,
-            // Off until the missed push the simulator shows with
-            // --strict-pushes is fixed: rounds every `round_interval` heal
-            // it within 30 s (the dashboard test waited out 300 s ones).
-            live_round_interval: None,
+            // A round on a connection pushed both ways only heals what a
+            // push missed; the simulator runs with --strict-pushes to show
+            // that none is missed.
+            live_round_interval: Some(Time::from_secs(300)),
             wants_in_flight: 16,
             want_max_events: 2048,
             level_wan: ferry_proto::batch::LEVEL_WAN,
