@@ -165,6 +165,12 @@ async fn reconnect_costs(
         if !link.wait_in_step().await {
             bail!("migration reconnect: the first sync did not complete");
         }
+        // The connection opened in 0-RTT: a round can finish before the
+        // server has the client's Finished (it may still sit in netsim's
+        // queue on 2G). Until the handshake is confirmed the server drops
+        // packets from a new address (RFC 9000 section 9), so this row
+        // moves the address of an established connection only.
+        tokio::time::sleep(std::time::Duration::from_secs_f64(rtt * 4.0)).await;
         push_probe(hub_dir, 3)?;
         let before = sim.stats();
         let moved = Instant::now();
