@@ -32,6 +32,9 @@ struct Net {
     now: Time,
     /// Drop everything sent on data streams (a link that dies mid-transfer).
     blackhole: bool,
+    /// Deliveries to this node wait in `delayed` (a slow link one way).
+    hold: Option<usize>,
+    delayed: VecDeque<Delivery>,
 }
 
 fn id(n: u8) -> NodeId {
@@ -53,6 +56,8 @@ impl Net {
             next_conn: 1,
             now: Time(0),
             blackhole: false,
+            hold: None,
+            delayed: VecDeque::new(),
         }
     }
 
@@ -121,13 +126,15 @@ impl Net {
                 }
             }
             while let Some(d) = queue.pop_front() {
-                progress = true;
-                match d {
-                    Delivery::Data(n, conn, stream, kind, bytes) => self.nodes[n]
-                        .replica
-                        .handle_stream_data(self.now, conn, stream, kind, &bytes),
-                    Delivery::Closed(n, conn) => self.nodes[n].replica.handle_closed(self.now, conn),
+                let to = match &d {
+                    Delivery::Data(n, ..) | Delivery::Closed(n, _) => *n,
+                };
+                if self.hold == Some(to) {
+                    self.delayed.push_back(d);
+                    continue;
                 }
+                progress = true;
+                self.deliver(d);
             }
             if !progress {
                 break;
@@ -172,6 +179,24 @@ impl Net {
             }
             Action::NewEpoch(_) => {}
             Action::Notice(notice) => self.nodes[n].notices.push(notice),
+        }
+    }
+
+    /// Delivers what waited for the held node, in order, and runs on.
+    fn release(&mut self) {
+        self.hold = None;
+        for d in std::mem::take(&mut self.delayed) {
+            self.deliver(d);
+        }
+        self.run();
+    }
+
+    fn deliver(&mut self, d: Delivery) {
+        match d {
+            Delivery::Data(n, conn, stream, kind, bytes) => self.nodes[n]
+                .replica
+                .handle_stream_data(self.now, conn, stream, kind, &bytes),
+            Delivery::Closed(n, conn) => self.nodes[n].replica.handle_closed(self.now, conn),
         }
     }
 
@@ -286,4 +311,25 @@ fn role_policy_keeps_clinic_events_from_other_clinics() {
     assert_eq!(net.held(hub), 15);
     assert_eq!(net.held(a), 8, "own 5 and the hub's 3, not b's");
     assert_eq!(net.held(b), 10);
+}
+
+/// The hub stores an event after it sent the clinic its summary and before
+/// the clinic's `Subscribe` reaches it (on 2G, a round trip): the event was
+/// neither offered nor pushed, and waited for the next round. Time stands
+/// still here, so no round comes: only the subscription can bring it.
+#[test]
+fn an_event_stored_while_a_subscription_travels_is_pushed() {
+    let mut net = Net::new();
+    let a = net.add(config(1, Role::Clinic, true));
+    let b = net.add(config(2, Role::Hub, true));
+    net.write(b, 5, 100);
+    net.hold = Some(a);
+    let link = net.connect(a, b);
+    assert!(
+        net.nodes[b].replica.session(link.b.1).is_some() && !net.delayed.is_empty(),
+        "the hub's Hello and summary are on their way"
+    );
+    net.write(b, 1, 100);
+    net.release();
+    assert_eq!(net.held(a), 6);
 }
