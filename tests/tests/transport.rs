@@ -146,3 +146,57 @@ async fn bandwidth_budget_caps_what_a_node_sends() {
     hub.shutdown().await;
     clinic.shutdown().await;
 }
+
+/// Four photos of 760 KB, then 20 urgent events behind them in the log:
+/// over 2G (where one photo takes over three minutes) every urgent event
+/// is at the hub before the first photo is whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn urgent_events_overtake_photos_on_2g() {
+    use rand::{Rng, SeedableRng};
+    init_logging();
+    let dep = Deployment::new("field").unwrap();
+    let (hub, clinic) = wan_pair(&dep, None).await.unwrap();
+    let photos: Vec<Vec<u8>> = (0..4u64)
+        .map(|i| {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(i);
+            (0..760_000).map(|_| rng.gen::<u8>()).collect()
+        })
+        .collect();
+    write_events(&clinic.ctx.wal, photos, Priority::Normal).await.unwrap();
+    write_events(&clinic.ctx.wal, workload("URG", 20, 9).unwrap(), Priority::Urgent)
+        .await
+        .unwrap();
+    let origin = clinic.ctx.wal.local_origin();
+    let sim = link_to(&hub, Profile::bhutan_2g(), 9).await.unwrap();
+    let sync = spawn_sync(&clinic, sim.local_addr());
+    let (photo_seqs, urgent) = (
+        ferry_proto::RangeSet::from_range(1, 4),
+        ferry_proto::RangeSet::from_range(5, 24),
+    );
+    let held = |set: &ferry_proto::RangeSet| {
+        hub.ctx
+            .wal
+            .summary()
+            .get(&origin)
+            .map(|h| h.intersection(set).count())
+            .unwrap_or(0)
+    };
+    let start = std::time::Instant::now();
+    while held(&urgent) < 20 {
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "urgent events never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let photos_before = held(&photo_seqs);
+    println!(
+        "all 20 urgent events at the hub after {:.1} s, {photos_before} of 4 photos whole",
+        start.elapsed().as_secs_f64()
+    );
+    assert_eq!(photos_before, 0, "a photo was whole before the last urgent event");
+    // The photos would take a quarter of an hour more; the point is made.
+    sync.abort();
+    hub.shutdown().await;
+    clinic.shutdown().await;
+}
