@@ -143,6 +143,11 @@ impl Lane {
             }
             let enc = self.enc.get_or_insert_with(|| StreamCompressor::new(level));
             let mut bytes = Frame::Events(enc.compress(&items)).encode();
+            // A chunk holds at most BATCH_BYTES of events before compression.
+            assert!(
+                bytes.len() <= ferry_proto::frame::MAX_FRAME_LEN + 4,
+                "an events frame within its limit"
+            );
             if job.todo.is_empty() && job.piece.is_none() {
                 if let Some(end) = finish(job) {
                     bytes.extend(end);
