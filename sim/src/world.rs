@@ -802,8 +802,6 @@ impl World {
         } else {
             Verdict::Drop(ferry_netsim::pipe::DropCause::Cut)
         };
-        let rtt = c.one_way[0].saturating_add(c.one_way[1]);
-        let back = c.one_way[1 - end];
         match verdict {
             Verdict::Deliver(when) => {
                 let delay = Time(when.saturating_duration_since(at).as_micros() as u64);
@@ -816,17 +814,23 @@ impl World {
                         payload,
                     },
                 );
-                self.schedule(delay.saturating_add(back), Ev::Acked { conn, end, size });
             }
-            Verdict::Drop(_) => {
-                if matches!(payload, Payload::Close) {
-                    c.ends[end].in_flight = c.ends[end].in_flight.saturating_sub(size);
-                    return;
-                }
-                let pto = Time((rtt.0 * 2).max(50_000) + 200_000);
-                self.schedule(pto, Ev::Resend { conn, end, payload });
-            }
+            Verdict::Drop(_) => self.unacked(conn, end, payload),
         }
+    }
+
+    /// A packet `end` sent was lost, or reached a node that no longer knows
+    /// the connection (down, or restarted): no ACK comes, so it is sent
+    /// again at the probe timeout, as QUIC would (a close is not).
+    fn unacked(&mut self, conn: u64, end: usize, payload: Payload) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        if matches!(payload, Payload::Close) {
+            c.ends[end].in_flight = c.ends[end].in_flight.saturating_sub(payload.wire_size());
+            return;
+        }
+        let rtt = c.one_way[0].saturating_add(c.one_way[1]);
+        let pto = Time((rtt.0 * 2).max(50_000) + 200_000);
+        self.schedule(pto, Ev::Resend { conn, end, payload });
     }
 
     /// Sends what the congestion window allows.
@@ -856,6 +860,7 @@ impl World {
         let n = c.nodes[end];
         let stale = c.boots[end] != self.nodes[n].boot || c.closed[end];
         if !self.node_up(n) {
+            self.unacked(conn, 1 - end, payload);
             return;
         }
         if stale {
@@ -865,8 +870,20 @@ impl World {
             if !matches!(payload, Payload::Close) && (!restarted || self.opts.stateless_reset) {
                 self.send_reset(conn, end);
             }
+            self.unacked(conn, 1 - end, payload);
             return;
         }
+        // Taken: the ACK travels back.
+        let back = c.one_way[end];
+        let size = payload.wire_size();
+        self.schedule(
+            back,
+            Ev::Acked {
+                conn,
+                end: 1 - end,
+                size,
+            },
+        );
         let Some(c) = self.conns.get_mut(&conn) else { return };
         c.last_rx[end] = self.now;
         if !c.connected[end] {

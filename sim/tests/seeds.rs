@@ -79,3 +79,23 @@ fn events_stored_while_a_subscription_travels_are_pushed() {
     let outcome = run(246, None, opts(Bugs::default()));
     assert_eq!(outcome.failure, None);
 }
+
+/// A packet that reaches a node which restarted (or is down) gets no ACK,
+/// so QUIC sends it again at the probe timeout and meets the stateless
+/// reset once more. The simulator used to count it as acknowledged: when
+/// the reset was lost on a lossy link, the clinic heard of the hub's
+/// restart only at its next keep-alive (51.2 s here, now 42.3 s).
+#[test]
+fn a_packet_to_a_restarted_node_is_sent_again_until_the_reset_arrives() {
+    let mut o = opts(Bugs::default());
+    o.keep_trace = true;
+    let outcome = run(99, Some("hub-restart"), o);
+    let seen = outcome
+        .trace
+        .iter()
+        .find(|l| l.contains("sees connection 1 closed by its peer"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|t| t.parse::<f64>().ok())
+        .expect("the clinic notices the restart");
+    assert!(seen < 45.0, "the restart was noticed only at {seen} s");
+}
