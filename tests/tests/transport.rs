@@ -3,7 +3,7 @@
 use ferry::pki::Role;
 use ferry::transport::TransportProfile;
 use ferry_netsim::Profile;
-use ferry_proto::Priority;
+use ferry_proto::{Origin, Priority, RangeSet};
 use ferry_tests::{
     all_events, eventually, init_logging, link_to, spawn_sync, start_with, wan_pair, workload, write_events, Deployment,
 };
@@ -70,24 +70,10 @@ async fn urgent_events_overtake_a_bulk_backlog() {
     let origin = clinic.ctx.wal.local_origin();
     let sim = link_to(&hub, Profile::bhutan_2g(), 8).await.unwrap();
     let sync = spawn_sync(&clinic, sim.local_addr());
-    let urgent = ferry_proto::RangeSet::from_range(2001, 2020);
-    let bulk = ferry_proto::RangeSet::from_range(1, 2000);
-    let held = |set: &ferry_proto::RangeSet| {
-        hub.ctx
-            .wal
-            .summary()
-            .get(&origin)
-            .map(|h| h.intersection(set).count())
-            .unwrap_or(0)
-    };
-    let start = std::time::Instant::now();
-    while held(&urgent) < 20 {
-        assert!(
-            start.elapsed() < Duration::from_secs(600),
-            "urgent events never arrived"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let urgent = RangeSet::from_range(2001, 2020);
+    let bulk = RangeSet::from_range(1, 2000);
+    let held = |set: &RangeSet| held_of(&hub, &origin, set);
+    wait_for_all(&hub, &origin, &urgent, Duration::from_secs(600)).await;
     let bulk_before = held(&bulk);
     println!("all 20 urgent events arrived after {bulk_before} of 2000 bulk ones");
     assert!(
@@ -169,27 +155,10 @@ async fn urgent_events_overtake_photos_on_2g() {
     let origin = clinic.ctx.wal.local_origin();
     let sim = link_to(&hub, Profile::bhutan_2g(), 9).await.unwrap();
     let sync = spawn_sync(&clinic, sim.local_addr());
-    let (photo_seqs, urgent) = (
-        ferry_proto::RangeSet::from_range(1, 4),
-        ferry_proto::RangeSet::from_range(5, 24),
-    );
-    let held = |set: &ferry_proto::RangeSet| {
-        hub.ctx
-            .wal
-            .summary()
-            .get(&origin)
-            .map(|h| h.intersection(set).count())
-            .unwrap_or(0)
-    };
+    let (photo_seqs, urgent) = (RangeSet::from_range(1, 4), RangeSet::from_range(5, 24));
     let start = std::time::Instant::now();
-    while held(&urgent) < 20 {
-        assert!(
-            start.elapsed() < Duration::from_secs(300),
-            "urgent events never arrived"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let photos_before = held(&photo_seqs);
+    wait_for_all(&hub, &origin, &urgent, Duration::from_secs(300)).await;
+    let photos_before = held_of(&hub, &origin, &photo_seqs);
     println!(
         "all 20 urgent events at the hub after {:.1} s, {photos_before} of 4 photos whole",
         start.elapsed().as_secs_f64()
@@ -199,4 +168,23 @@ async fn urgent_events_overtake_photos_on_2g() {
     sync.abort();
     hub.shutdown().await;
     clinic.shutdown().await;
+}
+
+/// How many of `set` the hub holds of `origin`.
+fn held_of(hub: &ferry::node::Node, origin: &Origin, set: &RangeSet) -> u64 {
+    hub.ctx
+        .wal
+        .summary()
+        .get(origin)
+        .map(|h| h.intersection(set).count())
+        .unwrap_or(0)
+}
+
+/// Waits until the hub holds every event of `set`.
+async fn wait_for_all(hub: &ferry::node::Node, origin: &Origin, set: &RangeSet, limit: Duration) {
+    let start = std::time::Instant::now();
+    while held_of(hub, origin, set) < set.count() {
+        assert!(start.elapsed() < limit, "urgent events never arrived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
