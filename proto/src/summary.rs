@@ -32,7 +32,7 @@ impl Classes {
     }
 
     /// Splits `lacking` (of `origin`) by priority class.
-    fn split(&self, origin: &Origin, lacking: &RangeSet) -> [(Priority, RangeSet); 3] {
+    pub fn split(&self, origin: &Origin, lacking: &RangeSet) -> [(Priority, RangeSet); 3] {
         let empty = RangeSet::new();
         let urgent = lacking.intersection(self.urgent.get(origin).unwrap_or(&empty));
         // A seq a (confused or dishonest) peer lists in both classes is

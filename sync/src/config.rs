@@ -49,8 +49,7 @@ impl Config {
             live: false,
             round_interval: None,
             // A round on a connection pushed both ways only heals what a
-            // push missed; the simulator runs with --strict-pushes to show
-            // that none is missed.
+            // push missed; the simulator fails a seed that needed one.
             live_round_interval: Some(Time::from_secs(300)),
             wants_in_flight: 16,
             want_max_events: 2048,

@@ -82,29 +82,11 @@ impl Session {
         }
         let (now_held, classes) = cx.summary_for(&self.peer);
         for (origin, held) in &now_held.0 {
-            let mut missed = held.clone();
-            if let Some(offered) = self.our_summary.get(origin) {
-                missed = missed.difference(offered);
-            }
-            if missed.is_empty() {
-                continue;
-            }
-            let urgent = classes
-                .urgent
-                .get(origin)
-                .map(|r| missed.intersection(r))
-                .unwrap_or_default();
-            let bulk = classes
-                .bulk
-                .get(origin)
-                .map(|r| missed.intersection(r))
-                .unwrap_or_default();
-            let normal = missed.difference(&urgent).difference(&bulk);
-            for (seqs, priority) in [
-                (urgent, Priority::Urgent),
-                (normal, Priority::Normal),
-                (bulk, Priority::Bulk),
-            ] {
+            let missed = match self.our_summary.get(origin) {
+                Some(offered) => held.difference(offered),
+                None => held.clone(),
+            };
+            for (priority, seqs) in classes.split(origin, &missed) {
                 if !seqs.is_empty() {
                     self.on_stored(cx, *origin, &seqs, priority)?;
                 }

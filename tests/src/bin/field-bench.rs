@@ -225,7 +225,7 @@ fn run(profile_name: &str, events: usize, seed: u64) -> Result<serde_json::Value
 
     let hub_dir = hub.root.to_str().context("path")?.to_string();
     let clinic_dir = clinic.root.to_str().context("path")?.to_string();
-    let mut hub_cmd = node(&[
+    let hub_cmd = node(&[
         "run",
         "--data-dir",
         &hub_dir,
@@ -235,18 +235,8 @@ fn run(profile_name: &str, events: usize, seed: u64) -> Result<serde_json::Value
         "127.0.0.1:0",
         "--no-mdns",
     ]);
-    hub_cmd.stderr(Stdio::piped());
     // Stopped when this run ends, whichever way.
-    let mut hub_proc = ferry_tests::netns::Proc::spawn(hub_cmd)?;
-    let mut line = String::new();
-    let mut hub_err = BufReader::new(hub_proc.child.stderr.take().context("hub stderr")?);
-    hub_err.read_line(&mut line)?;
-    let hub_addr = line
-        .split("listening on ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .with_context(|| format!("hub said {line:?}"))?;
-    std::thread::spawn(move || for _ in hub_err.lines() {});
+    let (mut hub_proc, hub_addr) = ferry_tests::spawn_daemon(hub_cmd)?;
 
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let mut cfg = Config::new("127.0.0.1:0".parse()?, hub_addr.parse()?, profile.clone());
