@@ -9,6 +9,7 @@ pub mod event;
 pub mod frame;
 pub mod hlc;
 pub mod id;
+pub mod merkle;
 pub mod rangeset;
 pub mod role;
 pub mod summary;

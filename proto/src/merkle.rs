@@ -1,0 +1,695 @@
+//! Log authentication: a Merkle tree over one origin's log, heads signed by
+//! the writer, and range proofs a receiver checks frame by frame.
+//!
+//! The tree is RFC 9162's (Certificate Transparency): leaf `i` is the event
+//! of seq `i + 1`, a tree of `n` leaves splits at the largest power of two
+//! below `n`. Leaves and inner nodes are hashed with distinct prefixes
+//! (`0x00`, `0x01`), so no leaf can pose as a node.
+//!
+//! Every node the proofs name is a *full* node: `2^level` leaves starting
+//! at a multiple of `2^level`, all below `n`. Its hash does not depend on
+//! `n`, so a receiver keeps what it verified (`Known`) across heads and
+//! ranges, and a relay proves onward any range it holds from the nodes it
+//! computed and the hashes it was sent.
+//!
+//! A range `first..=last` under a head of `n` leaves is proved by the full
+//! nodes covering `[0, first - 1)` and `[last, n)` (`Mode::Fresh`). A long
+//! range travels in frames; each frame's proof names only what the frame
+//! before did not (`Mode::Extend`): the covering nodes right of its last
+//! leaf that the previous cover did not hold. The receiver checks and
+//! keeps each frame as it comes, never holding more than one frame.
+//!
+//! Hashing is SHA-256 from `sha2`; signatures are behind `HeadSigner` and
+//! `HeadKeys`, so this module holds no keys and does no I/O.
+
+use crate::{Event, NodeId, Origin};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+
+pub type Hash = [u8; 32];
+
+const LEAF_PREFIX: u8 = 0;
+const NODE_PREFIX: u8 = 1;
+/// Domain of a head's signature: no other message a node key signs (TLS
+/// handshakes, CSRs) can be taken for a head.
+const HEAD_CONTEXT: &[u8] = b"ferry log head v1\0";
+/// A signature longer than this is refused before it is looked at
+/// (ECDSA P-256 is 64 bytes fixed, at most 72 in DER).
+pub const MAX_SIGNATURE_LEN: usize = 128;
+
+/// Leaf hash of an event: every field, each length-prefixed where it has
+/// no fixed size, so two events hash alike only if they are equal.
+pub fn leaf_hash(e: &Event) -> Hash {
+    let mut h = Sha256::new();
+    h.update([LEAF_PREFIX]);
+    h.update(e.origin.node.0);
+    h.update(e.origin.epoch.to_be_bytes());
+    h.update(e.seq.to_be_bytes());
+    h.update(e.hlc.0.to_be_bytes());
+    h.update([u8::from(e.priority)]);
+    h.update((e.topic.len() as u64).to_be_bytes());
+    h.update(e.topic.as_bytes());
+    h.update((e.payload.len() as u64).to_be_bytes());
+    h.update(&e.payload);
+    h.finalize().into()
+}
+
+fn node_hash(left: &Hash, right: &Hash) -> Hash {
+    let mut h = Sha256::new();
+    h.update([NODE_PREFIX]);
+    h.update(left);
+    h.update(right);
+    h.finalize().into()
+}
+
+/// A full node: leaves `index << level .. (index + 1) << level`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Node {
+    level: u8,
+    index: u64,
+}
+
+impl Node {
+    fn lo(self) -> u64 {
+        self.index << self.level
+    }
+    fn hi(self) -> u64 {
+        (self.index + 1) << self.level
+    }
+}
+
+/// The fewest full nodes covering leaves `[lo, hi)`, left to right.
+fn cover(mut lo: u64, hi: u64) -> Vec<Node> {
+    let mut out = Vec::new();
+    while lo < hi {
+        let mut level = lo.trailing_zeros().min(62) as u8;
+        while (1u64 << level) > hi - lo {
+            level -= 1;
+        }
+        out.push(Node {
+            level,
+            index: lo >> level,
+        });
+        lo += 1 << level;
+    }
+    out
+}
+
+/// How a proof is cut down (see the module's doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Nodes covering `[0, first - 1)` then `[last, n)`.
+    Fresh,
+    /// The frame before ended at `first - 1` under the same head and was
+    /// verified: nodes covering `[last, n)` that did not cover
+    /// `[first - 1, n)`. Also what a head alone means to a receiver that
+    /// holds the events up to `n` (from their writer, over mutual TLS).
+    Extend,
+}
+
+/// The nodes a proof of `first..=last` under `n` carries, in order.
+fn proof_nodes(mode: Mode, n: u64, first: u64, last: u64) -> Vec<Node> {
+    let right = cover(last, n);
+    match mode {
+        Mode::Fresh => {
+            let mut nodes = cover(0, first - 1);
+            nodes.extend(right);
+            nodes
+        }
+        Mode::Extend => {
+            let before = cover(first - 1, n);
+            right.into_iter().filter(|x| !before.contains(x)).collect()
+        }
+    }
+}
+
+/// Where a sender ends the next proved prefix of a job, given that
+/// `verified` is the last seq proved so far, the frame just sent ends at
+/// `frame_last` and was preceded by seqs up to `frame_first - 1`, and the
+/// job ends at `job_last`. A prefix that ends where many low bits are zero
+/// needs few hashes (none below that level), so the sender proves up to the
+/// best-aligned seq of the frame and the receiver holds the events after it
+/// until the next frame's proof: never more than two frames' worth.
+pub fn checkpoint(verified: u64, frame_first: u64, frame_last: u64, job_last: u64) -> u64 {
+    if frame_last >= job_last {
+        return job_last;
+    }
+    let lo = verified.max(frame_first.saturating_sub(1));
+    (0..64)
+        .rev()
+        .map(|bit| frame_last >> bit << bit)
+        .find(|&q| q > lo)
+        .unwrap_or(frame_last)
+}
+
+/// The hashes proving events `first..=last` against the head of `len`
+/// events of their origin (the origin is that of the events it comes with).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RangeProof {
+    pub mode: Mode,
+    pub len: u64,
+    pub first: u64,
+    pub last: u64,
+    pub hashes: Vec<Hash>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthError {
+    #[error("the head of {origin} is not signed by its key")]
+    BadSignature { origin: Origin },
+    #[error("a head or event of {got} in the log of {want}")]
+    WrongOrigin { want: Origin, got: Origin },
+    #[error("range {first}..={last} does not fit a head of {len} events")]
+    OutOfRange { first: u64, last: u64, len: u64 },
+    #[error("proof is under a head of {proof} events, the head has {head}")]
+    WrongHead { proof: u64, head: u64 },
+    #[error("event {got} where {want} was due")]
+    WrongSeq { want: u64, got: u64 },
+    #[error("proof carries {got} hashes; the range needs {want}")]
+    ProofLength { want: usize, got: usize },
+    #[error("no hash known for leaves {lo}..{hi}: the range cannot be proved from here")]
+    Missing { lo: u64, hi: u64 },
+    #[error("events {first}..={last} do not match the signed head of {len} events: forged or altered")]
+    Mismatch { first: u64, last: u64, len: u64 },
+    #[error("malformed {what}")]
+    Malformed { what: &'static str },
+}
+
+/// The writer's key, as the node holds it.
+pub trait HeadSigner {
+    fn sign(&self, message: &[u8]) -> Vec<u8>;
+}
+
+/// The public keys of the nodes whose logs are checked.
+pub trait HeadKeys {
+    /// Whether `signature` over `message` is by `node`'s key; `false` for a
+    /// node whose key is not known.
+    fn verify(&self, node: &NodeId, message: &[u8], signature: &[u8]) -> bool;
+}
+
+/// An origin's log of `len` events has root `root`, says its writer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TreeHead {
+    pub origin: Origin,
+    pub len: u64,
+    pub root: Hash,
+    pub signature: Vec<u8>,
+}
+
+/// A head whose signature has been checked: only these prove anything.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifiedHead(TreeHead);
+
+fn head_message(origin: &Origin, len: u64, root: &Hash) -> Vec<u8> {
+    let mut m = Vec::with_capacity(HEAD_CONTEXT.len() + 60);
+    m.extend_from_slice(HEAD_CONTEXT);
+    m.extend_from_slice(&origin.node.0);
+    m.extend_from_slice(&origin.epoch.to_be_bytes());
+    m.extend_from_slice(&len.to_be_bytes());
+    m.extend_from_slice(root);
+    m
+}
+
+impl TreeHead {
+    pub fn sign(origin: Origin, len: u64, root: Hash, key: &impl HeadSigner) -> TreeHead {
+        let signature = key.sign(&head_message(&origin, len, &root));
+        TreeHead {
+            origin,
+            len,
+            root,
+            signature,
+        }
+    }
+
+    pub fn verify(self, keys: &impl HeadKeys) -> Result<VerifiedHead, AuthError> {
+        let message = head_message(&self.origin, self.len, &self.root);
+        if self.signature.len() > MAX_SIGNATURE_LEN || !keys.verify(&self.origin.node, &message, &self.signature) {
+            return Err(AuthError::BadSignature { origin: self.origin });
+        }
+        Ok(VerifiedHead(self))
+    }
+
+    /// Wire form: node(16) epoch(4) len(8) root(32) signature(rest), all
+    /// fixed-size big-endian: 60 bytes and the signature.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(60 + self.signature.len());
+        out.extend_from_slice(&self.origin.node.0);
+        out.extend_from_slice(&self.origin.epoch.to_be_bytes());
+        out.extend_from_slice(&self.len.to_be_bytes());
+        out.extend_from_slice(&self.root);
+        out.extend_from_slice(&self.signature);
+        out
+    }
+
+    pub fn decode(b: &[u8]) -> Result<TreeHead, AuthError> {
+        let bad = AuthError::Malformed { what: "tree head" };
+        if b.len() < 60 || b.len() > 60 + MAX_SIGNATURE_LEN {
+            return Err(bad);
+        }
+        let (node, rest) = b.split_at(16);
+        let (epoch, rest) = rest.split_at(4);
+        let (len, rest) = rest.split_at(8);
+        let (root, signature) = rest.split_at(32);
+        // The split_at lengths above make these conversions exact.
+        Ok(TreeHead {
+            origin: Origin {
+                node: NodeId(node.try_into().expect("16 bytes")),
+                epoch: u32::from_be_bytes(epoch.try_into().expect("4 bytes")),
+            },
+            len: u64::from_be_bytes(len.try_into().expect("8 bytes")),
+            root: root.try_into().expect("32 bytes"),
+            signature: signature.to_vec(),
+        })
+    }
+}
+
+impl VerifiedHead {
+    pub fn head(&self) -> &TreeHead {
+        &self.0
+    }
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn get_varint(b: &mut &[u8]) -> Result<u64, AuthError> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let (&byte, rest) = b.split_first().ok_or(AuthError::Malformed { what: "range proof" })?;
+        *b = rest;
+        v |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Ok(v);
+        }
+    }
+    Err(AuthError::Malformed { what: "range proof" })
+}
+
+impl RangeProof {
+    /// Wire form: mode(1) len first last-first (varints), then the hashes:
+    /// the receiver knows how many from the rest.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 + 32 * self.hashes.len());
+        out.push(match self.mode {
+            Mode::Fresh => 0,
+            Mode::Extend => 1,
+        });
+        put_varint(&mut out, self.len);
+        put_varint(&mut out, self.first);
+        put_varint(&mut out, self.last.wrapping_sub(self.first));
+        for h in &self.hashes {
+            out.extend_from_slice(h);
+        }
+        out
+    }
+
+    pub fn decode(mut b: &[u8]) -> Result<RangeProof, AuthError> {
+        let bad = AuthError::Malformed { what: "range proof" };
+        let (&mode, rest) = b.split_first().ok_or(AuthError::Malformed { what: "range proof" })?;
+        b = rest;
+        let mode = match mode {
+            0 => Mode::Fresh,
+            1 => Mode::Extend,
+            _ => return Err(bad),
+        };
+        let len = get_varint(&mut b)?;
+        let first = get_varint(&mut b)?;
+        let last = first
+            .checked_add(get_varint(&mut b)?)
+            .ok_or(AuthError::Malformed { what: "range proof" })?;
+        let hashes = hashes(b)?;
+        Ok(RangeProof {
+            mode,
+            len,
+            first,
+            last,
+            hashes,
+        })
+    }
+}
+
+impl RangeProof {
+    /// Wire form inside a data stream, where the proof follows the events
+    /// frame of its job: the receiver keeps the job's head (`len`) and the
+    /// last seq proved (`first - 1`), so only the mode, how far before the
+    /// frame's last seq the proof ends, and the hashes travel.
+    pub fn encode_in_stream(&self, frame_last: u64) -> Vec<u8> {
+        let mut out = Vec::with_capacity(4 + 32 * self.hashes.len());
+        out.push(match self.mode {
+            Mode::Fresh => 0,
+            Mode::Extend => 1,
+        });
+        put_varint(&mut out, frame_last.saturating_sub(self.last));
+        for h in &self.hashes {
+            out.extend_from_slice(h);
+        }
+        out
+    }
+
+    pub fn decode_in_stream(mut b: &[u8], len: u64, first: u64, frame_last: u64) -> Result<RangeProof, AuthError> {
+        let bad = AuthError::Malformed { what: "range proof" };
+        let (&mode, rest) = b.split_first().ok_or(AuthError::Malformed { what: "range proof" })?;
+        b = rest;
+        let mode = match mode {
+            0 => Mode::Fresh,
+            1 => Mode::Extend,
+            _ => return Err(bad),
+        };
+        let back = get_varint(&mut b)?;
+        let last = frame_last
+            .checked_sub(back)
+            .ok_or(AuthError::Malformed { what: "range proof" })?;
+        let hashes = hashes(b)?;
+        Ok(RangeProof {
+            mode,
+            len,
+            first,
+            last,
+            hashes,
+        })
+    }
+}
+
+fn hashes(b: &[u8]) -> Result<Vec<Hash>, AuthError> {
+    // Two covers of at most 63 nodes each.
+    if !b.len().is_multiple_of(32) || b.len() / 32 > 126 {
+        return Err(AuthError::Malformed { what: "range proof" });
+    }
+    Ok(b.chunks_exact(32)
+        .map(|c| c.try_into().expect("32-byte chunk"))
+        .collect())
+}
+
+/// What is known and verified of one origin's tree: full nodes by
+/// position, and the longest head verified against them. A writer knows
+/// every node of its own log; a relay knows the nodes of the ranges it
+/// received and the hashes that came with them.
+#[derive(Clone, Debug)]
+pub struct Known {
+    origin: Origin,
+    nodes: BTreeMap<Node, Hash>,
+    head: Option<VerifiedHead>,
+    /// Leaves appended by the writer: `append` takes seq `appended + 1`.
+    appended: u64,
+}
+
+/// Computes subtree hashes from known nodes, proof hashes and new leaves.
+struct Walk<'a> {
+    known: &'a BTreeMap<Node, Hash>,
+    given: BTreeMap<Node, Hash>,
+    /// Leaf hashes of `fresh_lo..fresh_lo + fresh.len()`: never taken
+    /// from a stored node, always hashed up.
+    fresh_lo: u64,
+    fresh: &'a [Hash],
+    /// Every full node hashed or read on the way: verified once the root
+    /// matches.
+    seen: Vec<(Node, Hash)>,
+}
+
+impl Walk<'_> {
+    fn hash(&mut self, lo: u64, hi: u64) -> Result<Hash, AuthError> {
+        let size = hi - lo;
+        let full = size.is_power_of_two() && lo.is_multiple_of(size);
+        let fresh_hi = self.fresh_lo + self.fresh.len() as u64;
+        let touches = lo < fresh_hi && self.fresh_lo < hi;
+        let node = Node {
+            level: size.trailing_zeros() as u8,
+            index: lo.checked_shr(size.trailing_zeros()).unwrap_or(0),
+        };
+        if full && !touches {
+            if let Some(h) = self.given.get(&node).or_else(|| self.known.get(&node)) {
+                let h = *h;
+                self.seen.push((node, h));
+                return Ok(h);
+            }
+        }
+        let h = if size == 1 {
+            if !touches {
+                return Err(AuthError::Missing { lo, hi });
+            }
+            self.fresh[(lo - self.fresh_lo) as usize]
+        } else {
+            let split = 1u64 << (63 - (size - 1).leading_zeros());
+            let left = self.hash(lo, lo + split)?;
+            let right = self.hash(lo + split, hi)?;
+            node_hash(&left, &right)
+        };
+        if full {
+            self.seen.push((node, h));
+        }
+        Ok(h)
+    }
+}
+
+impl Known {
+    pub fn new(origin: Origin) -> Self {
+        Known {
+            origin,
+            nodes: BTreeMap::new(),
+            head: None,
+            appended: 0,
+        }
+    }
+
+    pub fn origin(&self) -> Origin {
+        self.origin
+    }
+
+    /// The longest head verified against this tree, if any.
+    pub fn head(&self) -> Option<&VerifiedHead> {
+        self.head.as_ref()
+    }
+
+    /// Nodes held: what this costs in memory is about 40 bytes each.
+    pub fn nodes(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// The writer appends its own event of seq `appended + 1`.
+    pub fn append(&mut self, e: &Event) -> Result<(), AuthError> {
+        if e.origin != self.origin {
+            return Err(AuthError::WrongOrigin {
+                want: self.origin,
+                got: e.origin,
+            });
+        }
+        if e.seq != self.appended + 1 {
+            return Err(AuthError::WrongSeq {
+                want: self.appended + 1,
+                got: e.seq,
+            });
+        }
+        let mut node = Node {
+            level: 0,
+            index: self.appended,
+        };
+        let mut h = leaf_hash(e);
+        self.nodes.insert(node, h);
+        while node.index % 2 == 1 {
+            let sibling = Node {
+                level: node.level,
+                index: node.index - 1,
+            };
+            // Appended in order from seq 1: every left sibling is complete.
+            let left = self.nodes[&sibling];
+            h = node_hash(&left, &h);
+            node = Node {
+                level: node.level + 1,
+                index: node.index / 2,
+            };
+            self.nodes.insert(node, h);
+        }
+        self.appended = e.seq;
+        Ok(())
+    }
+
+    /// The root of the first `len` leaves, from what is known.
+    pub fn root(&self, len: u64) -> Result<Hash, AuthError> {
+        if len == 0 {
+            return Ok(Sha256::digest([]).into());
+        }
+        self.walk(&[], 0, BTreeMap::new()).hash(0, len)
+    }
+
+    fn walk<'a>(&'a self, fresh: &'a [Hash], fresh_lo: u64, given: BTreeMap<Node, Hash>) -> Walk<'a> {
+        Walk {
+            known: &self.nodes,
+            given,
+            fresh_lo,
+            fresh,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The writer signs the head of its first `len` events.
+    pub fn sign_head(&mut self, len: u64, key: &impl HeadSigner) -> Result<TreeHead, AuthError> {
+        let root = self.root(len)?;
+        let head = TreeHead::sign(self.origin, len, root, key);
+        if self.head.as_ref().is_none_or(|h| h.0.len <= len) {
+            self.head = Some(VerifiedHead(head.clone()));
+        }
+        Ok(head)
+    }
+
+    /// Adopts a verified head if the known nodes give its root (the writer's
+    /// own heads, or a head that only extends what was already proved).
+    pub fn adopt(&mut self, head: VerifiedHead) -> Result<(), AuthError> {
+        self.check_origin(head.0.origin)?;
+        if self.root(head.0.len)? != head.0.root {
+            return Err(AuthError::Mismatch {
+                first: 1,
+                last: head.0.len,
+                len: head.0.len,
+            });
+        }
+        self.keep_head(head);
+        Ok(())
+    }
+
+    fn keep_head(&mut self, head: VerifiedHead) {
+        if self.head.as_ref().is_none_or(|h| h.0.len < head.0.len) {
+            self.head = Some(head);
+        }
+    }
+
+    fn check_origin(&self, got: Origin) -> Result<(), AuthError> {
+        if got != self.origin {
+            return Err(AuthError::WrongOrigin { want: self.origin, got });
+        }
+        Ok(())
+    }
+
+    /// Proof of events `first..=last` under `head`, from known nodes.
+    pub fn prove(&self, head: &TreeHead, mode: Mode, first: u64, last: u64) -> Result<RangeProof, AuthError> {
+        let n = head.len;
+        if first == 0 || first > last || last > n {
+            return Err(AuthError::OutOfRange { first, last, len: n });
+        }
+        let mut hashes = Vec::new();
+        for node in proof_nodes(mode, n, first, last) {
+            let h = match self.nodes.get(&node) {
+                Some(h) => *h,
+                None => self.walk(&[], 0, BTreeMap::new()).hash(node.lo(), node.hi())?,
+            };
+            hashes.push(h);
+        }
+        Ok(RangeProof {
+            mode,
+            len: n,
+            first,
+            last,
+            hashes,
+        })
+    }
+
+    /// Checks events `first..=last` against `head` with `proof`, and keeps
+    /// what that verified. On error nothing is kept: the events must not be
+    /// appended.
+    pub fn verify(&mut self, head: &VerifiedHead, proof: &RangeProof, events: &[Event]) -> Result<(), AuthError> {
+        let leaves = self.leaves(proof.first, events)?;
+        self.verify_leaves(head, proof, &leaves)
+    }
+
+    /// The leaf hashes of `events`, which must be of this origin and seqs
+    /// `first, first + 1, ...`.
+    pub fn leaves(&self, first: u64, events: &[Event]) -> Result<Vec<Hash>, AuthError> {
+        let mut leaves = Vec::with_capacity(events.len());
+        for (i, e) in events.iter().enumerate() {
+            self.check_origin(e.origin)?;
+            let want = first.saturating_add(i as u64);
+            if e.seq != want {
+                return Err(AuthError::WrongSeq { want, got: e.seq });
+            }
+            leaves.push(leaf_hash(e));
+        }
+        Ok(leaves)
+    }
+
+    /// `verify`, given the events' leaf hashes (those of events already
+    /// held, for a head that follows events pushed by their writer).
+    pub fn verify_leaves(&mut self, head: &VerifiedHead, proof: &RangeProof, leaves: &[Hash]) -> Result<(), AuthError> {
+        let head_ = &head.0;
+        self.check_origin(head_.origin)?;
+        let n = head_.len;
+        if proof.len != n {
+            return Err(AuthError::WrongHead {
+                proof: proof.len,
+                head: n,
+            });
+        }
+        let (first, last) = (proof.first, proof.last);
+        if first == 0 || first > last || last > n || (last - first).checked_add(1) != Some(leaves.len() as u64) {
+            return Err(AuthError::OutOfRange { first, last, len: n });
+        }
+        let nodes = proof_nodes(proof.mode, n, first, last);
+        if nodes.len() != proof.hashes.len() {
+            return Err(AuthError::ProofLength {
+                want: nodes.len(),
+                got: proof.hashes.len(),
+            });
+        }
+        let given = nodes.into_iter().zip(proof.hashes.iter().copied()).collect();
+        let mut walk = self.walk(leaves, first - 1, given);
+        let root = walk.hash(0, n)?;
+        if root != head_.root {
+            return Err(AuthError::Mismatch { first, last, len: n });
+        }
+        let seen = std::mem::take(&mut walk.seen);
+        self.nodes.extend(seen);
+        self.keep_head(head.clone());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cover_is_maximal_and_exact() {
+        assert_eq!(cover(0, 0), vec![]);
+        let c = cover(3, 13);
+        let spans: Vec<(u64, u64)> = c.iter().map(|n| (n.lo(), n.hi())).collect();
+        assert_eq!(spans, vec![(3, 4), (4, 8), (8, 12), (12, 13)]);
+        for lo in 0..70 {
+            for hi in lo..70 {
+                let c = cover(lo, hi);
+                let mut at = lo;
+                for n in &c {
+                    assert_eq!(n.lo(), at);
+                    at = n.hi();
+                }
+                assert_eq!(at, hi);
+            }
+        }
+    }
+
+    #[test]
+    fn extend_names_only_new_nodes() {
+        // Frames 1..=3 then 4..=9 of a head of 16: the second frame's proof
+        // holds what covers [9, 16) but did not cover [3, 16): the
+        // receiver knows [8, 16) and now needs its parts right of leaf 8.
+        let nodes = proof_nodes(Mode::Extend, 16, 4, 9);
+        let spans: Vec<(u64, u64)> = nodes.iter().map(|n| (n.lo(), n.hi())).collect();
+        assert_eq!(spans, vec![(9, 10), (10, 12), (12, 16)]);
+        // Ending on an aligned boundary costs nothing.
+        assert_eq!(proof_nodes(Mode::Extend, 16, 4, 8), vec![]);
+    }
+
+    #[test]
+    fn checkpoints_are_aligned_within_the_frame() {
+        // Frame 100..=213 after 99 proved: 128 is the best-aligned seq.
+        assert_eq!(checkpoint(99, 100, 213, 5000), 128);
+        // The tail 129..=213 is held; the next frame 214..=330 ends at 256.
+        assert_eq!(checkpoint(128, 214, 330, 5000), 256);
+        // The job's last frame is proved to its end.
+        assert_eq!(checkpoint(256, 331, 400, 400), 400);
+        // A one-event frame proves that event.
+        assert_eq!(checkpoint(6, 7, 7, 100), 7);
+    }
+}

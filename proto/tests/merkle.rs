@@ -1,0 +1,301 @@
+//! Range proofs over an origin's log: honest ranges verify however they are
+//! cut and relayed; anything altered, reordered, misattributed or forged
+//! fails.
+
+#[path = "support/ecdsa.rs"]
+mod ecdsa;
+
+use ecdsa::{Key, Keys};
+use ferry_proto::merkle::{AuthError, Known, Mode, RangeProof, TreeHead, VerifiedHead};
+use ferry_proto::{Event, Hlc, NodeId, Origin, Priority};
+use proptest::prelude::*;
+
+fn origin(b: u8) -> Origin {
+    Origin {
+        node: NodeId([b; 16]),
+        epoch: 1,
+    }
+}
+
+fn log(o: Origin, n: u64) -> Vec<Event> {
+    (1..=n)
+        .map(|seq| Event {
+            origin: o,
+            seq,
+            hlc: Hlc::new(1_700_000_000_000 + seq, 0),
+            topic: "clinic/visit".into(),
+            priority: if seq % 7 == 0 {
+                Priority::Urgent
+            } else {
+                Priority::Normal
+            },
+            payload: format!("{{\"visit\":{seq}}}").into_bytes(),
+        })
+        .collect()
+}
+
+struct Writer {
+    events: Vec<Event>,
+    known: Known,
+    head: TreeHead,
+    keys: Keys,
+}
+
+fn writer(o: Origin, n: u64) -> Writer {
+    let key = Key::generate();
+    let mut keys = Keys::default();
+    keys.0.insert(o.node, key.public());
+    let events = log(o, n);
+    let mut known = Known::new(o);
+    for e in &events {
+        known.append(e).unwrap();
+    }
+    let head = known.sign_head(n, &key).unwrap();
+    Writer {
+        events,
+        known,
+        head,
+        keys,
+    }
+}
+
+impl Writer {
+    fn verified(&self) -> VerifiedHead {
+        self.head.clone().verify(&self.keys).unwrap()
+    }
+    fn range(&self, first: u64, last: u64) -> &[Event] {
+        &self.events[(first - 1) as usize..last as usize]
+    }
+}
+
+/// Streams `first..=last` from `from` to `to` in frames ending at `cuts`
+/// (seqs inside the range): a fresh proof, then extensions.
+fn stream(w: &Writer, from: &Known, to: &mut Known, first: u64, last: u64, cuts: &[u64]) -> Result<(), AuthError> {
+    let head = w.verified();
+    let mut ends: Vec<u64> = cuts.iter().copied().filter(|c| (first..last).contains(c)).collect();
+    ends.sort_unstable();
+    ends.dedup();
+    ends.push(last);
+    let mut at = first;
+    for (i, end) in ends.into_iter().enumerate() {
+        let mode = if i == 0 { Mode::Fresh } else { Mode::Extend };
+        let proof = from.prove(&w.head, mode, at, end)?;
+        // Over the wire and back, in both forms (the stream form as if the
+        // frame ran on to `last`).
+        let proof = RangeProof::decode(&proof.encode())?;
+        let proof = RangeProof::decode_in_stream(&proof.encode_in_stream(last), w.head.len, at, last)?;
+        to.verify(&head, &proof, w.range(at, end))?;
+        at = end + 1;
+    }
+    Ok(())
+}
+
+fn arb_case() -> impl Strategy<Value = (u64, u64, u64, Vec<u64>)> {
+    (1u64..300).prop_flat_map(|n| {
+        (1..=n).prop_flat_map(move |first| {
+            (first..=n).prop_flat_map(move |last| {
+                (
+                    Just(n),
+                    Just(first),
+                    Just(last),
+                    proptest::collection::vec(first..=last, 0..6),
+                )
+            })
+        })
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn any_range_in_any_frames_verifies((n, first, last, cuts) in arb_case()) {
+        let w = writer(origin(1), n);
+        let mut relay = Known::new(origin(1));
+        prop_assert_eq!(stream(&w, &w.known, &mut relay, first, last, &cuts), Ok(()));
+        // The relay proves any part of what it holds onward, in frames.
+        let (a, b) = (first + (last - first) / 3, last - (last - first) / 4);
+        let mut next = Known::new(origin(1));
+        prop_assert_eq!(stream(&w, &relay, &mut next, a, b, &cuts), Ok(()));
+    }
+
+    #[test]
+    fn an_altered_event_fails((n, first, last, _cuts) in arb_case(), which in any::<prop::sample::Index>(), how in 0u8..5) {
+        let w = writer(origin(1), n);
+        let mut events = w.range(first, last).to_vec();
+        let i = which.index(events.len());
+        match how {
+            0 => events[i].payload.push(b' '),
+            1 => events[i].hlc = Hlc(events[i].hlc.0 + 1),
+            2 => events[i].topic.push('x'),
+            3 => events[i].priority = if events[i].priority == Priority::Bulk { Priority::Normal } else { Priority::Bulk },
+            _ => events[i].payload = b"{\"forged\":true}".to_vec(),
+        }
+        let proof = w.known.prove(&w.head, Mode::Fresh, first, last).unwrap();
+        let mut to = Known::new(origin(1));
+        let got = to.verify(&w.verified(), &proof, &events);
+        prop_assert!(matches!(got, Err(AuthError::Mismatch { .. })), "{:?}", got);
+        prop_assert_eq!(to.nodes(), 0, "nothing kept from a failed check");
+    }
+
+    #[test]
+    fn reordered_events_fail((n, first, last, _cuts) in arb_case(), i in any::<prop::sample::Index>(), j in any::<prop::sample::Index>()) {
+        prop_assume!(last > first);
+        let w = writer(origin(1), n);
+        let mut events = w.range(first, last).to_vec();
+        let (i, j) = (i.index(events.len()), j.index(events.len()));
+        prop_assume!(i != j);
+        events.swap(i, j);
+        let proof = w.known.prove(&w.head, Mode::Fresh, first, last).unwrap();
+        let mut to = Known::new(origin(1));
+        // As sent, the seqs are out of order.
+        let got = to.verify(&w.verified(), &proof, &events);
+        prop_assert!(matches!(got, Err(AuthError::WrongSeq { .. })), "{:?}", got);
+        // Renumbered to look in order, the contents no longer match.
+        for (k, e) in events.iter_mut().enumerate() {
+            e.seq = first + k as u64;
+        }
+        let got = to.verify(&w.verified(), &proof, &events);
+        prop_assert!(matches!(got, Err(AuthError::Mismatch { .. })), "{:?}", got);
+    }
+
+    #[test]
+    fn an_altered_proof_hash_fails((n, first, last, _cuts) in arb_case(), which in any::<prop::sample::Index>(), bit in 0usize..256) {
+        let w = writer(origin(1), n);
+        let mut proof = w.known.prove(&w.head, Mode::Fresh, first, last).unwrap();
+        prop_assume!(!proof.hashes.is_empty());
+        let i = which.index(proof.hashes.len());
+        proof.hashes[i][bit / 8] ^= 1 << (bit % 8);
+        let mut to = Known::new(origin(1));
+        let got = to.verify(&w.verified(), &proof, w.range(first, last));
+        prop_assert!(matches!(got, Err(AuthError::Mismatch { .. })), "{:?}", got);
+    }
+}
+
+#[test]
+fn events_of_another_origin_fail() {
+    let w = writer(origin(1), 20);
+    let proof = w.known.prove(&w.head, Mode::Fresh, 5, 9).unwrap();
+    let mut events = w.range(5, 9).to_vec();
+    events[2].origin = origin(2);
+    let mut to = Known::new(origin(1));
+    assert!(matches!(
+        to.verify(&w.verified(), &proof, &events),
+        Err(AuthError::WrongOrigin { .. })
+    ));
+    // Nor does a head of origin 1 prove anything in origin 2's log.
+    let mut other = Known::new(origin(2));
+    assert!(matches!(
+        other.verify(&w.verified(), &proof, w.range(5, 9)),
+        Err(AuthError::WrongOrigin { .. })
+    ));
+}
+
+#[test]
+fn a_forged_or_altered_head_fails() {
+    let w = writer(origin(1), 20);
+    // A relay with its own enrolled key signs a head in origin 1's name.
+    let mallory = Key::generate();
+    let mut forged_log = log(origin(1), 20);
+    forged_log[4].payload = b"{\"forged\":true}".to_vec();
+    let mut forged = Known::new(origin(1));
+    for e in &forged_log {
+        forged.append(e).unwrap();
+    }
+    let forged_head = forged.sign_head(20, &mallory).unwrap();
+    assert_eq!(
+        forged_head.clone().verify(&w.keys),
+        Err(AuthError::BadSignature { origin: origin(1) })
+    );
+    // The honest head with its length or root changed.
+    let mut longer = w.head.clone();
+    longer.len = 21;
+    assert!(longer.verify(&w.keys).is_err());
+    let mut other_root = w.head.clone();
+    other_root.root = forged_head.root;
+    assert!(other_root.verify(&w.keys).is_err());
+    // A head of an origin whose key is not known.
+    let mut stranger = w.head.clone();
+    stranger.origin = origin(9);
+    assert!(stranger.verify(&w.keys).is_err());
+    // Wire form round-trips and a truncated one is refused.
+    let bytes = w.head.encode();
+    assert_eq!(TreeHead::decode(&bytes), Ok(w.head.clone()));
+    assert!(TreeHead::decode(&bytes[..50]).is_err());
+}
+
+#[test]
+fn wrong_length_fails() {
+    let w = writer(origin(1), 20);
+    let head = w.verified();
+    let mut to = Known::new(origin(1));
+    // A proof made under another length.
+    let short = Writer {
+        head: w.known.clone().sign_head(12, &Key::generate()).unwrap(),
+        ..writer(origin(1), 12)
+    };
+    let proof = w.known.prove(&short.head, Mode::Fresh, 3, 8).unwrap();
+    assert_eq!(
+        to.verify(&head, &proof, w.range(3, 8)),
+        Err(AuthError::WrongHead { proof: 12, head: 20 })
+    );
+    // Events beyond the head: a relay fabricating seq 21.
+    let mut extra = w.range(18, 20).to_vec();
+    let mut fabricated = extra[2].clone();
+    fabricated.seq = 21;
+    extra.push(fabricated);
+    let proof = RangeProof {
+        last: 21,
+        ..w.known.prove(&w.head, Mode::Fresh, 18, 20).unwrap()
+    };
+    assert!(matches!(
+        to.verify(&head, &proof, &extra),
+        Err(AuthError::OutOfRange { .. })
+    ));
+    // Too few or too many hashes.
+    let mut proof = w.known.prove(&w.head, Mode::Fresh, 3, 8).unwrap();
+    proof.hashes.pop();
+    assert!(matches!(
+        to.verify(&head, &proof, w.range(3, 8)),
+        Err(AuthError::ProofLength { .. })
+    ));
+}
+
+#[test]
+fn an_extension_without_the_frame_before_fails() {
+    // Extend assumes the receiver verified the frame before it; one that
+    // did not cannot be talked into accepting the range.
+    let w = writer(origin(1), 64);
+    let proof = w.known.prove(&w.head, Mode::Extend, 20, 30).unwrap();
+    let mut to = Known::new(origin(1));
+    assert!(matches!(
+        to.verify(&w.verified(), &proof, w.range(20, 30)),
+        Err(AuthError::Missing { .. })
+    ));
+}
+
+#[test]
+fn out_of_order_pieces_then_relayed_whole() {
+    let w = writer(origin(1), 1000);
+    let mut hub = Known::new(origin(1));
+    for (a, b) in [(601, 1000), (1, 200), (201, 600)] {
+        stream(&w, &w.known, &mut hub, a, b, &[a + 50, a + 130, a + 131]).unwrap();
+    }
+    let mut clinic = Known::new(origin(1));
+    stream(&w, &hub, &mut clinic, 1, 1000, &[100, 357, 800]).unwrap();
+    assert_eq!(clinic.root(1000), Ok(w.head.root));
+}
+
+#[test]
+fn a_head_after_pushed_events_needs_no_hashes() {
+    // Events pushed by their writer over mutual TLS are appended as they
+    // come; the head that follows proves them with an empty extension.
+    let w = writer(origin(1), 40);
+    let mut to = Known::new(origin(1));
+    stream(&w, &w.known, &mut to, 1, 25, &[]).unwrap();
+    let leaves = to.leaves(26, w.range(26, 40)).unwrap();
+    let proof = w.known.prove(&w.head, Mode::Extend, 26, 40).unwrap();
+    assert!(proof.hashes.is_empty());
+    to.verify_leaves(&w.verified(), &proof, &leaves).unwrap();
+    assert_eq!(to.head().map(|h| h.head().len), Some(40));
+}
