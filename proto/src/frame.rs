@@ -10,6 +10,7 @@
 //! both ways; and per direction up to three data streams, one per priority
 //! class, opened by the sender with `Open` and carrying `Events` and `End`.
 
+use crate::merkle::{TreeHead, MAX_PROOF_LEN};
 use crate::{Classes, NodeId, Origin, Priority, Role, Summary};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
@@ -135,6 +136,14 @@ pub enum Frame {
     Events(Vec<u8>),
     /// Everything of this want the sender holds has been sent.
     End(Want),
+    /// On a data stream, before the events of an origin it proves: the
+    /// writer's signed head of that origin's log (see `merkle`).
+    Head(TreeHead),
+    /// On a data stream, after an `Events` frame: the range proof of that
+    /// frame's job in its stream form (`RangeProof::encode_in_stream`),
+    /// decoded with the job's head and progress, which only the receiver's
+    /// stream state knows.
+    Proof(Vec<u8>),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -168,6 +177,8 @@ const T_EVENTS: u8 = 7;
 const T_REFUSED: u8 = 8;
 const T_OPEN: u8 = 9;
 const T_END: u8 = 10;
+const T_HEAD: u8 = 11;
+const T_PROOF: u8 = 12;
 
 fn cbor<T: Serialize>(v: &T, out: &mut Vec<u8>) {
     // Serialising into a Vec cannot fail: the writer is infallible and our
@@ -242,6 +253,14 @@ impl Frame {
                 out.push(T_END);
                 cbor(w, &mut out);
             }
+            Frame::Head(h) => {
+                out.push(T_HEAD);
+                out.extend_from_slice(&h.encode());
+            }
+            Frame::Proof(bytes) => {
+                out.push(T_PROOF);
+                out.extend_from_slice(bytes);
+            }
         }
         let len = (out.len() - 4) as u32;
         out[..4].copy_from_slice(&len.to_be_bytes());
@@ -297,6 +316,17 @@ impl Frame {
             },
             T_EVENTS => Frame::Events(rest.to_vec()),
             T_END => Frame::End(check_want(uncbor("end", rest)?, "end")?),
+            T_HEAD => Frame::Head(TreeHead::decode(rest).map_err(|e| FrameError::Malformed {
+                kind: "head",
+                detail: e.to_string(),
+            })?),
+            T_PROOF if rest.len() > MAX_PROOF_LEN => {
+                return Err(FrameError::Malformed {
+                    kind: "proof",
+                    detail: format!("{} bytes; a proof has at most {MAX_PROOF_LEN}", rest.len()),
+                })
+            }
+            T_PROOF => Frame::Proof(rest.to_vec()),
             other => return Err(FrameError::UnknownType(other)),
         })
     }
@@ -326,6 +356,8 @@ impl Frame {
             Frame::Open { .. } => "Open",
             Frame::Events(_) => "Events",
             Frame::End(_) => "End",
+            Frame::Head(_) => "Head",
+            Frame::Proof(_) => "Proof",
         }
     }
 }
@@ -410,6 +442,19 @@ mod tests {
             }),
             proptest::collection::vec(any::<u8>(), 0..64).prop_map(Frame::Events),
             (any::<u16>(), "[ -~]{0,40}").prop_map(|(code, message)| Frame::Error { code, message }),
+            (
+                arb_origin(),
+                any::<u64>(),
+                any::<[u8; 32]>(),
+                proptest::collection::vec(any::<u8>(), 0..80)
+            )
+                .prop_map(|(origin, len, root, signature)| Frame::Head(TreeHead {
+                    origin,
+                    len,
+                    root,
+                    signature
+                })),
+            proptest::collection::vec(any::<u8>(), 0..200).prop_map(Frame::Proof),
         ]
     }
 

@@ -36,6 +36,9 @@ const HEAD_CONTEXT: &[u8] = b"ferry log head v1\0";
 /// A signature longer than this is refused before it is looked at
 /// (ECDSA P-256 is 64 bytes fixed, at most 72 in DER).
 pub const MAX_SIGNATURE_LEN: usize = 128;
+/// Largest proof in its stream form: mode, a varint, and two covers of at
+/// most 63 nodes each.
+pub const MAX_PROOF_LEN: usize = 1 + 10 + 126 * 32;
 
 /// Leaf hash of an event: every field, each length-prefixed where it has
 /// no fixed size, so two events hash alike only if they are equal.
@@ -211,7 +214,7 @@ fn head_message(origin: &Origin, len: u64, root: &Hash) -> Vec<u8> {
 }
 
 impl TreeHead {
-    pub fn sign(origin: Origin, len: u64, root: Hash, key: &impl HeadSigner) -> TreeHead {
+    pub fn sign(origin: Origin, len: u64, root: Hash, key: &(impl HeadSigner + ?Sized)) -> TreeHead {
         let signature = key.sign(&head_message(&origin, len, &root));
         TreeHead {
             origin,
@@ -221,7 +224,7 @@ impl TreeHead {
         }
     }
 
-    pub fn verify(self, keys: &impl HeadKeys) -> Result<VerifiedHead, AuthError> {
+    pub fn verify(self, keys: &(impl HeadKeys + ?Sized)) -> Result<VerifiedHead, AuthError> {
         let message = head_message(&self.origin, self.len, &self.root);
         if self.signature.len() > MAX_SIGNATURE_LEN || !keys.verify(&self.origin.node, &message, &self.signature) {
             return Err(AuthError::BadSignature { origin: self.origin });
@@ -527,7 +530,7 @@ impl Known {
     }
 
     /// The writer signs the head of its first `len` events.
-    pub fn sign_head(&mut self, len: u64, key: &impl HeadSigner) -> Result<TreeHead, AuthError> {
+    pub fn sign_head(&mut self, len: u64, key: &(impl HeadSigner + ?Sized)) -> Result<TreeHead, AuthError> {
         let root = self.root(len)?;
         let head = TreeHead::sign(self.origin, len, root, key);
         if self.head.as_ref().is_none_or(|h| h.0.len <= len) {

@@ -14,6 +14,7 @@
 //! `pending` are shared between sessions; `store` and `memstore` are where
 //! events live; `policy` says who may have what.
 
+pub mod auth;
 mod claims;
 mod config;
 mod io;

@@ -1,0 +1,304 @@
+//! Log authentication on a data stream: what a sender adds to each job's
+//! `Events` frames, and what a receiver checks before any event of them may
+//! be appended (the design is "Log authentication" in
+//! docs/architecture.md; the tree and proofs are `ferry_proto::merkle`).
+//!
+//! A job is the run of frames that answers one want or push on one stream.
+//! Jobs take turns on a stream, so both ends key a job by its origin and
+//! the seq its next frame starts at. A job's first frame is proved with a
+//! fresh proof, later ones by extension, each up to the checkpoint the
+//! sender picked; the receiver holds a frame's events after the checkpoint
+//! until the next frame's proof. Events pushed by their own writer need no
+//! proof: mutual TLS authenticated the channel.
+
+use ferry_proto::merkle::{checkpoint, AuthError, HeadKeys, Known, Mode, RangeProof, TreeHead, VerifiedHead};
+use ferry_proto::{Event, Frame, Origin};
+use std::collections::BTreeMap;
+
+/// Jobs a receiver follows on one stream; the lane runs four at a time, so
+/// more means a sender that never finishes its jobs.
+const MAX_JOBS: usize = 64;
+
+/// What one node knows of every origin's tree, and whose keys it trusts.
+pub struct Logs {
+    keys: Box<dyn HeadKeys + Send>,
+    trees: BTreeMap<Origin, Known>,
+}
+
+impl Logs {
+    pub fn new(keys: Box<dyn HeadKeys + Send>) -> Self {
+        Logs {
+            keys,
+            trees: BTreeMap::new(),
+        }
+    }
+
+    pub fn tree(&self, origin: &Origin) -> Option<&Known> {
+        self.trees.get(origin)
+    }
+
+    pub fn tree_mut(&mut self, origin: Origin) -> &mut Known {
+        self.trees.entry(origin).or_insert_with(|| Known::new(origin))
+    }
+}
+
+/// Events a receiver refused, and why: for a `Notice`, a log line and a
+/// counter. The rest of the sync goes on.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub origin: Origin,
+    pub first: u64,
+    pub last: u64,
+    pub error: AuthError,
+}
+
+/// The sender's side of one data stream.
+#[derive(Default)]
+pub struct Outbound {
+    /// The head last sent on this stream, by origin.
+    heads: BTreeMap<Origin, u64>,
+    /// Jobs under way: (origin, first seq of the job's next frame) -> the
+    /// head they prove against and the last seq proved.
+    jobs: BTreeMap<(Origin, u64), (TreeHead, u64)>,
+}
+
+impl Outbound {
+    /// The frames to send with a job's frame of events `first..=last`
+    /// (contiguous): a `Head` first if this stream has not carried the
+    /// head the job proves against, then, after the `Events` frame, a
+    /// `Proof`. `job_last` ends the job: its last frame is proved to it.
+    /// Fails if the tree does not hold what the proof needs: the events
+    /// cannot be proved from here and must not be sent.
+    pub fn frames(
+        &mut self,
+        tree: &Known,
+        first: u64,
+        last: u64,
+        job_last: u64,
+    ) -> Result<(Option<Frame>, Frame), AuthError> {
+        let origin = tree.origin();
+        let (head, proved, mode) = match self.jobs.remove(&(origin, first)) {
+            Some((head, proved)) => (head, proved, Mode::Extend),
+            None => {
+                let head = tree
+                    .head()
+                    .ok_or(AuthError::Missing {
+                        lo: first - 1,
+                        hi: last,
+                    })?
+                    .head()
+                    .clone();
+                (head, first - 1, Mode::Fresh)
+            }
+        };
+        let lead = (self.heads.get(&origin) != Some(&head.len)).then(|| {
+            self.heads.insert(origin, head.len);
+            Frame::Head(head.clone())
+        });
+        let q = checkpoint(proved, first, last, job_last);
+        let proof = tree.prove(&head, mode, proved + 1, q)?;
+        if last < job_last {
+            self.jobs.insert((origin, last + 1), (head, q));
+        }
+        Ok((lead, Frame::Proof(proof.encode_in_stream(last))))
+    }
+
+    /// The connection is gone.
+    pub fn clear(&mut self) {
+        self.heads.clear();
+        self.jobs.clear();
+    }
+}
+
+struct Job {
+    head: VerifiedHead,
+    proved: u64,
+    /// Events after `proved`, in order, received and not yet proved.
+    held: Vec<Event>,
+}
+
+/// The receiver's side of one data stream.
+#[derive(Default)]
+pub struct Inbound {
+    heads: BTreeMap<Origin, VerifiedHead>,
+    jobs: BTreeMap<(Origin, u64), Job>,
+    /// The last `Events` frame, until its `Proof` arrives.
+    waiting: Option<Vec<Event>>,
+}
+
+fn refusal(events: &[Event], error: AuthError) -> Option<Refusal> {
+    Some(Refusal {
+        origin: events.first()?.origin,
+        first: events.first()?.seq,
+        last: events.last()?.seq,
+        error,
+    })
+}
+
+impl Inbound {
+    /// A `Head` frame: kept for the jobs that start after it, if its
+    /// writer's key signed it.
+    pub fn on_head(&mut self, logs: &Logs, head: TreeHead) -> Result<(), Refusal> {
+        let origin = head.origin;
+        let len = head.len;
+        match head.verify(logs.keys.as_ref()) {
+            Ok(h) => {
+                self.heads.insert(origin, h);
+                Ok(())
+            }
+            Err(error) => {
+                // Frames that rely on it fail for want of a head.
+                self.heads.remove(&origin);
+                Err(Refusal {
+                    origin,
+                    first: 1,
+                    last: len,
+                    error,
+                })
+            }
+        }
+    }
+
+    /// The events a data frame carried (whole events, after assembly), to
+    /// be proved by the `Proof` that follows. A frame still waiting for
+    /// its proof is refused: the sender skipped it.
+    pub fn on_events(&mut self, events: Vec<Event>) -> Option<Refusal> {
+        let skipped = self.waiting.replace(events)?;
+        refusal(
+            &skipped,
+            AuthError::Malformed {
+                what: "events frame without its proof",
+            },
+        )
+    }
+
+    /// A `Proof` frame: the events it proves, in order, which may now be
+    /// appended; or why the frame's events (and any held before them) are
+    /// refused.
+    pub fn on_proof(&mut self, logs: &mut Logs, bytes: &[u8]) -> Result<Vec<Event>, Refusal> {
+        let Some(events) = self.waiting.take() else {
+            // Refuses nothing (an empty range), but is still worth a notice.
+            return Err(Refusal {
+                origin: Origin {
+                    node: ferry_proto::NodeId([0; 16]),
+                    epoch: 0,
+                },
+                first: 1,
+                last: 0,
+                error: AuthError::Malformed {
+                    what: "proof without an events frame",
+                },
+            });
+        };
+        let fail = |e: AuthError| refusal(&events, e).expect("a frame has events");
+        let (Some(first), Some(last)) = (events.first(), events.last()) else {
+            return Ok(Vec::new());
+        };
+        let (origin, first, last) = (first.origin, first.seq, last.seq);
+        if last - first + 1 != events.len() as u64 || events.iter().any(|e| e.origin != origin) {
+            return Err(fail(AuthError::Malformed {
+                what: "events frame (one origin, consecutive seqs)",
+            }));
+        }
+        let continued = self.jobs.remove(&(origin, first));
+        let (mode, back) = match bytes.first() {
+            Some(0) => (Mode::Fresh, None),
+            Some(1) => (Mode::Extend, continued),
+            _ => return Err(fail(AuthError::Malformed { what: "range proof" })),
+        };
+        let mut job = match back {
+            Some(job) => job,
+            None if mode == Mode::Fresh => Job {
+                head: self.heads.get(&origin).cloned().ok_or_else(|| {
+                    fail(AuthError::Missing {
+                        lo: first - 1,
+                        hi: last,
+                    })
+                })?,
+                proved: first - 1,
+                held: Vec::new(),
+            },
+            None => {
+                return Err(fail(AuthError::Missing {
+                    lo: first - 1,
+                    hi: last,
+                }))
+            }
+        };
+        let proof = RangeProof::decode_in_stream(bytes, job.head.head().len, job.proved + 1, last)
+            .map_err(|e| self.refuse(&job, &events, e))?;
+        job.held.extend(events);
+        let upto = proof.last.checked_sub(job.proved).map(|n| n as usize);
+        let Some(n) = upto.filter(|&n| n >= 1 && n <= job.held.len()) else {
+            let error = AuthError::OutOfRange {
+                first: proof.first,
+                last: proof.last,
+                len: job.head.head().len,
+            };
+            return Err(self.refuse(&job, &[], error));
+        };
+        let tree = logs.tree_mut(origin);
+        if let Err(e) = tree.verify(&job.head, &proof, &job.held[..n]) {
+            return Err(self.refuse(&job, &[], e));
+        }
+        let rest = job.held.split_off(n);
+        let proved = std::mem::replace(&mut job.held, rest);
+        job.proved = proof.last;
+        if self.jobs.len() < MAX_JOBS {
+            self.jobs.insert((origin, last + 1), job);
+        } else if !job.held.is_empty() {
+            // Too many jobs at once: this one's tail will not be proved.
+            let error = AuthError::Malformed {
+                what: "stream with too many jobs",
+            };
+            return Err(self.refuse(&job, &[], error));
+        }
+        Ok(proved)
+    }
+
+    /// A refusal of everything the job held and the frame carried.
+    fn refuse(&self, job: &Job, events: &[Event], error: AuthError) -> Refusal {
+        let all: Vec<&Event> = job.held.iter().chain(events).collect();
+        match (all.first(), all.last()) {
+            (Some(a), Some(b)) => Refusal {
+                origin: a.origin,
+                first: a.seq,
+                last: b.seq,
+                error,
+            },
+            _ => Refusal {
+                origin: job.head.head().origin,
+                first: job.proved + 1,
+                last: job.proved,
+                error,
+            },
+        }
+    }
+
+    /// The stream ended, or a want did: whatever is still held or waiting
+    /// for a proof is refused, as its proof will not come.
+    pub fn finish(&mut self) -> Vec<Refusal> {
+        let mut out = Vec::new();
+        if let Some(events) = self.waiting.take() {
+            out.extend(refusal(
+                &events,
+                AuthError::Malformed {
+                    what: "events frame without its proof",
+                },
+            ));
+        }
+        for (_, job) in std::mem::take(&mut self.jobs) {
+            out.extend(refusal(
+                &job.held,
+                AuthError::Malformed {
+                    what: "job ended with events not proved",
+                },
+            ));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+#[path = "auth_tests.rs"]
+mod tests;

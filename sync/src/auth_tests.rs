@@ -1,0 +1,228 @@
+//! A relay serving jobs that take turns on a stream, honest and not.
+
+use super::*;
+use ferry_proto::merkle::{HeadSigner, MAX_SIGNATURE_LEN};
+use ferry_proto::{Hlc, NodeId, Priority};
+use sha2::{Digest, Sha256};
+
+/// Stand-in signatures: SHA-256 of a node's secret and the message. The
+/// real ones are ECDSA P-256 (`ferry-proto`'s tests); these only need to
+/// be unforgeable without the secret within the test.
+struct Secret(NodeId, &'static [u8]);
+
+impl HeadSigner for Secret {
+    fn sign(&self, message: &[u8]) -> Vec<u8> {
+        Sha256::new()
+            .chain_update(self.0 .0)
+            .chain_update(self.1)
+            .chain_update(message)
+            .finalize()
+            .to_vec()
+    }
+}
+
+struct Keys;
+
+impl HeadKeys for Keys {
+    fn verify(&self, node: &NodeId, message: &[u8], signature: &[u8]) -> bool {
+        signature.len() <= MAX_SIGNATURE_LEN && Secret(*node, b"honest").sign(message) == signature
+    }
+}
+
+fn origin(b: u8) -> Origin {
+    Origin {
+        node: NodeId([b; 16]),
+        epoch: 1,
+    }
+}
+
+fn events(o: Origin, n: u64) -> Vec<Event> {
+    (1..=n)
+        .map(|seq| Event {
+            origin: o,
+            seq,
+            hlc: Hlc::new(1_800_000_000_000 + seq, 0),
+            topic: "clinic/visit".into(),
+            priority: Priority::Normal,
+            payload: format!("{{\"visit\":{seq}}}").into_bytes(),
+        })
+        .collect()
+}
+
+/// The writer's tree of `log`, with a head over all of it.
+fn writer_tree(log: &[Event], key: &Secret) -> Known {
+    let mut tree = Known::new(log[0].origin);
+    for e in log {
+        tree.append(e).unwrap();
+    }
+    tree.sign_head(log.len() as u64, key).unwrap();
+    tree
+}
+
+#[derive(Debug)]
+enum Wire {
+    Head(TreeHead),
+    Events(Vec<Event>),
+    Proof(Vec<u8>),
+}
+
+/// What a sender puts on one stream for `jobs`, in frames of `size`
+/// events taking turns as the lane's jobs do; `tamper` may change a
+/// frame's events after its proof was made (a relay altering them).
+fn send(
+    tree: &Known,
+    log: &[Event],
+    jobs: &[(u64, u64)],
+    size: u64,
+    tamper: impl Fn(usize, &mut Vec<Event>),
+) -> Vec<Wire> {
+    let mut out = Outbound::default();
+    let mut wire = Vec::new();
+    let mut turns: std::collections::VecDeque<(u64, u64)> = jobs.iter().copied().collect();
+    let mut frame = 0;
+    while let Some((at, last)) = turns.pop_front() {
+        let end = (at + size - 1).min(last);
+        let (head, proof) = match out.frames(tree, at, end, last).unwrap() {
+            (head, Frame::Proof(p)) => (head, p),
+            other => panic!("not a proof: {other:?}"),
+        };
+        if let Some(Frame::Head(h)) = head {
+            wire.push(Wire::Head(h));
+        }
+        let mut evs = log[(at - 1) as usize..end as usize].to_vec();
+        tamper(frame, &mut evs);
+        wire.push(Wire::Events(evs));
+        wire.push(Wire::Proof(proof));
+        frame += 1;
+        if end < last {
+            turns.push_back((end + 1, last));
+        }
+    }
+    wire
+}
+
+/// The receiver: what it may append, and what it refused.
+fn receive(logs: &mut Logs, wire: Vec<Wire>) -> (Vec<Event>, Vec<Refusal>) {
+    let mut inb = Inbound::default();
+    let (mut ok, mut refused) = (Vec::new(), Vec::new());
+    for w in wire {
+        match w {
+            Wire::Head(h) => refused.extend(inb.on_head(logs, h).err()),
+            Wire::Events(e) => refused.extend(inb.on_events(e)),
+            Wire::Proof(p) => match inb.on_proof(logs, &p) {
+                Ok(e) => ok.extend(e),
+                Err(r) => refused.push(r),
+            },
+        }
+    }
+    refused.extend(inb.finish());
+    (ok, refused)
+}
+
+fn seqs(events: &[Event]) -> Vec<u64> {
+    let mut s: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    s.sort_unstable();
+    s
+}
+
+const JOBS: [(u64, u64); 3] = [(1, 200), (201, 400), (401, 600)];
+
+#[test]
+fn jobs_taking_turns_verify_and_relay_onward() {
+    let a = origin(1);
+    let log = events(a, 600);
+    let writer = writer_tree(&log, &Secret(a.node, b"honest"));
+    // Writer to hub, then the hub from what it verified to a clinic.
+    let mut hub = Logs::new(Box::new(Keys));
+    let (got, refused) = receive(&mut hub, send(&writer, &log, &JOBS, 37, |_, _| {}));
+    assert_eq!(refused, vec![]);
+    assert_eq!(seqs(&got), (1..=600).collect::<Vec<_>>());
+    let mut clinic = Logs::new(Box::new(Keys));
+    let relayed = send(hub.tree(&a).unwrap(), &log, &[(401, 600), (1, 400)], 53, |_, _| {});
+    let (got, refused) = receive(&mut clinic, relayed);
+    assert_eq!(refused, vec![]);
+    assert_eq!(seqs(&got), (1..=600).collect::<Vec<_>>());
+}
+
+#[test]
+fn an_altered_frame_is_refused_and_the_rest_arrive() {
+    let a = origin(1);
+    let log = events(a, 600);
+    let writer = writer_tree(&log, &Secret(a.node, b"honest"));
+    // Frames go job 1, 2, 3, 1, 2, 3, ...: frame 4 is job 2's second.
+    let wire = send(&writer, &log, &JOBS, 37, |frame, evs| {
+        if frame == 4 {
+            evs[5].payload = b"{\"visit\":\"forged\"}".to_vec();
+        }
+    });
+    let mut hub = Logs::new(Box::new(Keys));
+    let (got, refused) = receive(&mut hub, wire);
+    assert!(matches!(refused[0].error, AuthError::Mismatch { .. }), "{refused:?}");
+    // Job 2 is refused from its first unproved seq on; nothing of the
+    // altered event is appended; jobs 1 and 3 arrive whole.
+    let first_refused = refused[0].first;
+    assert!((201..=238).contains(&first_refused), "{first_refused}");
+    assert!(refused
+        .iter()
+        .all(|r| r.origin == a && r.first >= first_refused && r.last <= 400));
+    let got = seqs(&got);
+    let want: Vec<u64> = (1..first_refused).chain(401..=600).collect();
+    assert_eq!(got, want);
+    assert!(!got.contains(&(237 + 6)));
+}
+
+#[test]
+fn events_fabricated_for_another_origin_are_refused() {
+    let (a, b) = (origin(1), origin(2));
+    // The relay writes a log in b's name and signs its head with its own
+    // secret; then tries b's events under a's honest head.
+    let forged = events(b, 50);
+    let mallory = writer_tree(&forged, &Secret(b.node, b"mallory"));
+    let mut clinic = Logs::new(Box::new(Keys));
+    let (got, refused) = receive(&mut clinic, send(&mallory, &forged, &[(1, 50)], 20, |_, _| {}));
+    assert_eq!(got, vec![]);
+    assert!(
+        matches!(refused[0].error, AuthError::BadSignature { .. }),
+        "{refused:?}"
+    );
+    assert!(refused[1..].iter().all(|r| r.origin == b));
+
+    let log = events(a, 50);
+    let writer = writer_tree(&log, &Secret(a.node, b"honest"));
+    let wire = send(&writer, &log, &[(1, 50)], 20, |_, evs| {
+        for e in evs.iter_mut() {
+            e.origin = b;
+        }
+    });
+    let (got, refused) = receive(&mut clinic, wire);
+    assert_eq!(got, vec![]);
+    assert!(
+        !refused.is_empty() && refused.iter().all(|r| r.origin == b),
+        "{refused:?}"
+    );
+}
+
+#[test]
+fn a_frame_without_its_proof_is_refused() {
+    let a = origin(1);
+    let log = events(a, 100);
+    let writer = writer_tree(&log, &Secret(a.node, b"honest"));
+    let mut wire = send(&writer, &log, &[(1, 100)], 30, |_, _| {});
+    // Drop the second frame's proof.
+    let second_proof = wire
+        .iter()
+        .enumerate()
+        .filter(|(_, w)| matches!(w, Wire::Proof(_)))
+        .nth(1)
+        .map(|(i, _)| i)
+        .unwrap();
+    wire.remove(second_proof);
+    let mut hub = Logs::new(Box::new(Keys));
+    let (got, refused) = receive(&mut hub, wire);
+    assert!(
+        seqs(&got).iter().all(|&s| s <= 32),
+        "only the first frame's proved part: {:?}",
+        seqs(&got)
+    );
+    assert!(!refused.is_empty());
+}
