@@ -475,39 +475,60 @@ impl Known {
 
     /// The writer appends its own event of seq `appended + 1`.
     pub fn append(&mut self, e: &Event) -> Result<(), AuthError> {
-        if e.origin != self.origin {
-            return Err(AuthError::WrongOrigin {
-                want: self.origin,
-                got: e.origin,
-            });
-        }
         if e.seq != self.appended + 1 {
             return Err(AuthError::WrongSeq {
                 want: self.appended + 1,
                 got: e.seq,
             });
         }
+        self.insert_trusted(e)?;
+        self.appended = e.seq;
+        Ok(())
+    }
+
+    /// An event this node takes without a proof: its own, or one its
+    /// writer pushed over mutual TLS. Its leaf is kept, and every parent
+    /// whose children are then both known, so a later head of the writer
+    /// is checked against them in a few steps (`adopt`). An event that
+    /// contradicts a node already verified is refused and nothing is kept:
+    /// the writer has two versions of its log.
+    pub fn insert_trusted(&mut self, e: &Event) -> Result<(), AuthError> {
+        self.check_origin(e.origin)?;
+        if e.seq == 0 {
+            return Err(AuthError::WrongSeq { want: 1, got: 0 });
+        }
         let mut node = Node {
             level: 0,
-            index: self.appended,
+            index: e.seq - 1,
         };
         let mut h = leaf_hash(e);
-        self.nodes.insert(node, h);
-        while node.index % 2 == 1 {
-            let sibling = Node {
+        let mut chain = vec![(node, h)];
+        while node.level < 63 {
+            let Some(sibling) = self.nodes.get(&Node {
                 level: node.level,
-                index: node.index - 1,
+                index: node.index ^ 1,
+            }) else {
+                break;
             };
-            // Appended in order from seq 1: every left sibling is complete.
-            let left = self.nodes[&sibling];
-            h = node_hash(&left, &h);
+            h = if node.index % 2 == 1 {
+                node_hash(sibling, &h)
+            } else {
+                node_hash(&h, sibling)
+            };
             node = Node {
                 level: node.level + 1,
                 index: node.index / 2,
             };
-            self.nodes.insert(node, h);
+            chain.push((node, h));
         }
-        self.appended = e.seq;
+        if chain.iter().any(|(n, h)| self.nodes.get(n).is_some_and(|k| k != h)) {
+            return Err(AuthError::Mismatch {
+                first: e.seq,
+                last: e.seq,
+                len: self.head.as_ref().map_or(0, |h| h.0.len),
+            });
+        }
+        self.nodes.extend(chain);
         Ok(())
     }
 

@@ -299,3 +299,35 @@ fn a_head_after_pushed_events_needs_no_hashes() {
     to.verify_leaves(&w.verified(), &proof, &leaves).unwrap();
     assert_eq!(to.head().map(|h| h.head().len), Some(40));
 }
+
+#[test]
+fn pushed_events_then_the_writers_head() {
+    // A clinic takes events 1..=30 pushed by their writer, out of order,
+    // then the writer's head: it adopts the head and proves onward.
+    let w = writer(origin(1), 30);
+    let mut clinic = Known::new(origin(1));
+    for e in w.events.iter().rev() {
+        clinic.insert_trusted(e).unwrap();
+    }
+    clinic.adopt(w.verified()).unwrap();
+    assert_eq!(clinic.head().map(|h| h.head().len), Some(30));
+    let mut next = Known::new(origin(1));
+    stream(&w, &clinic, &mut next, 7, 23, &[12]).unwrap();
+    // A head whose log differs from the pushed events is not adopted, and
+    // an event contradicting what was verified is not kept.
+    let mut other = Known::new(origin(1));
+    let mut altered = w.events.clone();
+    altered[9].payload = b"{}".to_vec();
+    for e in &altered {
+        other.insert_trusted(e).unwrap();
+    }
+    assert!(matches!(other.adopt(w.verified()), Err(AuthError::Mismatch { .. })));
+    assert!(matches!(
+        clinic.insert_trusted(&altered[9]),
+        Err(AuthError::Mismatch { .. })
+    ));
+    // Missing events: the head cannot be checked yet.
+    let mut partial = Known::new(origin(1));
+    partial.insert_trusted(&w.events[0]).unwrap();
+    assert!(matches!(partial.adopt(w.verified()), Err(AuthError::Missing { .. })));
+}

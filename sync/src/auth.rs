@@ -40,6 +40,18 @@ impl Logs {
     pub fn tree_mut(&mut self, origin: Origin) -> &mut Known {
         self.trees.entry(origin).or_insert_with(|| Known::new(origin))
     }
+
+    /// An event that needs no proof: written here, or pushed by its writer
+    /// over mutual TLS. Refused only if it contradicts what was verified
+    /// (its writer has two versions of its log).
+    pub fn trusted(&mut self, e: &Event) -> Result<(), Refusal> {
+        self.tree_mut(e.origin).insert_trusted(e).map_err(|error| Refusal {
+            origin: e.origin,
+            first: e.seq,
+            last: e.seq,
+            error,
+        })
+    }
 }
 
 /// Events a receiver refused, and why: for a `Notice`, a log line and a
@@ -137,15 +149,28 @@ fn refusal(events: &[Event], error: AuthError) -> Option<Refusal> {
 
 impl Inbound {
     /// A `Head` frame: kept for the jobs that start after it, if its
-    /// writer's key signed it.
-    pub fn on_head(&mut self, logs: &Logs, head: TreeHead) -> Result<(), Refusal> {
+    /// writer's key signed it; and adopted as the origin's head if what is
+    /// held of the log gives its root (events pushed by the writer, then
+    /// its head). A head that contradicts what is held is refused.
+    pub fn on_head(&mut self, logs: &mut Logs, head: TreeHead) -> Result<(), Refusal> {
         let origin = head.origin;
         let len = head.len;
         match head.verify(logs.keys.as_ref()) {
-            Ok(h) => {
-                self.heads.insert(origin, h);
-                Ok(())
-            }
+            Ok(h) => match logs.tree_mut(origin).adopt(h.clone()) {
+                Ok(()) | Err(AuthError::Missing { .. }) => {
+                    self.heads.insert(origin, h);
+                    Ok(())
+                }
+                Err(error) => {
+                    self.heads.remove(&origin);
+                    Err(Refusal {
+                        origin,
+                        first: 1,
+                        last: len,
+                        error,
+                    })
+                }
+            },
             Err(error) => {
                 // Frames that rely on it fail for want of a head.
                 self.heads.remove(&origin);

@@ -226,3 +226,33 @@ fn a_frame_without_its_proof_is_refused() {
     );
     assert!(!refused.is_empty());
 }
+
+#[test]
+fn events_pushed_by_their_writer_are_proved_by_its_next_head() {
+    let a = origin(1);
+    let log = events(a, 40);
+    let key = Secret(a.node, b"honest");
+    let writer = writer_tree(&log, &key);
+    // The hub takes 1..=40 straight from the writer, then its head.
+    let mut hub = Logs::new(Box::new(Keys));
+    for e in &log {
+        hub.trusted(e).unwrap();
+    }
+    let head = writer.head().unwrap().head().clone();
+    Inbound::default().on_head(&mut hub, head).unwrap();
+    assert_eq!(hub.tree(&a).and_then(|t| t.head()).map(|h| h.head().len), Some(40));
+    // It relays 11..=30 to a clinic, which checks them.
+    let mut clinic = Logs::new(Box::new(Keys));
+    let (got, refused) = receive(
+        &mut clinic,
+        send(hub.tree(&a).unwrap(), &log, &[(11, 30)], 7, |_, _| {}),
+    );
+    assert_eq!(refused, vec![]);
+    assert_eq!(seqs(&got), (11..=30).collect::<Vec<_>>());
+    // A head of another version of the log is refused at the hub.
+    let mut other = log.clone();
+    other[3].payload = b"{}".to_vec();
+    let forked = writer_tree(&other, &key).head().unwrap().head().clone();
+    let r = Inbound::default().on_head(&mut hub, forked).unwrap_err();
+    assert!(matches!(r.error, AuthError::Mismatch { .. }), "{r:?}");
+}
