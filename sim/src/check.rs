@@ -3,6 +3,7 @@
 //! bookkeeping, so a bug in the core cannot hide itself.
 
 use ferry_proto::batch::{Assembly, Item, StreamDecompressor};
+use ferry_proto::merkle::{leaf_hash, Hash};
 use ferry_proto::{Event, Frame, Hlc, NodeId, Origin, RangeSet, Role};
 use ferry_sync::{FrameReader, Policy, StreamId};
 use std::collections::{BTreeMap, BTreeSet};
@@ -42,6 +43,10 @@ pub struct Checker {
     last_hlc: Vec<Hlc>,
     /// Events a restored data directory lost at their only holder.
     pub lost_to_restore: u64,
+    /// Every event any node wrote, by its leaf hash (over all its fields):
+    /// a replicated event must be one of them. A data directory restored
+    /// from an old image may write a seq twice, so a key may have several.
+    written: BTreeMap<(Origin, u64), Vec<Hash>>,
     /// Events that arrived at a node already holding them (any connection).
     pub duplicates: u64,
     pub events_received: u64,
@@ -59,6 +64,9 @@ impl Checker {
     /// A node's own events were written: their stamps must move forward.
     pub fn local_written(&mut self, node: usize, events: &[Event]) -> Result<(), String> {
         for e in events {
+            self.written.entry((e.origin, e.seq)).or_default().push(leaf_hash(e));
+        }
+        for e in events {
             if e.hlc <= self.last_hlc[node] {
                 return Err(format!(
                     "HLC went backwards at node {node}: {}:{} stamped {:?} after {:?}",
@@ -66,6 +74,24 @@ impl Checker {
                 ));
             }
             self.last_hlc[node] = e.hlc;
+        }
+        Ok(())
+    }
+
+    /// Events from a peer are about to be appended at `node`: each must be
+    /// exactly what its writer wrote. No forged event accepted.
+    pub fn accepting(&self, node: usize, events: &[Event]) -> Result<(), String> {
+        for e in events {
+            let ok = self
+                .written
+                .get(&(e.origin, e.seq))
+                .is_some_and(|hs| hs.contains(&leaf_hash(e)));
+            if !ok {
+                return Err(format!(
+                    "node {node} accepted a forged event {}:{}: its writer never wrote it so",
+                    e.origin, e.seq
+                ));
+            }
         }
         Ok(())
     }

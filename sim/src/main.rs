@@ -26,7 +26,8 @@ struct Args {
     #[arg(long)]
     scenario: Option<String>,
     /// Turn on a deliberate fault in the core: claims-never-released,
-    /// skip-policy-check, duplicate-after-reconnect, drop-acked-append-on-crash.
+    /// skip-policy-check, duplicate-after-reconnect, drop-acked-append-on-crash,
+    /// relay-forges.
     #[arg(long)]
     inject_bug: Option<String>,
     /// Print the event trace of every seed run (use with --seed).

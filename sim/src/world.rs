@@ -705,6 +705,10 @@ impl World {
                 if self.nodes[n].replica.is_none() {
                     return;
                 }
+                if let Err(e) = self.check.accepting(n, &events) {
+                    self.fail(e);
+                    return;
+                }
                 for e in &events {
                     self.nodes[n].records.apply(e);
                 }

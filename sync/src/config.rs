@@ -77,14 +77,18 @@ pub struct Bugs {
     pub duplicate_after_reconnect: bool,
     /// `MemStore::crash` loses the last group it had acknowledged.
     pub drop_acked_append_on_crash: bool,
+    /// A relay alters the payload of every fourth event of another origin
+    /// it sends (`forge::Forging`): what log authentication is to refuse.
+    pub relay_forges: bool,
 }
 
 impl Bugs {
-    pub const NAMES: [&'static str; 4] = [
+    pub const NAMES: [&'static str; 5] = [
         "claims-never-released",
         "skip-policy-check",
         "duplicate-after-reconnect",
         "drop-acked-append-on-crash",
+        "relay-forges",
     ];
 
     pub fn parse(name: &str) -> Option<Bugs> {
@@ -94,6 +98,7 @@ impl Bugs {
             "skip-policy-check" => b.skip_policy_check = true,
             "duplicate-after-reconnect" => b.duplicate_after_reconnect = true,
             "drop-acked-append-on-crash" => b.drop_acked_append_on_crash = true,
+            "relay-forges" => b.relay_forges = true,
             _ => return None,
         }
         Some(b)

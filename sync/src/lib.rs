@@ -17,6 +17,7 @@
 pub mod auth;
 mod claims;
 mod config;
+mod forge;
 mod io;
 mod lane;
 mod memstore;

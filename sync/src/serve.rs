@@ -113,9 +113,12 @@ impl Session {
             if lane.busy || !lane.has_work() {
                 continue;
             }
-            let turn = lane
-                .turn(&*cx.store, &mut self.peer_has, self.level)
-                .map_err(|e| fault(ErrorCode::Internal, format!("could not read events to send: {e}")))?;
+            let turn = if cx.cfg.bugs.on(|b| b.relay_forges) {
+                lane.turn(&crate::forge::Forging(&*cx.store), &mut self.peer_has, self.level)
+            } else {
+                lane.turn(&*cx.store, &mut self.peer_has, self.level)
+            };
+            let turn = turn.map_err(|e| fault(ErrorCode::Internal, format!("could not read events to send: {e}")))?;
             let Some(turn) = turn else { continue };
             let class = lane.class();
             lane.busy = true;
