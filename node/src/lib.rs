@@ -14,6 +14,7 @@ pub mod datadir;
 pub(crate) mod demo;
 pub(crate) mod driver;
 pub(crate) mod link;
+pub mod logauth;
 pub(crate) mod netwatch;
 pub mod node;
 pub(crate) mod peers;
