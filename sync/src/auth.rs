@@ -215,14 +215,20 @@ impl Inbound {
                 },
             });
         };
-        let fail = |e: AuthError| refusal(&events, e).expect("a frame has events");
         let (Some(first), Some(last)) = (events.first(), events.last()) else {
             return Ok(Vec::new());
         };
+        // Called only from here on, where `events` is not empty.
+        let fail = |e: AuthError| refusal(&events, e).expect("a frame has events");
         let (origin, first, last) = (first.origin, first.seq, last.seq);
-        if last - first + 1 != events.len() as u64 || events.iter().any(|e| e.origin != origin) {
+        let consecutive = first >= 1
+            && events
+                .iter()
+                .enumerate()
+                .all(|(i, e)| e.origin == origin && first.checked_add(i as u64) == Some(e.seq));
+        if !consecutive {
             return Err(fail(AuthError::Malformed {
-                what: "events frame (one origin, consecutive seqs)",
+                what: "events frame (one origin, consecutive seqs from 1 up)",
             }));
         }
         let continued = self.jobs.remove(&(origin, first));

@@ -256,3 +256,31 @@ fn events_pushed_by_their_writer_are_proved_by_its_next_head() {
     let r = Inbound::default().on_head(&mut hub, forked).unwrap_err();
     assert!(matches!(r.error, AuthError::Mismatch { .. }), "{r:?}");
 }
+
+#[test]
+fn frames_out_of_order_or_from_seq_zero_are_refused_not_panics() {
+    let a = origin(1);
+    let log = events(a, 10);
+    let writer = writer_tree(&log, &Secret(a.node, b"honest"));
+    let mut hub = Logs::new(Box::new(Keys));
+    for evs in [
+        vec![log[4].clone(), log[2].clone()],
+        vec![Event {
+            seq: 0,
+            ..log[0].clone()
+        }],
+        vec![
+            log[0].clone(),
+            Event {
+                origin: origin(2),
+                ..log[1].clone()
+            },
+        ],
+    ] {
+        let mut inb = Inbound::default();
+        inb.on_head(&mut hub, writer.head().unwrap().head().clone()).unwrap();
+        assert_eq!(inb.on_events(evs), None);
+        let r = inb.on_proof(&mut hub, &[0]).unwrap_err();
+        assert!(matches!(r.error, AuthError::Malformed { .. }), "{r:?}");
+    }
+}
