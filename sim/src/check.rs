@@ -5,7 +5,8 @@
 use ferry_proto::batch::{Assembly, Item, StreamDecompressor};
 use ferry_proto::{Event, Frame, Hlc, NodeId, Origin, RangeSet, Role};
 use ferry_sync::{FrameReader, Policy, StreamId};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
 
 /// Who a node is, as the checks need it.
 #[derive(Clone, Debug)]
@@ -40,8 +41,13 @@ pub struct Checker {
     /// Per node: the highest HLC it has stamped on its own events since it
     /// last restarted from its log.
     last_hlc: Vec<Hlc>,
-    /// Events a restored data directory lost at their only holder.
+    /// Events a restored data directory or a card that lost fsynced writes
+    /// took from a node (they come back if a peer holds them).
     pub lost_to_restore: u64,
+    /// A digest of every event's content by `(origin, seq)`, from the first
+    /// time it was seen written or on the wire: a second content under the
+    /// same number is a forked log.
+    contents: HashMap<(Origin, u64), u64>,
     /// Events that arrived at a node already holding them (any connection).
     pub duplicates: u64,
     pub events_received: u64,
@@ -56,9 +62,34 @@ impl Checker {
         }
     }
 
-    /// A node's own events were written: their stamps must move forward.
+    /// One content per `(origin, seq)`, wherever the event is seen.
+    fn same_content(&mut self, e: &Event) -> Result<(), String> {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (e.hlc, &e.topic, e.priority as u8, &e.payload).hash(&mut h);
+        let digest = h.finish();
+        match self.contents.entry((e.origin, e.seq)) {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(digest);
+                Ok(())
+            }
+            std::collections::hash_map::Entry::Occupied(o) if *o.get() == digest => Ok(()),
+            std::collections::hash_map::Entry::Occupied(_) => Err(format!(
+                "{}:{} exists with two different contents: the log forked (a sequence number was given out twice)",
+                e.origin, e.seq
+            )),
+        }
+    }
+
+    /// No node holds the event any more: its number may be given out again.
+    pub fn forget_content(&mut self, o: &Origin, s: u64) {
+        self.contents.remove(&(*o, s));
+    }
+
+    /// A node's own events were written: their stamps must move forward,
+    /// and their numbers must be new.
     pub fn local_written(&mut self, node: usize, events: &[Event]) -> Result<(), String> {
         for e in events {
+            self.same_content(e)?;
             if e.hlc <= self.last_hlc[node] {
                 return Err(format!(
                     "HLC went backwards at node {node}: {}:{} stamped {:?} after {:?}",
@@ -79,12 +110,21 @@ impl Checker {
     /// node's clock restarts from its durable log (`last_hlc`), so it may
     /// stamp below events of a group the crash lost: those never reached
     /// the disk, were never acknowledged and never left the node.
+    /// `card_lost`: acknowledged events the card lost although it had
+    /// reported them synced; the node no longer owes them (the rest of the
+    /// deployment may give them back).
     pub fn after_crash(
         &mut self,
         node: usize,
         holds: impl Fn(&Origin, u64) -> bool,
         last_hlc: Hlc,
+        card_lost: &[(Origin, u64)],
     ) -> Result<(), String> {
+        for k in card_lost {
+            if self.acked[node].remove(k) {
+                self.lost_to_restore += 1;
+            }
+        }
         if let Some((o, s)) = self.acked[node].iter().find(|(o, s)| !holds(o, *s)) {
             return Err(format!(
                 "node {node} lost {o}:{s}, which it had acknowledged, in a crash"
@@ -172,6 +212,7 @@ impl Checker {
             }
         }
         for e in events {
+            self.same_content(&e)?;
             if !tap.received.insert((e.origin, e.seq)) {
                 return Err(format!("{}:{} arrived twice on one connection", e.origin, e.seq));
             }

@@ -77,14 +77,18 @@ pub struct Bugs {
     pub duplicate_after_reconnect: bool,
     /// `MemStore::crash` loses the last group it had acknowledged.
     pub drop_acked_append_on_crash: bool,
+    /// After an unclean shutdown a node writes on its old log at once,
+    /// without a peer vouching for the log's tail.
+    pub trust_unclean_tail: bool,
 }
 
 impl Bugs {
-    pub const NAMES: [&'static str; 4] = [
+    pub const NAMES: [&'static str; 5] = [
         "claims-never-released",
         "skip-policy-check",
         "duplicate-after-reconnect",
         "drop-acked-append-on-crash",
+        "trust-unclean-tail",
     ];
 
     pub fn parse(name: &str) -> Option<Bugs> {
@@ -94,6 +98,7 @@ impl Bugs {
             "skip-policy-check" => b.skip_policy_check = true,
             "duplicate-after-reconnect" => b.duplicate_after_reconnect = true,
             "drop-acked-append-on-crash" => b.drop_acked_append_on_crash = true,
+            "trust-unclean-tail" => b.trust_unclean_tail = true,
             _ => return None,
         }
         Some(b)
