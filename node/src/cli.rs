@@ -55,7 +55,11 @@ pub enum Command {
         dir: Option<PathBuf>,
     },
     /// Create a node: its key, WAL key and config. Prints the node id.
-    #[command(after_help = "Examples:\n  ferry init --data-dir /var/lib/ferry --name bhu-gasa")]
+    #[command(after_help = "Examples:
+  ferry init --data-dir /var/lib/ferry --name bhu-gasa
+  # the SD card died: same key and certificate, own events back from the hub
+  ferry init --data-dir /var/lib/ferry --name bhu-gasa \\
+      --key saved/node.key --cert saved/node.crt --restore-from hub.example.org")]
     Init {
         /// Human name of this node, e.g. `bhu-gasa`.
         #[arg(long)]
@@ -63,6 +67,19 @@ pub enum Command {
         /// Store the WAL unencrypted (encryption at rest is the default).
         #[arg(long)]
         no_encrypt: bool,
+        /// Use this private key (PEM) instead of making one, so the node
+        /// keeps its id: a node rebuilt after its disk was lost.
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// Install this certificate for the key (what `ferry cert install`
+        /// takes: the node's certificate followed by the CA's).
+        #[arg(long, requires = "key")]
+        cert: Option<PathBuf>,
+        /// Then sync once with this peer, HOST or HOST:PORT, to get back
+        /// every event the node wrote before (its earlier logs) and what it
+        /// held. The new node writes a new log epoch from then on.
+        #[arg(long, requires = "cert")]
+        restore_from: Option<String>,
     },
     /// The deployment's certificate authority.
     #[command(subcommand)]

@@ -21,11 +21,32 @@ pub fn dispatch(cli: Cli) -> Result<()> {
     };
     match cli.command {
         Command::Demo { ref dir } => crate::demo::run(dir.clone()),
-        Command::Init { ref name, no_encrypt } => {
+        Command::Init {
+            ref name,
+            no_encrypt,
+            ref key,
+            ref cert,
+            ref restore_from,
+        } => {
             let dir = data_dir()?;
-            let id = dir.init(name, !no_encrypt)?;
+            let id = match key {
+                Some(key) => dir.init_with_key(name, !no_encrypt, &pki::read(key)?)?,
+                None => dir.init(name, !no_encrypt)?,
+            };
             writeln!(std::io::stdout(), "{id}")?;
-            eprintln!("initialised {} as '{name}'. Next: enrol it (`ferry ca enroll --ca-dir CA --data-dir {} --role clinic`, or `ferry csr` to send a request to the CA)", dir.root.display(), dir.root.display());
+            let Some(cert) = cert else {
+                eprintln!("initialised {} as '{name}'. Next: enrol it (`ferry ca enroll --ca-dir CA --data-dir {} --role clinic`, or `ferry csr` to send a request to the CA)", dir.root.display(), dir.root.display());
+                return Ok(());
+            };
+            let info = dir.install_cert(&read_input(cert)?)?;
+            eprintln!(
+                "initialised {} as '{name}' with its earlier key and certificate (node {})",
+                dir.root.display(),
+                info.node_id
+            );
+            if let Some(peer) = restore_from {
+                restore(&dir, peer)?;
+            }
             Ok(())
         }
         Command::Ca(ref c) => ca(c, cli.data_dir.clone()),
@@ -57,34 +78,18 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             json,
         } => {
             let dir = data_dir()?;
-            runtime()?.block_on(async {
-                let (ctx, tls) = open_ctx_with(&dir, Overrides { policy, bandwidth_kbps }).map_err(locked_hint)?;
-                show_progress(&ctx);
-                let node = Node::start(ctx, &tls, "0.0.0.0:0".parse()?, &TransportProfile::wan())?;
-                let with_port = crate::datadir::with_default_port(peer);
-                let addr = tokio::net::lookup_host(&with_port)
-                    .await
-                    .with_context(|| format!("could not resolve {with_port}"))?
-                    .next()
-                    .with_context(|| format!("{peer} resolved to no address"))?;
-                let result = node.sync_once(addr).await;
-                // Report as soon as the session is done; the clean close
-                // below may take a few round trips on a slow link.
-                if let Ok(report) = &result {
-                    let mut out = std::io::stdout();
-                    if json {
-                        writeln!(out, "{}", serde_json::to_string_pretty(report)?)?;
-                    } else {
-                        writeln!(
-                            out,
-                            "synced with {} ({}, {}): received {} events, sent {}",
-                            report.peer_name, report.peer_role, report.addr, report.events_received, report.events_sent
-                        )?;
-                    }
-                    out.flush()?;
+            sync_with(&dir, peer, Overrides { policy, bandwidth_kbps }, |report| {
+                let mut out = std::io::stdout();
+                if json {
+                    writeln!(out, "{}", serde_json::to_string_pretty(report)?)?;
+                } else {
+                    writeln!(
+                        out,
+                        "synced with {} ({}, {}): received {} events, sent {}",
+                        report.peer_name, report.peer_role, report.addr, report.events_received, report.events_sent
+                    )?;
                 }
-                node.shutdown().await;
-                result?;
+                out.flush()?;
                 Ok(())
             })
         }
@@ -484,4 +489,59 @@ fn rekey(dir: &DataDir) -> Result<()> {
     std::fs::rename(&next_path, &key_path)?;
     eprintln!("re-encrypted {n} segment(s) under a new key");
     Ok(())
+}
+
+/// One sync with `peer` (HOST or HOST:PORT), then exit; `report` shows the
+/// outcome as soon as the session is done (the clean close after it may
+/// take a few round trips on a slow link).
+fn sync_with(
+    dir: &DataDir,
+    peer: &str,
+    overrides: Overrides,
+    report: impl FnOnce(&crate::node::SyncReport) -> Result<()>,
+) -> Result<()> {
+    runtime()?.block_on(async {
+        let (ctx, tls) = open_ctx_with(dir, overrides).map_err(locked_hint)?;
+        show_progress(&ctx);
+        let node = Node::start(ctx, &tls, "0.0.0.0:0".parse()?, &TransportProfile::wan())?;
+        let with_port = crate::datadir::with_default_port(peer);
+        let addr = tokio::net::lookup_host(&with_port)
+            .await
+            .with_context(|| format!("could not resolve {with_port}"))?
+            .next()
+            .with_context(|| format!("{peer} resolved to no address"))?;
+        let result = node.sync_once(addr).await;
+        let shown = match &result {
+            Ok(r) => report(r),
+            Err(_) => Ok(()),
+        };
+        node.shutdown().await;
+        result?;
+        shown
+    })
+}
+
+/// `ferry init --restore-from`: a node rebuilt with its earlier key gets
+/// back what it wrote (its earlier log epochs) and what it held.
+fn restore(dir: &DataDir, peer: &str) -> Result<()> {
+    sync_with(dir, peer, Overrides::default(), |report| {
+        let me = dir.identity()?.node_id;
+        let wal = dir.open_wal_for_reading()?;
+        let own: u64 = wal
+            .summary()
+            .0
+            .iter()
+            .filter(|(o, _)| o.node == me)
+            .map(|(_, set)| set.count())
+            .sum();
+        writeln!(
+            std::io::stdout(),
+            "restored from {} ({}): {} events, {own} of them written by this node before",
+            report.peer_name,
+            report.addr,
+            report.events_received
+        )?;
+        Ok(())
+    })
+    .context("the node is initialised, but restoring its events failed; run `ferry sync --peer HOST` to try again")
 }

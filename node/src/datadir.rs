@@ -9,8 +9,9 @@
 //! wal.key       WAL encryption key (0600)
 //! log-epoch     the epoch of this node's own log (see proto::Origin), and
 //! log-epoch.id  the file identity it was written with (restore detection)
+//! log-epoch.next the epoch the next local write starts after an unclean close
 //! peers.json    what this node knows of its peers (last sync, counts)
-//! wal/          segments
+//! wal/          segments; SEALED while the WAL is closed cleanly
 //! ```
 
 use crate::pki::{self, CertInfo, Identity, Role};
@@ -23,6 +24,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub const DEFAULT_PORT: u16 = 7700;
+
+/// The epoch planned for the node's next log after an unclean close.
+const NEXT_EPOCH: &str = "log-epoch.next";
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -110,17 +114,28 @@ impl DataDir {
 
     /// `ferry init`: makes the node key, WAL key and config. Returns the node id.
     pub fn init(&self, name: &str, encrypt_wal: bool) -> Result<NodeId> {
+        self.init_key(name, encrypt_wal, KeyPair::generate()?)
+    }
+
+    /// `ferry init --key`: a node made anew around its earlier private key
+    /// (PEM), so it keeps its node id and its certificate stays valid.
+    pub fn init_with_key(&self, name: &str, encrypt_wal: bool, key_pem: &str) -> Result<NodeId> {
+        let key = KeyPair::from_pem(key_pem).context("the --key file is not a valid private key (PEM)")?;
+        self.init_key(name, encrypt_wal, key)
+    }
+
+    fn init_key(&self, name: &str, encrypt_wal: bool, key: KeyPair) -> Result<NodeId> {
         if self.path("config.toml").exists() {
             bail!("{} is already initialised (config.toml exists)", self.root.display());
         }
         make_private_dir(&self.root)?;
-        let key = KeyPair::generate()?;
         pki::write_secret(&self.path("node.key"), &key.serialize_pem())?;
         if encrypt_wal {
             WalKey::generate().save_new(&self.path("wal.key"))?;
         }
         self.set_log_epoch(rand::random())?;
         atomic_write(&self.path("node.csr"), pki::make_csr(&key, name)?.as_bytes())?;
+
         let cfg = Config {
             name: name.to_string(),
             listen: default_listen(),
@@ -138,7 +153,14 @@ impl DataDir {
             mdns_interfaces: Vec::new(),
         };
         self.save_config(&cfg)?;
-        Ok(pki::node_id_of_key(&key))
+        let node = pki::node_id_of_key(&key);
+        // Created and sealed now, so the first start can vouch for the log.
+        let origin = Origin {
+            node,
+            epoch: self.log_epoch(false)?,
+        };
+        Wal::open(WalOptions::new(self.wal_dir(), self.keyring(&cfg)?, origin))?.close();
+        Ok(node)
     }
 
     pub fn config(&self) -> Result<Config> {
@@ -203,10 +225,6 @@ impl DataDir {
         Ok(info)
     }
 
-    /// The epoch of this node's own log. With `may_renew`, a data directory
-    /// that was copied or restored from a backup (its `log-epoch` file is not
-    /// the one this node wrote) gets a new epoch before anything is written,
-    /// so no sequence number is ever given out twice.
     /// `ferry ca enroll`: with the CA at hand, request, sign and install in
     /// one step (the key still never leaves this directory).
     pub fn enroll_locally(&self, ca_dir: &Path, role: Role) -> Result<CertInfo> {
@@ -214,6 +232,10 @@ impl DataDir {
         self.install_cert(&pki::ca_sign(ca_dir, &csr, role, None)?)
     }
 
+    /// The epoch of this node's own log. With `may_renew`, a data directory
+    /// that was copied or restored from a backup (its `log-epoch` file is not
+    /// the one this node wrote) gets a new epoch before anything is written,
+    /// so no sequence number is ever given out twice.
     pub fn log_epoch(&self, may_renew: bool) -> Result<u32> {
         let path = self.path("log-epoch");
         let text = std::fs::read_to_string(&path).with_context(|| format!("could not read {}", path.display()))?;
@@ -237,7 +259,44 @@ impl DataDir {
     pub fn set_log_epoch(&self, epoch: u32) -> Result<()> {
         let path = self.path("log-epoch");
         atomic_write(&path, format!("{epoch:08x}\n").as_bytes())?;
-        atomic_write(&self.path("log-epoch.id"), file_identity(&path)?.as_bytes())
+        atomic_write(&self.path("log-epoch.id"), file_identity(&path)?.as_bytes())?;
+        // A newer decision replaces a new log planned after an unclean close.
+        match std::fs::remove_file(self.path(NEXT_EPOCH)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("could not remove {}", self.path(NEXT_EPOCH).display()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// After a close the WAL cannot vouch for, the log the first local write
+    /// starts, recorded before the WAL may use it; and a planned log that
+    /// did receive events becomes the node's log for good.
+    fn guard_own_log(&self, wal: &Wal, node: NodeId) -> Result<()> {
+        let path = self.path(NEXT_EPOCH);
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            if let Ok(epoch) = u32::from_str_radix(text.trim(), 16) {
+                let planned = Origin { node, epoch };
+                if !wal.have(&planned).is_empty() {
+                    self.set_log_epoch(epoch)?;
+                    wal.set_local_origin(planned);
+                }
+            }
+        }
+        if wal.closed_cleanly() {
+            let _ = std::fs::remove_file(&path);
+            return Ok(());
+        }
+        let epoch: u32 = rand::random();
+        atomic_write(&path, format!("{epoch:08x}\n").as_bytes())?;
+        wal.set_unconfirmed_tail(Origin { node, epoch });
+        tracing::warn!(
+            log = %wal.local_origin(),
+            next = format!("{epoch:08x}"),
+            "the WAL was not closed cleanly (a crash or power cut) or does not end where it was closed; \
+             the next local event starts a new log epoch, so no sequence number a peer may already hold is reused"
+        );
+        Ok(())
     }
 
     pub fn wal_key_path(&self, cfg: &Config) -> PathBuf {
@@ -270,7 +329,11 @@ impl DataDir {
         if let Some(secs) = cfg.idempotency_window_secs {
             opts.idempotency_window = std::time::Duration::from_secs(secs);
         }
-        Ok(Wal::open(opts)?)
+        let wal = Wal::open(opts)?;
+        if !read_only {
+            self.guard_own_log(&wal, id.node_id)?;
+        }
+        Ok(wal)
     }
 
     /// The WAL for reading only, also while a daemon writes it: never takes

@@ -45,8 +45,15 @@ fn daemon(dir: &str, extra: &[&str]) -> (Child, String) {
         .spawn()
         .unwrap();
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    // Warnings may come first (a WAL not closed cleanly, say).
     let mut line = String::new();
-    stderr.read_line(&mut line).unwrap();
+    while !line.contains("listening on ") {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "the daemon exited before it listened"
+        );
+    }
     let addr = line
         .split("listening on ")
         .nth(1)

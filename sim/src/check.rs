@@ -6,7 +6,7 @@ use ferry_proto::batch::{Assembly, Item, StreamDecompressor};
 use ferry_proto::merkle::{leaf_hash, Hash};
 use ferry_proto::{Event, Frame, Hlc, NodeId, Origin, RangeSet, Role};
 use ferry_sync::{FrameReader, Policy, StreamId};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Who a node is, as the checks need it.
 #[derive(Clone, Debug)]
@@ -41,12 +41,17 @@ pub struct Checker {
     /// Per node: the highest HLC it has stamped on its own events since it
     /// last restarted from its log.
     last_hlc: Vec<Hlc>,
-    /// Events a restored data directory lost at their only holder.
+    /// Events a restored data directory or a card that lost fsynced writes
+    /// took from a node (they come back if a peer holds them).
     pub lost_to_restore: u64,
     /// Every event any node wrote, by its leaf hash (over all its fields):
-    /// a replicated event must be one of them. A data directory restored
-    /// from an old image may write a seq twice, so a key may have several.
-    written: BTreeMap<(Origin, u64), Vec<Hash>>,
+    /// one content per `(origin, seq)` (a second is a forked log), and a
+    /// replicated event must be that one (anything else is forged).
+    written: HashMap<(Origin, u64), Hash>,
+    /// Numbers whose every holder lost the event: the next write under one
+    /// replaces what `written` says (a copy still in flight then counts as
+    /// forged, as it would be a fork).
+    freed: BTreeSet<(Origin, u64)>,
     /// Events that arrived at a node already holding them (any connection).
     pub duplicates: u64,
     pub events_received: u64,
@@ -61,12 +66,36 @@ impl Checker {
         }
     }
 
-    /// A node's own events were written: their stamps must move forward.
+    /// One content per `(origin, seq)` written.
+    fn same_content(&mut self, e: &Event) -> Result<(), String> {
+        let digest = leaf_hash(e);
+        match self.written.entry((e.origin, e.seq)) {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(digest);
+                Ok(())
+            }
+            std::collections::hash_map::Entry::Occupied(o) if *o.get() == digest => Ok(()),
+            std::collections::hash_map::Entry::Occupied(mut o) if self.freed.remove(&(e.origin, e.seq)) => {
+                o.insert(digest);
+                Ok(())
+            }
+            std::collections::hash_map::Entry::Occupied(_) => Err(format!(
+                "{}:{} exists with two different contents: the log forked (a sequence number was given out twice)",
+                e.origin, e.seq
+            )),
+        }
+    }
+
+    /// No node holds the event any more: its number may be given out again.
+    pub fn forget_content(&mut self, o: &Origin, s: u64) {
+        self.freed.insert((*o, s));
+    }
+
+    /// A node's own events were written: their stamps must move forward,
+    /// and their numbers must be new.
     pub fn local_written(&mut self, node: usize, events: &[Event]) -> Result<(), String> {
         for e in events {
-            self.written.entry((e.origin, e.seq)).or_default().push(leaf_hash(e));
-        }
-        for e in events {
+            self.same_content(e)?;
             if e.hlc <= self.last_hlc[node] {
                 return Err(format!(
                     "HLC went backwards at node {node}: {}:{} stamped {:?} after {:?}",
@@ -82,10 +111,7 @@ impl Checker {
     /// exactly what its writer wrote. No forged event accepted.
     pub fn accepting(&self, node: usize, events: &[Event]) -> Result<(), String> {
         for e in events {
-            let ok = self
-                .written
-                .get(&(e.origin, e.seq))
-                .is_some_and(|hs| hs.contains(&leaf_hash(e)));
+            let ok = self.written.get(&(e.origin, e.seq)).is_some_and(|h| *h == leaf_hash(e));
             if !ok {
                 return Err(format!(
                     "node {node} accepted a forged event {}:{}: its writer never wrote it so",
@@ -105,12 +131,21 @@ impl Checker {
     /// node's clock restarts from its durable log (`last_hlc`), so it may
     /// stamp below events of a group the crash lost: those never reached
     /// the disk, were never acknowledged and never left the node.
+    /// `card_lost`: acknowledged events the card lost although it had
+    /// reported them synced; the node no longer owes them (the rest of the
+    /// deployment may give them back).
     pub fn after_crash(
         &mut self,
         node: usize,
         holds: impl Fn(&Origin, u64) -> bool,
         last_hlc: Hlc,
+        card_lost: &[(Origin, u64)],
     ) -> Result<(), String> {
+        for k in card_lost {
+            if self.acked[node].remove(k) {
+                self.lost_to_restore += 1;
+            }
+        }
         if let Some((o, s)) = self.acked[node].iter().find(|(o, s)| !holds(o, *s)) {
             return Err(format!(
                 "node {node} lost {o}:{s}, which it had acknowledged, in a crash"

@@ -26,17 +26,50 @@ pub fn apply(w: &mut World, f: Fault) {
             crate::manage::manage(w, a);
             crate::manage::manage(w, hub);
         }
-        Fault::Crash(n, down) if !healing => {
+        Fault::Crash(n, down, card) if !healing => {
             let Some(mut store) = w.kill_node(n) else { return };
             let survive = w.rng.gen_range(0..=store.unsynced_groups());
+            // An SD card that acknowledged an fsync may still lose the write.
+            let random = if w.rng.gen_bool(0.25) {
+                w.rng.gen_range(1..=3)
+            } else {
+                0
+            };
+            let card_loses = card.unwrap_or(random);
             let bugs = w.opts.bugs;
-            store.crash(survive, &bugs);
-            let line = format!("{} crashes ({survive} unsynced groups reach the disk)", w.nodes[n].name);
+            let lost = store.crash(survive, card_loses, &bugs);
+            // Not shut down cleanly: the node cannot vouch for its own log's
+            // tail, so its next local write starts a new log (as the WAL's
+            // missing seal tells the node).
+            let local = store.local_origin();
+            let next = Origin {
+                node: local.node,
+                epoch: w.rng.gen(),
+            };
+            if !bugs.on(|b| b.trust_unclean_tail) {
+                store.set_unconfirmed_tail(next);
+            }
+            let line = format!(
+                "{} crashes ({survive} unsynced groups reach the disk, the card loses {} synced events)",
+                w.nodes[n].name,
+                lost.len()
+            );
             w.trace.line(w.now, &line);
-            if let Err(why) = w.check.after_crash(n, |o, s| store.holds(o, s), store.last_hlc()) {
+            if let Err(why) = w
+                .check
+                .after_crash(n, |o, s| store.holds(o, s), store.last_hlc(), &lost)
+            {
                 w.nodes[n].disk = Some(store);
                 w.fail(why);
                 return;
+            }
+            // A number whose event no one else holds is free again: nothing
+            // can contradict a new event under it. (A copy still in flight
+            // would arrive later and be caught as a fork.)
+            for (o, s) in lost {
+                if !w.held_by_others(n, &o, s) {
+                    w.check.forget_content(&o, s);
+                }
             }
             w.nodes[n].disk = Some(store);
             w.fault_at(w.now.saturating_add(down), Fault::Restart(n));
@@ -104,6 +137,15 @@ pub fn apply(w: &mut World, f: Fault) {
 }
 
 impl World {
+    /// Whether a node other than `n` holds the event, durably or not.
+    fn held_by_others(&self, n: usize, o: &Origin, s: u64) -> bool {
+        self.nodes.iter().enumerate().any(|(m, node)| {
+            m != n
+                && (node.replica.as_ref().is_some_and(|r| r.store().holds_any(o, s))
+                    || node.disk.as_ref().is_some_and(|d| d.holds_any(o, s)))
+        })
+    }
+
     pub fn check_total_acked(&self, n: usize) -> usize {
         self.check.acked_count(n)
     }

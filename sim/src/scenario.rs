@@ -10,7 +10,13 @@ use ferry_proto::Role;
 use ferry_sync::{Policy, Time};
 use rand::Rng;
 
-pub const NAMES: &[&str] = &["large-backlog", "interrupted-sync", "hub-restart", "trickle"];
+pub const NAMES: &[&str] = &[
+    "large-backlog",
+    "interrupted-sync",
+    "hub-restart",
+    "trickle",
+    "lost-tail",
+];
 
 fn policy(w: &mut World) -> Policy {
     match w.rng.gen_range(0..10) {
@@ -87,7 +93,7 @@ fn schedule_faults(w: &mut World, active: Time, clinics: usize, mule: bool) {
         for _ in 0..w.rng.gen_range(0..3) {
             let t = at(w);
             let down = secs(w, 0.5, 300.0);
-            w.fault_at(t, Fault::Crash(n, down));
+            w.fault_at(t, Fault::Crash(n, down, None));
         }
         if w.rng.gen_bool(0.15) {
             let t = at(w);
@@ -163,7 +169,7 @@ pub fn named(name: &str, seed: u64, opts: Options) -> Option<World> {
         "interrupted-sync" => {
             w.wans[0].profile = Profile::urban_3g();
             w.preload(1, 5000, 0);
-            w.fault_at(Time::from_secs(2), Fault::Crash(1, Time::from_millis(100)));
+            w.fault_at(Time::from_secs(2), Fault::Crash(1, Time::from_millis(100), Some(0)));
             w.heal_at(Time::from_secs(3));
             w.promise_from = Time::from_millis(2100);
             w.expect_within = Some(Time::from_secs(30));
@@ -172,7 +178,7 @@ pub fn named(name: &str, seed: u64, opts: Options) -> Option<World> {
         // stateless reset) rather than after the idle timeout.
         "hub-restart" => {
             w.preload(1, 10, 0);
-            w.fault_at(Time::from_secs(30), Fault::Crash(0, Time::from_secs(1)));
+            w.fault_at(Time::from_secs(30), Fault::Crash(0, Time::from_secs(1), Some(0)));
             w.write_at(1, Time::from_secs(40));
             w.heal_at(Time::from_secs(41));
             w.promise_from = Time::from_secs(40);
@@ -189,6 +195,17 @@ pub fn named(name: &str, seed: u64, opts: Options) -> Option<World> {
             }
             w.heal_at(Time::from_secs(20 + 3 * 100));
             w.push_within = Some(Time::from_millis(900));
+        }
+        // The clinic's card loses its last three groups, already at the hub,
+        // in a power cut; the clinic writes again before it reconnects. The
+        // new event must not take a number the hub holds.
+        "lost-tail" => {
+            for k in 0..10 {
+                w.write_at(1, Time::from_secs(20 + k));
+            }
+            w.fault_at(Time::from_secs(40), Fault::Crash(1, Time::from_secs(1), Some(3)));
+            w.write_at(1, Time::from_millis(41_001));
+            w.heal_at(Time::from_secs(42));
         }
         _ => return None,
     }

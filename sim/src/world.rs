@@ -80,7 +80,9 @@ pub struct Conn {
 pub enum Fault {
     Cut(usize, Time),
     Mend(usize),
-    Crash(usize, Time),
+    /// A node loses power for a while; its card loses that many synced
+    /// groups (lying about fsync), or a random number when `None`.
+    Crash(usize, Time, Option<usize>),
     Restart(usize),
     Snapshot(usize),
     Restore(usize, Time),

@@ -80,15 +80,19 @@ pub struct Bugs {
     /// A relay alters the payload of every fourth event of another origin
     /// it sends (`forge::Forging`): what log authentication is to refuse.
     pub relay_forges: bool,
+    /// After an unclean shutdown a node writes on its old log at once,
+    /// without a peer vouching for the log's tail.
+    pub trust_unclean_tail: bool,
 }
 
 impl Bugs {
-    pub const NAMES: [&'static str; 5] = [
+    pub const NAMES: [&'static str; 6] = [
         "claims-never-released",
         "skip-policy-check",
         "duplicate-after-reconnect",
         "drop-acked-append-on-crash",
         "relay-forges",
+        "trust-unclean-tail",
     ];
 
     pub fn parse(name: &str) -> Option<Bugs> {
@@ -99,6 +103,7 @@ impl Bugs {
             "duplicate-after-reconnect" => b.duplicate_after_reconnect = true,
             "drop-acked-append-on-crash" => b.drop_acked_append_on_crash = true,
             "relay-forges" => b.relay_forges = true,
+            "trust-unclean-tail" => b.trust_unclean_tail = true,
             _ => return None,
         }
         Some(b)

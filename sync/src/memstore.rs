@@ -26,11 +26,18 @@ pub struct MemStore {
     events: BTreeMap<(Origin, u64), Event>,
     index: BTreeMap<Origin, OriginIndex>,
     unsynced: VecDeque<(GroupId, Vec<Event>)>,
-    /// The last synced group, which a deliberately broken store loses.
-    last_synced: Vec<(Origin, u64)>,
+    /// The latest synced groups, newest last: a card that lies about fsync
+    /// may lose them in a power cut.
+    recent_synced: VecDeque<Vec<(Origin, u64)>>,
     next_group: u64,
     clock: Clock,
+    /// After an unclean shutdown: the log the next local write starts
+    /// (as `Wal::set_unconfirmed_tail`).
+    fallback: Option<Origin>,
 }
+
+/// How many synced groups a lying card can lose at most.
+const LIE_DEPTH: usize = 4;
 
 impl MemStore {
     pub fn new(local: Origin) -> Self {
@@ -39,10 +46,17 @@ impl MemStore {
             events: BTreeMap::new(),
             index: BTreeMap::new(),
             unsynced: VecDeque::new(),
-            last_synced: Vec::new(),
+            recent_synced: VecDeque::new(),
             next_group: 1,
             clock: Clock::default(),
+            fallback: None,
         }
+    }
+
+    /// The own log's tail is not vouched for (the node was not shut down
+    /// cleanly): the next local write starts the log `next`.
+    pub fn set_unconfirmed_tail(&mut self, next: Origin) {
+        self.fallback = Some(next);
     }
 
     fn pending(&self, origin: &Origin, seq: u64) -> bool {
@@ -54,6 +68,9 @@ impl MemStore {
     /// Writes this node's own events, numbering and stamping them; durable
     /// once the returned group is synced. `wall_ms`: the node's wall clock.
     pub fn write_local(&mut self, items: Vec<(String, Priority, Vec<u8>)>, wall_ms: u64) -> (GroupId, Vec<Event>) {
+        if let Some(next) = self.fallback.take() {
+            self.local = next;
+        }
         let local = self.local;
         let written = self
             .unsynced
@@ -113,7 +130,11 @@ impl MemStore {
             let Some((_, group)) = self.unsynced.pop_front() else {
                 break;
             };
-            self.last_synced = group.iter().map(|e| (e.origin, e.seq)).collect();
+            self.recent_synced
+                .push_back(group.iter().map(|e| (e.origin, e.seq)).collect());
+            if self.recent_synced.len() > LIE_DEPTH {
+                self.recent_synced.pop_front();
+            }
             for e in group {
                 let ix = self.index.entry(e.origin).or_default();
                 ix.have.insert(e.seq);
@@ -128,28 +149,45 @@ impl MemStore {
     }
 
     /// The power goes: `survive` unsynced groups reached the disk anyway,
-    /// the rest are lost. The clock restarts from what the log holds, as
-    /// the WAL's does. With the `drop_acked_append_on_crash` fault on, the
-    /// last synced group is lost too.
-    pub fn crash(&mut self, survive: usize, bugs: &crate::Bugs) {
-        let lose_acked = bugs.on(|b| b.drop_acked_append_on_crash);
+    /// the rest are lost, and a card that lies about fsync loses its last
+    /// `card_loses` synced groups too (at most `LIE_DEPTH`). Returns what the
+    /// card lost of what had been synced. The clock restarts from what the
+    /// log holds, as the WAL's does. With the `drop_acked_append_on_crash`
+    /// fault on, one more synced group is lost and not owned up to.
+    pub fn crash(&mut self, survive: usize, card_loses: usize, bugs: &crate::Bugs) -> Vec<(Origin, u64)> {
         self.unsynced.truncate(survive);
         if let Some(&(last, _)) = self.unsynced.back() {
             self.sync(last);
         }
-        if lose_acked {
-            for (origin, seq) in std::mem::take(&mut self.last_synced) {
-                self.events.remove(&(origin, seq));
-                if let Some(ix) = self.index.get_mut(&origin) {
-                    let one = RangeSet::from_range(seq, seq);
-                    ix.have = ix.have.difference(&one);
-                    ix.urgent = ix.urgent.difference(&one);
-                    ix.bulk = ix.bulk.difference(&one);
-                }
+        let mut owned_up = Vec::new();
+        for _ in 0..card_loses {
+            let Some(group) = self.recent_synced.pop_back() else {
+                break;
+            };
+            owned_up.extend(group);
+        }
+        let mut lost = owned_up.clone();
+        if bugs.on(|b| b.drop_acked_append_on_crash) {
+            lost.extend(self.recent_synced.pop_back().unwrap_or_default());
+        }
+        for (origin, seq) in lost {
+            self.events.remove(&(origin, seq));
+            if let Some(ix) = self.index.get_mut(&origin) {
+                let one = RangeSet::from_range(seq, seq);
+                ix.have = ix.have.difference(&one);
+                ix.urgent = ix.urgent.difference(&one);
+                ix.bulk = ix.bulk.difference(&one);
             }
         }
+        self.recent_synced.clear();
         let last = self.events.values().map(|e| e.hlc).max().unwrap_or(Hlc::default());
         self.clock = Clock::starting_after(last);
+        owned_up
+    }
+
+    /// Whether the event is held, synced or not yet (for checkers).
+    pub fn holds_any(&self, origin: &Origin, seq: u64) -> bool {
+        self.events.contains_key(&(*origin, seq)) || self.pending(origin, seq)
     }
 
     /// The last timestamp the clock issued or merged.
@@ -186,6 +224,7 @@ impl Store for MemStore {
 
     fn set_local_origin(&mut self, origin: Origin) {
         self.local = origin;
+        self.fallback = None;
     }
 
     fn have(&self, origin: &Origin) -> RangeSet {
@@ -266,7 +305,7 @@ mod tests {
         assert!(s.have(&origin()).is_empty());
         s.sync(g1);
         assert_eq!(s.have(&origin()), RangeSet::from_range(1, 2));
-        s.crash(0, &crate::Bugs::default());
+        s.crash(0, 0, &crate::Bugs::default());
         assert_eq!(s.have(&origin()), RangeSet::from_range(1, 2));
         let (_, again) = s.write_local(vec![item(4)], 1002);
         assert_eq!(again[0].seq, 3, "an unsynced seq was never acknowledged and is reused");
@@ -282,7 +321,7 @@ mod tests {
         s.write_local(vec![item(1)], 1);
         s.write_local(vec![item(2)], 2);
         s.write_local(vec![item(3)], 3);
-        s.crash(2, &crate::Bugs::default());
+        s.crash(2, 0, &crate::Bugs::default());
         assert_eq!(s.have(&origin()), RangeSet::from_range(1, 2));
         assert_eq!(s.unsynced_groups(), 0);
     }

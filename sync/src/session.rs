@@ -447,7 +447,7 @@ impl Session {
         summary: Summary,
         classes: Classes,
     ) -> Result<(), Fault> {
-        check_restored(cx, &summary);
+        check_own_log(cx, &summary);
         for (origin, set) in &summary.0 {
             let has = self.peer_has.entry(*origin).or_default();
             *has = has.union(set);
@@ -562,9 +562,13 @@ impl Session {
 }
 
 /// A peer holding more of this node's own current log than this node means
-/// its data directory was restored from an old copy: writing on would reuse
-/// sequence numbers. Start a new log; the old one comes back as any other.
-fn check_restored<S: Store>(cx: &mut Cx<'_, S>, theirs: &Summary) {
+/// the log lost its tail (a restored copy, a card that lost fsynced writes):
+/// writing on would reuse sequence numbers, so start a new log; the old one
+/// comes back as any other. (A peer holding as much cannot vouch for the
+/// tail: another peer, a mule on the road, may hold more. After an unclean
+/// shutdown the node therefore starts a new log at its first write, whatever
+/// peers say: see `Wal::set_unconfirmed_tail`.)
+fn check_own_log<S: Store>(cx: &mut Cx<'_, S>, theirs: &Summary) {
     let local = cx.store.local_origin();
     let their_last = theirs.get(&local).and_then(RangeSet::last).unwrap_or(0);
     let our_last = cx.store.have(&local).last().unwrap_or(0);

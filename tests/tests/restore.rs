@@ -105,3 +105,99 @@ async fn image_restore_is_caught_by_the_first_peer_that_knows_more() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wal_that_lost_its_synced_tail_writes_a_new_epoch_before_any_sync() {
+    // An SD card that acknowledged fsyncs and lost them: the segment ends
+    // at an earlier commit, so recovery finds nothing wrong, and the events
+    // the hub holds are gone here. Only the seal the clean close left, which
+    // no longer matches, tells the node not to write on.
+    restore_scenario(
+        |backup, dir| {
+            let segment = |d: &Path| d.join("wal").join("00000001.seg");
+            let earlier = std::fs::metadata(segment(backup)).unwrap().len();
+            let f = std::fs::OpenOptions::new().write(true).open(segment(dir)).unwrap();
+            assert!(f.metadata().unwrap().len() > earlier);
+            f.set_len(earlier).unwrap();
+        },
+        false,
+    )
+    .await;
+}
+
+/// The SD card died with everything on it but the key and certificate,
+/// which were kept apart: `ferry init --key --cert --restore-from` makes the
+/// node anew with the same id, and one sync gives back every event it held,
+/// byte for byte; what it writes next goes to a new log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_rebuilt_with_its_key_is_restored_from_the_hub() {
+    init_logging();
+    let dep = Deployment::new("test").unwrap();
+    let hub = start(&dep.enroll("hub", Role::Hub).unwrap(), None).await.unwrap();
+    write_events(&hub.ctx.wal, workload("H", 5, 2).unwrap(), Priority::Normal)
+        .await
+        .unwrap();
+    let dir = dep.enroll("clinic", Role::Clinic).unwrap();
+    let clinic = start(&dir, None).await.unwrap();
+    let old_origin = clinic.ctx.wal.local_origin();
+    write_events(&clinic.ctx.wal, workload("C", 30, 1).unwrap(), Priority::Normal)
+        .await
+        .unwrap();
+    clinic.sync_once(hub.local_addr().unwrap()).await.unwrap();
+    let before = all_events(&clinic.ctx.wal).unwrap();
+    assert_eq!(before.len(), 35);
+    clinic.shutdown().await;
+    drop(clinic);
+
+    let saved = dep.tmp.path().join("saved");
+    std::fs::create_dir_all(&saved).unwrap();
+    std::fs::copy(dir.path("node.key"), saved.join("node.key")).unwrap();
+    let bundle =
+        std::fs::read_to_string(dir.path("node.crt")).unwrap() + &std::fs::read_to_string(dir.path("ca.crt")).unwrap();
+    std::fs::write(saved.join("node.crt"), bundle).unwrap();
+    std::fs::remove_dir_all(&dir.root).unwrap();
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_field-bench"))
+        .arg("__ferry")
+        .arg("--data-dir")
+        .arg(&dir.root)
+        .args(["init", "--name", "clinic", "--key"])
+        .arg(saved.join("node.key"))
+        .arg("--cert")
+        .arg(saved.join("node.crt"))
+        .arg("--restore-from")
+        .arg(hub.local_addr().unwrap().to_string())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("35 events, 30 of them written by this node before"),
+        "{stdout}"
+    );
+
+    let restored = DataDir::new(&dir.root);
+    assert_eq!(
+        restored.identity().unwrap().node_id,
+        old_origin.node,
+        "the node kept its id"
+    );
+    let clinic = start(&restored, None).await.unwrap();
+    assert_eq!(
+        all_events(&clinic.ctx.wal).unwrap(),
+        before,
+        "not restored byte for byte"
+    );
+    write_events(&clinic.ctx.wal, workload("C", 1, 3).unwrap(), Priority::Normal)
+        .await
+        .unwrap();
+    let new_origin = clinic.ctx.wal.local_origin();
+    assert_ne!(new_origin, old_origin, "the restored node wrote on its old log");
+    assert_eq!(clinic.ctx.wal.have(&new_origin).ranges(), &[(1, 1)]);
+    clinic.shutdown().await;
+    hub.shutdown().await;
+}

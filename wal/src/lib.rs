@@ -14,6 +14,7 @@ mod perms;
 mod record;
 mod rekey;
 mod scan;
+mod seal;
 mod writer;
 
 pub use key::{Keyring, WalKey};
@@ -243,9 +244,20 @@ struct Shared {
     appended: tokio::sync::watch::Sender<u64>,
 }
 
+/// The log this node writes its own events to, and the one its next local
+/// write starts instead after a close the WAL could not vouch for (see
+/// `seal`). One lock, so the switch and the write that causes it are one step.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct OwnLog {
+    pub current: Origin,
+    pub next: Option<Origin>,
+}
+
 pub struct Wal {
     shared: Arc<Shared>,
-    local_origin: Arc<RwLock<Origin>>,
+    local_origin: Arc<RwLock<OwnLog>>,
+    /// The last close left a seal matching what was recovered.
+    closed_cleanly: bool,
     tx: Option<std::sync::mpsc::Sender<writer::Command>>,
     writer: Option<std::thread::JoinHandle<()>>,
     _lock: Option<File>,
@@ -333,7 +345,7 @@ impl Wal {
     }
 
     pub fn local_origin(&self) -> Origin {
-        *self.local_origin.read().unwrap_or_else(|p| p.into_inner())
+        self.local_origin.read().unwrap_or_else(|p| p.into_inner()).current
     }
 
     fn send(&self, cmd: writer::Command) -> Result<(), WalError> {
@@ -399,7 +411,34 @@ impl Wal {
 
     /// Starts a new log for this node's own events (see `Origin`).
     pub fn set_local_origin(&self, origin: Origin) {
-        *self.local_origin.write().unwrap_or_else(|p| p.into_inner()) = origin;
+        *self.local_origin.write().unwrap_or_else(|p| p.into_inner()) = OwnLog {
+            current: origin,
+            next: None,
+        };
+    }
+
+    /// Whether the last close sealed the WAL and what was recovered matches
+    /// the seal. If not, the tail of the own log may be gone (a power cut on
+    /// a card that lies about fsync, a disk image written back) while peers
+    /// hold it.
+    pub fn closed_cleanly(&self) -> bool {
+        self.closed_cleanly
+    }
+
+    /// The own log's tail is not vouched for: the next local write starts
+    /// the log `next` instead. The caller makes `next` durable before
+    /// calling this (the WAL does not know where the node keeps its epoch).
+    pub fn set_unconfirmed_tail(&self, next: Origin) {
+        self.local_origin.write().unwrap_or_else(|p| p.into_inner()).next = Some(next);
+    }
+
+    /// Whether the next local write will start a new log.
+    pub fn tail_unconfirmed(&self) -> bool {
+        self.local_origin
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .next
+            .is_some()
     }
 
     pub fn summary(&self) -> Summary {

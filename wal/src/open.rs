@@ -132,6 +132,19 @@ impl Wal {
                 },
             );
         }
+        // The seal says how the WAL was closed; it goes now, before anything
+        // is written, so it never outlives the state it describes.
+        let closed_cleanly = if opts.read_only {
+            true
+        } else {
+            match crate::seal::take(&opts.dir)? {
+                Some(seal) => {
+                    let last = index.origins.get(&seal.origin).and_then(|o| o.have.last()).unwrap_or(0);
+                    last == seal.last && bytes == seal.bytes
+                }
+                None => false,
+            }
+        };
         let events = index.events;
         let shared = Arc::new(Shared {
             dir: opts.dir.clone(),
@@ -142,10 +155,14 @@ impl Wal {
             fsync: Default::default(),
             appended: tokio::sync::watch::channel(events).0,
         });
-        let local_origin = Arc::new(RwLock::new(opts.local_origin));
+        let local_origin = Arc::new(RwLock::new(crate::OwnLog {
+            current: opts.local_origin,
+            next: None,
+        }));
         let mut wal = Wal {
             shared,
             local_origin,
+            closed_cleanly,
             tx: None,
             writer: None,
             _lock: lock,

@@ -8,8 +8,8 @@ use crate::idem::{request_digest, KeyEntry, KeyTable};
 use crate::index::Index;
 use crate::record::{encode_commit, encode_key_record, encode_record, SegmentHeader, HEADER_LEN, VERSION};
 use crate::{
-    segment_path, sync_dir, AppendOnce, AppendReport, NewEvent, SegmentFile, Shared, WalError, WalKey, WallClock,
-    MAX_IDEMPOTENCY_KEY_LEN,
+    segment_path, sync_dir, AppendOnce, AppendReport, NewEvent, OwnLog, SegmentFile, Shared, WalError, WalKey,
+    WallClock, MAX_IDEMPOTENCY_KEY_LEN,
 };
 use ferry_proto::event::check_limits;
 use ferry_proto::{Clock, Event, Hlc, Origin};
@@ -32,7 +32,7 @@ pub enum Command {
 
 struct Writer {
     shared: Arc<Shared>,
-    local_origin: Arc<RwLock<Origin>>,
+    local_origin: Arc<RwLock<OwnLog>>,
     key: Option<WalKey>,
     segment_bytes: u64,
     wall: WallClock,
@@ -46,7 +46,7 @@ struct Writer {
 
 pub(crate) fn start(
     shared: Arc<Shared>,
-    local_origin: Arc<RwLock<Origin>>,
+    local_origin: Arc<RwLock<OwnLog>>,
     key: Option<WalKey>,
     segment_bytes: u64,
     last_hlc: Hlc,
@@ -175,6 +175,44 @@ impl Writer {
             }
         }
         tracing::debug!("WAL writer stopped: all handles dropped");
+        if self.stopped.is_none() {
+            self.seal();
+        }
+    }
+
+    /// Every group is durable and nothing more will be written: leave the
+    /// seal that lets the next open vouch for the own log's tail.
+    fn seal(&self) {
+        let origin = self.local_origin.read().unwrap_or_else(|p| p.into_inner()).current;
+        let last = {
+            let index = self.shared.index.read().unwrap_or_else(|p| p.into_inner());
+            index.origins.get(&origin).and_then(|o| o.have.last()).unwrap_or(0)
+        };
+        let seal = crate::seal::Seal {
+            origin,
+            last,
+            bytes: self.shared.bytes.load(Ordering::Relaxed),
+        };
+        if let Err(e) = crate::seal::write(&self.shared.dir, &seal) {
+            tracing::warn!("could not seal the WAL on close ({e}); the next start will begin a new log epoch at its first local write");
+        }
+    }
+
+    /// The origin local events of this group are written to: after a close
+    /// the WAL could not vouch for, the first local write moves to a new log.
+    fn origin_for(&self, group: &[Command]) -> Origin {
+        let has_local = group
+            .iter()
+            .any(|c| matches!(c, Command::Local(..) | Command::LocalOnce(..)));
+        let mut own = self.local_origin.write().unwrap_or_else(|p| p.into_inner());
+        if has_local {
+            if let Some(next) = own.next.take() {
+                tracing::warn!(old = %own.current, new = %next,
+                    "the WAL was not closed cleanly (a crash or power cut) or its end does not match what it was closed with: peers may hold events of this log that the disk lost, so rather than risk giving out their sequence numbers again, local events now go to a new log epoch");
+                own.current = next;
+            }
+        }
+        own.current
     }
 
     /// Commits `group`; returns the commands deferred to the next group.
@@ -194,7 +232,7 @@ impl Writer {
         self.keys.expire(wall);
         let mut new_keys: Vec<KeyEntry> = Vec::new();
         let mut deferred = Vec::new();
-        let origin = *self.local_origin.read().unwrap_or_else(|p| p.into_inner());
+        let origin = self.origin_for(&group);
         let clock_before = self.clock.clone();
         let mut buf = Vec::new();
         let mut entries: Vec<Entry> = Vec::new();

@@ -84,8 +84,15 @@ impl Daemon {
         cmd.args(extra).envs(env.iter().copied()).stderr(Stdio::piped());
         let mut child = cmd.spawn().unwrap();
         let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        // Warnings may come first (a WAL not closed cleanly, say).
         let mut line = String::new();
-        stderr.read_line(&mut line).unwrap();
+        while !line.contains("listening on ") {
+            line.clear();
+            assert!(
+                stderr.read_line(&mut line).unwrap() > 0,
+                "the daemon exited before it listened"
+            );
+        }
         let after = |marker: &str| {
             line.split(marker)
                 .nth(1)
