@@ -263,6 +263,9 @@ impl Driver {
         let Some(r) = self.ctx.revocations.observe(e) else {
             return;
         };
+        if r.node == self.ctx.node_id {
+            tracing::error!(serial = r.serial, reason = %r.reason, "this node's own certificate is revoked: every node that holds the revocation refuses it and what it writes from now on");
+        }
         self.with_core(|core, now| core.revoke(now, r.node, r.cutoff()));
         let from_hub = self
             .ctx

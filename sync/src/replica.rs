@@ -491,7 +491,13 @@ impl<S: Store> Replica<S> {
 
     fn lag(&self, s: &Session) -> (u64, u64) {
         let ours = self.store.summary();
-        let we_lack = s.offers().map(|t| ours.lacking(t)).unwrap_or(0);
+        // What this node refuses (a revoked node's later events) is not lacking.
+        let mut wanted = ours.clone();
+        for origin in self.trust.barred_origins().keys() {
+            let set = wanted.0.entry(*origin).or_default();
+            *set = set.union(&self.trust.barred(origin));
+        }
+        let we_lack = s.offers().map(|t| wanted.lacking(t)).unwrap_or(0);
         let theirs = Summary(s.peer_has.clone());
         let mine = ours.filtered(|o| self.cfg.policy.allows(&s.peer.node, s.peer.role, o, &self.hubs));
         (we_lack, theirs.lacking(&mine))
