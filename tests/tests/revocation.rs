@@ -352,3 +352,54 @@ async fn a_renewed_certificate_keeps_the_node_id_and_syncs() {
     assert!(!out.status.success(), "the CA signed a revoked node again");
     assert!(String::from_utf8_lossy(&out.stderr).contains("revoked"));
 }
+
+/// A revocation written at a clinic reaches the hub (hubs receive
+/// everything), which writes it again into its own log; so under the
+/// policy `role`, where clinics receive only their own and hubs' events,
+/// it still reaches every clinic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_written_at_a_clinic_reaches_other_clinics_through_the_hub() {
+    init_logging();
+    let dep = Deployment::new("district").unwrap();
+    let hub = start(&dep.enroll("hub", Role::Hub).unwrap(), Some(Policy::Role))
+        .await
+        .unwrap();
+    let c_dir = dep.enroll("clinic-c", Role::Clinic).unwrap();
+    let victim = dep
+        .enroll("clinic-v", Role::Clinic)
+        .unwrap()
+        .identity()
+        .unwrap()
+        .node_id;
+    let (bytes, _) = ferry::revocation::sign(&dep.ca_dir, victim, "lost").unwrap();
+    let file = dep.tmp.path().join("v.revocation");
+    std::fs::write(&file, &bytes).unwrap();
+    // No daemon at C: straight into its WAL, read at the next start.
+    ok(&["revoke", "--data-dir", path(&c_dir.root), "--file", path(&file)]);
+    let c = start(&c_dir, Some(Policy::Role)).await.unwrap();
+    assert!(c.ctx.revocations.is_revoked(&victim), "read from the WAL at start");
+    let b = start(&dep.enroll("clinic-b", Role::Clinic).unwrap(), Some(Policy::Role))
+        .await
+        .unwrap();
+    c.sync_once(hub.local_addr().unwrap()).await.unwrap();
+    let hub_origin = hub.ctx.wal.local_origin();
+    eventually("the hub to write it into its own log", Duration::from_secs(10), || {
+        hub.ctx.wal.have(&hub_origin).count() == 1
+    })
+    .await
+    .unwrap();
+    b.sync_once(hub.local_addr().unwrap()).await.unwrap();
+    eventually("B to hold the revocation", Duration::from_secs(10), || {
+        b.ctx.revocations.is_revoked(&victim)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        b.ctx.wal.have(&c.ctx.wal.local_origin()).count(),
+        0,
+        "B got it from the hub's log, not C's"
+    );
+    for n in [b, c, hub] {
+        n.shutdown().await;
+    }
+}
