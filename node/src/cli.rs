@@ -85,15 +85,31 @@ pub enum Command {
     #[command(subcommand)]
     Ca(CaCommand),
     /// Print this node's certificate signing request (to send to the CA).
-    #[command(after_help = "Examples:\n  ferry csr --data-dir /var/lib/ferry --out gasa.csr")]
+    #[command(after_help = "Examples:
+  ferry csr --data-dir /var/lib/ferry --out gasa.csr
+  ferry csr --renew --out gasa-renew.csr    # same key, so the same node id")]
     Csr {
         /// Write to this file instead of standard output.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Renew the installed certificate: the request names the node as
+        /// its certificate does, with the same key (so the same node id).
+        #[arg(long)]
+        renew: bool,
     },
     /// Certificates of this node.
     #[command(subcommand)]
     Cert(CertCommand),
+    /// Put a revocation made by `ferry ca revoke` into the log: this node
+    /// refuses the revoked node from now on, and the revocation travels to
+    /// every site like any event. Prints `origin:seq`.
+    #[command(after_help = "Examples:
+  ferry revoke --data-dir /var/lib/ferry --file mule-3.revocation    # at the hub")]
+    Revoke {
+        /// The file `ferry ca revoke` wrote.
+        #[arg(long)]
+        file: PathBuf,
+    },
     /// Append events. Prints `origin:seq` for each, once it is durable.
     #[command(after_help = "Examples:
   ferry push '{\"type\":\"vitals\",\"pulse\":80}' --topic vitals --priority urgent
@@ -180,8 +196,11 @@ pub enum CaCommand {
         #[arg(long)]
         name: String,
     },
-    /// Sign a node's CSR, giving it a role. Prints the certificate bundle.
-    #[command(after_help = "Examples:\n  ferry ca sign --ca-dir ./ca --csr gasa.csr --role clinic --out gasa.pem")]
+    /// Sign a node's CSR (a new node's, or a renewal's), giving it a role.
+    /// Prints the certificate bundle.
+    #[command(after_help = "Examples:
+  ferry ca sign --ca-dir ./ca --csr gasa.csr --role clinic --out gasa.pem
+  ferry ca sign --ca-dir ./ca --csr gasa-renew.csr --role clinic --days 1826 --out gasa.pem")]
     Sign {
         #[arg(long)]
         ca_dir: PathBuf,
@@ -193,6 +212,9 @@ pub enum CaCommand {
         /// Override the name the node asked for.
         #[arg(long)]
         name: Option<String>,
+        /// Days the certificate is valid (five years unless given).
+        #[arg(long, default_value_t = crate::pki::NODE_CERT_DAYS)]
+        days: u32,
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -203,6 +225,25 @@ pub enum CaCommand {
         ca_dir: PathBuf,
         #[arg(long)]
         role: Role,
+        /// Days the certificate is valid (five years unless given).
+        #[arg(long, default_value_t = crate::pki::NODE_CERT_DAYS)]
+        days: u32,
+    },
+    /// Revoke a node: writes a revocation signed by the CA, to put into
+    /// the log at any node (`ferry revoke --file`, usually at the hub).
+    #[command(after_help = "Examples:
+  ferry ca revoke --ca-dir ./ca --node jfj7-c0ev-... --reason 'mule stolen' --out mule-3.revocation")]
+    Revoke {
+        #[arg(long)]
+        ca_dir: PathBuf,
+        /// The node id, as `ferry status` or `ferry init` printed it.
+        #[arg(long)]
+        node: ferry_proto::NodeId,
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// Where to write the revocation (binary).
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 

@@ -50,23 +50,47 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Ca(ref c) => ca(c, cli.data_dir.clone()),
-        Command::Csr { ref out } => {
+        Command::Csr { ref out, renew } => {
             let dir = data_dir()?;
             let id = dir.identity()?;
-            let csr = pki::make_csr(&id.key, &dir.config()?.name)?;
+            let name = match (&id.cert, renew) {
+                (Some(cert), true) => {
+                    eprintln!(
+                        "renewal request for node {} '{}' ({}); the certificate it has {}",
+                        id.node_id,
+                        cert.name,
+                        cert.role.map(|r| r.to_string()).unwrap_or_default(),
+                        crate::status::expiry_text(&id).unwrap_or_default()
+                    );
+                    cert.name.clone()
+                }
+                (None, true) => {
+                    bail!("this node has no certificate to renew; send `ferry csr` without --renew to the CA")
+                }
+                (_, false) => dir.config()?.name,
+            };
+            let csr = pki::make_csr(&id.key, &name)?;
             write_out(out.as_ref(), &csr)
         }
         Command::Cert(CertCommand::Install { ref cert }) => {
             let dir = data_dir()?;
+            let renewal = dir.identity()?.cert.is_some();
             let info = dir.install_cert(&read_input(cert)?)?;
             eprintln!(
-                "installed: node {} '{}' role {}",
+                "installed: node {} '{}' role {}; {}{}",
                 info.node_id,
                 info.name,
-                info.role.map(|r| r.to_string()).unwrap_or_default()
+                info.role.map(|r| r.to_string()).unwrap_or_default(),
+                crate::status::expiry_text(&dir.identity()?).unwrap_or_default(),
+                if renewal {
+                    ". A running `ferry run` presents it after a restart"
+                } else {
+                    ""
+                }
             );
             Ok(())
         }
+        Command::Revoke { ref file } => revoke(&data_dir()?, file),
         Command::Push(ref args) => push(&data_dir()?, args),
         Command::Log(ref args) => log(&data_dir()?, args),
         Command::Status { json } => crate::status::print(&data_dir()?, json),
@@ -177,14 +201,35 @@ fn ca(c: &CaCommand, data_dir: Option<PathBuf>) -> Result<()> {
             csr,
             role,
             name,
+            days,
             out,
         } => {
-            let bundle = pki::ca_sign(ca_dir, &read_input(csr)?, *role, name.as_deref())?;
+            let csr = read_input(csr)?;
+            let bundle = pki::ca_sign(ca_dir, &csr, *role, name.as_deref(), *days)?;
+            eprintln!(
+                "signed node {} as {role}, valid for {days} days",
+                pki::csr_node_id(&csr)?
+            );
             write_out(out.as_ref(), &bundle)
         }
-        CaCommand::Enroll { ca_dir, role } => {
+        CaCommand::Revoke {
+            ca_dir,
+            node,
+            reason,
+            out,
+        } => {
+            let (bytes, r) = crate::revocation::sign(ca_dir, *node, reason)?;
+            std::fs::write(out, bytes).with_context(|| format!("could not write {}", out.display()))?;
+            eprintln!(
+                "revoked node {node} (serial {}). Put it into the log at a hub: `ferry revoke --file {}`",
+                r.serial,
+                out.display()
+            );
+            Ok(())
+        }
+        CaCommand::Enroll { ca_dir, role, days } => {
             let dir = DataDir::new(data_dir.context("pass --data-dir of the node to enrol")?);
-            let info = dir.enroll_locally(ca_dir, *role)?;
+            let info = dir.enroll_locally_for(ca_dir, *role, *days)?;
             writeln!(std::io::stdout(), "{}", info.node_id)?;
             eprintln!("enrolled '{}' as {role}", info.name);
             Ok(())
@@ -268,6 +313,37 @@ impl Sink {
             }
         }
     }
+}
+
+/// `ferry revoke --file`: checks the revocation against this node's CA,
+/// then writes it as an urgent event on the revocation topic, through the
+/// daemon if one runs (it acts on it at once) or into the WAL (read at the
+/// next start).
+fn revoke(dir: &DataDir, file: &std::path::Path) -> Result<()> {
+    let bytes = std::fs::read(file).with_context(|| format!("could not read {}", file.display()))?;
+    let ca_pem = dir
+        .identity()?
+        .ca_pem
+        .context("this node is not enrolled, so it has no CA to check the revocation against")?;
+    let r = crate::revocation::verify(&bytes, &pki::parse_pem_certs(&ca_pem)?[0])?;
+    let id = match Sink::open(dir)? {
+        Sink::Daemon(client) => client.revoke(&bytes)?,
+        Sink::Wal(wal) => {
+            let written = wal.append_local_blocking(vec![NewEvent {
+                topic: crate::revocation::TOPIC.into(),
+                priority: ferry_proto::Priority::Urgent,
+                payload: bytes,
+            }])?;
+            let e = written.first().context("the WAL wrote no event")?;
+            format!("{}:{}", e.origin, e.seq)
+        }
+    };
+    writeln!(std::io::stdout(), "{id}")?;
+    eprintln!(
+        "revocation of node {} (serial {}, '{}') is in the log; it travels to every site with it",
+        r.node, r.serial, r.reason
+    );
+    Ok(())
 }
 
 fn push(dir: &DataDir, args: &PushArgs) -> Result<()> {

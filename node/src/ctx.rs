@@ -52,6 +52,8 @@ pub struct NodeCtx {
     pub addresses: tokio::sync::watch::Sender<u64>,
     /// Where transfer progress is drawn, when stderr is a terminal.
     pub progress: OnceLock<indicatif::MultiProgress>,
+    /// The revocations this node holds (shared with its TLS verifiers).
+    pub revocations: Arc<crate::revocation::Revocations>,
 }
 
 impl NodeCtx {

@@ -228,8 +228,13 @@ impl DataDir {
     /// `ferry ca enroll`: with the CA at hand, request, sign and install in
     /// one step (the key still never leaves this directory).
     pub fn enroll_locally(&self, ca_dir: &Path, role: Role) -> Result<CertInfo> {
+        self.enroll_locally_for(ca_dir, role, pki::NODE_CERT_DAYS)
+    }
+
+    /// As `enroll_locally`, with a certificate valid for `days`.
+    pub fn enroll_locally_for(&self, ca_dir: &Path, role: Role, days: u32) -> Result<CertInfo> {
         let csr = pki::make_csr(&self.identity()?.key, &self.config()?.name)?;
-        self.install_cert(&pki::ca_sign(ca_dir, &csr, role, None)?)
+        self.install_cert(&pki::ca_sign(ca_dir, &csr, role, None, days)?)
     }
 
     /// The epoch of this node's own log. With `may_renew`, a data directory

@@ -51,7 +51,10 @@ impl Driver {
         cfg.live = mode.live;
         cfg.round_interval = mode.interval.map(Time::from);
         let hubs = ctx.hubs.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let replica = Replica::new(cfg, WalStore(ctx.wal.clone()), rand::random(), hubs);
+        let mut replica = Replica::new(cfg, WalStore(ctx.wal.clone()), rand::random(), hubs);
+        for r in ctx.revocations.list() {
+            replica.revoke(Time(0), r.node, r.cutoff());
+        }
         let driver = Arc::new(Driver {
             core: Mutex::new(replica),
             ctx: ctx.clone(),
@@ -81,6 +84,15 @@ impl Driver {
             }
             let t = core.totals();
             let totals = &self.ctx.totals;
+            let refused = core.trust().refused();
+            let before = self.ctx.revocations.set_events_refused(refused);
+            if refused > before {
+                tracing::warn!(
+                    refused = refused - before,
+                    barred = ?core.trust().barred_origins(),
+                    "refused events a revoked node wrote after its revocation"
+                );
+            }
             totals.events_sent.store(t.events_sent, Relaxed);
             totals.events_received.store(t.events_received, Relaxed);
             totals.duplicates_received.store(t.duplicates_received, Relaxed);
@@ -195,6 +207,11 @@ impl Driver {
             Action::Append { conn, ticket, events } => {
                 let link = self.link(conn);
                 let driver = self.clone();
+                let revocations: Vec<_> = events
+                    .iter()
+                    .filter(|e| e.topic == crate::revocation::TOPIC)
+                    .cloned()
+                    .collect();
                 self.ctx.tasks.spawn(async move {
                     let _slot = match &link {
                         Some(l) => Some(l.append_slot().await),
@@ -216,7 +233,13 @@ impl Driver {
                     if let Err(e) = &result {
                         tracing::warn!("could not store received events: {e}");
                     }
+                    let stored = result.is_ok();
                     driver.with_core(|core, now| core.handle_appended(now, ticket, result));
+                    if stored {
+                        for e in &revocations {
+                            driver.observe(e, true).await;
+                        }
+                    }
                 });
             }
             Action::NewEpoch(origin) => {
@@ -228,6 +251,38 @@ impl Driver {
                 }
             }
             Action::Notice(notice) => self.notice(notice),
+        }
+    }
+
+    /// A held event (received, or written here) may be a revocation: if it
+    /// is valid and news, the core learns of it, which closes connections
+    /// to the revoked node. A hub re-appends one that reached it from a
+    /// node other than a hub into its own log: under the policy `role`
+    /// clinics receive hubs' events but not each other's or mules'.
+    pub async fn observe(self: &Arc<Self>, e: &ferry_proto::Event, received: bool) {
+        let Some(r) = self.ctx.revocations.observe(e) else {
+            return;
+        };
+        if r.node == self.ctx.node_id {
+            tracing::error!(serial = r.serial, reason = %r.reason, "this node's own certificate is revoked: every node that holds the revocation refuses it and what it writes from now on");
+        }
+        self.with_core(|core, now| core.revoke(now, r.node, r.cutoff()));
+        let from_hub = self
+            .ctx
+            .hubs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&e.origin.node);
+        if received && self.ctx.role == ferry_proto::Role::Hub && !from_hub {
+            let again = ferry_wal::NewEvent {
+                topic: crate::revocation::TOPIC.into(),
+                priority: ferry_proto::Priority::Urgent,
+                payload: e.payload.clone(),
+            };
+            match self.ctx.wal.append_local(vec![again]).await {
+                Ok(_) => tracing::info!(node = %r.node, "passed the revocation on in this hub's own log"),
+                Err(err) => tracing::warn!("could not pass the revocation of {} on: {err}", r.node),
+            }
         }
     }
 
@@ -322,6 +377,22 @@ async fn local_appends(driver: Arc<Driver>) {
             .map(|seq| (local, seq, class_of(seq)))
             .collect();
         driver.with_core(|core, now| core.handle_local_appended(now, &events));
+        // Revocations are written urgent (`ferry revoke`): read only those.
+        let urgent = classes
+            .urgent
+            .get(&local)
+            .map(|u| u.intersection(&new))
+            .unwrap_or_default();
+        for &(first, last) in urgent.ranges() {
+            match wal.read_range(&local, first, last, usize::MAX) {
+                Ok(written) => {
+                    for e in &written {
+                        driver.observe(e, false).await;
+                    }
+                }
+                Err(e) => tracing::warn!("could not read this node's new urgent events: {e}"),
+            }
+        }
     }
 }
 

@@ -111,6 +111,13 @@ pub fn open_ctx_with(dir: &DataDir, overrides: Overrides) -> Result<(Arc<NodeCtx
         .role
         .context("node certificate carries no role; re-enrol it with `ferry ca sign --role`")?;
     let wal = dir.open_wal(false)?;
+    let revocations = tls.revocations();
+    let n = revocations
+        .rebuild(&wal)
+        .context("could not read the revocations this node holds")?;
+    if n > 0 {
+        tracing::info!("{n} node(s) revoked by the deployment CA");
+    }
     // Hubs this node has met: their events go to every clinic under `role`.
     let hubs = std::iter::once(id.node_id)
         .filter(|_| role == Role::Hub)
@@ -135,6 +142,7 @@ pub fn open_ctx_with(dir: &DataDir, overrides: Overrides) -> Result<(Arc<NodeCtx
         hubs: Mutex::new(hubs),
         addresses: tokio::sync::watch::Sender::new(0),
         progress: OnceLock::new(),
+        revocations,
         budget: overrides
             .bandwidth_kbps
             .or(cfg.bandwidth_kbps)

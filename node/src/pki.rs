@@ -58,12 +58,28 @@ pub fn node_id_of_key(key: &KeyPair) -> NodeId {
     NodeId::from_spki(&key.public_key_der())
 }
 
-/// Wide validity on purpose: a Pi without a real-time clock can boot in 1970
-/// after a power cut, and a clinic must still sync. Trust ends by rotating
-/// the deployment CA, not by the calendar.
-fn set_validity(params: &mut CertificateParams) {
+/// How long a node certificate is valid unless `ferry ca sign --days` says
+/// otherwise: five years, long enough that a clinic visited once a year by
+/// a mule is renewed at ease, short enough that a box sold off without a
+/// revocation stops being trusted some day.
+pub const NODE_CERT_DAYS: u32 = 5 * 365 + 1;
+/// The deployment CA: twenty years, beyond any node certificate it signs.
+pub const CA_CERT_DAYS: u32 = 20 * 365 + 5;
+/// `ferry status` and `/metrics` warn this long before a certificate expires.
+pub const EXPIRY_WARNING_DAYS: u64 = 60;
+
+/// Valid from 1970 on purpose: a Pi without a real-time clock can boot in
+/// 1970 after a power cut, and a clinic must still sync. The end is real:
+/// `days` from now (revocation ends trust sooner).
+fn set_validity(params: &mut CertificateParams, days: u32) {
     params.not_before = rcgen::date_time_ymd(1970, 1, 2);
-    params.not_after = rcgen::date_time_ymd(2999, 12, 31);
+    params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(i64::from(days));
+}
+
+/// When a certificate (DER) stops being valid, in Unix seconds.
+pub fn not_after(der: &[u8]) -> Result<i64> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).context("certificate is not valid X.509")?;
+    Ok(cert.validity().not_after.timestamp())
 }
 
 pub fn write_secret(path: &Path, contents: &str) -> Result<()> {
@@ -102,7 +118,7 @@ pub fn ca_init(dir: &Path, deployment: &str) -> Result<CertInfo> {
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
-    set_validity(&mut params);
+    set_validity(&mut params, CA_CERT_DAYS);
     let cert = params.self_signed(&key)?;
     write_secret(&dir.join("ca.key"), &key.serialize_pem())?;
     std::fs::write(dir.join("ca.crt"), cert.pem())?;
@@ -117,9 +133,11 @@ pub fn make_csr(key: &KeyPair, name: &str) -> Result<String> {
     Ok(params.serialize_request(key)?.pem()?)
 }
 
-/// Signs a node's CSR; returns the certificate followed by the CA certificate
-/// (PEM), ready for `ferry cert install`.
-pub fn ca_sign(ca_dir: &Path, csr_pem: &str, role: Role, name: Option<&str>) -> Result<String> {
+/// Signs a node's CSR for `days`; returns the certificate followed by the
+/// CA certificate (PEM), ready for `ferry cert install`. A renewal is a CSR
+/// with the same key: the node keeps its id. A node the CA revoked is not
+/// signed again.
+pub fn ca_sign(ca_dir: &Path, csr_pem: &str, role: Role, name: Option<&str>, days: u32) -> Result<String> {
     let ca_key = KeyPair::from_pem(&read(&ca_dir.join("ca.key"))?).context("ca.key is not a valid private key")?;
     let ca_pem = read(&ca_dir.join("ca.crt"))?;
     let mut ca_params = CertificateParams::from_ca_cert_pem(&ca_pem)?;
@@ -132,6 +150,13 @@ pub fn ca_sign(ca_dir: &Path, csr_pem: &str, role: Role, name: Option<&str>) -> 
     let ca_cert = ca_params.self_signed(&ca_key)?;
     let mut csr =
         CertificateSigningRequestParams::from_pem(csr_pem).context("not a valid certificate signing request")?;
+    let node = csr_node_id(csr_pem)?;
+    if crate::revocation::revoked_at_ca(ca_dir, &node) {
+        bail!("node {node} was revoked by this CA (see {}); it is not signed again. Give the machine a new key with `ferry init` and enrol that", crate::revocation::CA_LEDGER);
+    }
+    if days == 0 {
+        bail!("a certificate valid for 0 days is of no use; pass --days 1 or more");
+    }
     let requested = csr
         .params
         .distinguished_name
@@ -158,10 +183,21 @@ pub fn ca_sign(ca_dir: &Path, csr_pem: &str, role: Role, name: Option<&str>) -> 
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
     params.use_authority_key_identifier_extension = true;
-    set_validity(&mut params);
+    set_validity(&mut params, days);
     csr.params = params;
     let cert = csr.signed_by(&ca_cert, &ca_key)?;
     Ok(format!("{}{}", cert.pem(), ca_pem))
+}
+
+/// The node id a CSR asks a certificate for: the hash of its key.
+pub fn csr_node_id(csr_pem: &str) -> Result<NodeId> {
+    use rustls::pki_types::CertificateSigningRequestDer;
+    use x509_parser::prelude::FromDer;
+    let der = CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes())
+        .context("not a valid certificate signing request (PEM)")?;
+    let (_, req) = x509_parser::certification_request::X509CertificationRequest::from_der(der.as_ref())
+        .context("not a valid certificate signing request")?;
+    Ok(NodeId::from_spki(req.certification_request_info.subject_pki.raw))
 }
 
 /// Parses every certificate in a PEM bundle.

@@ -36,6 +36,62 @@ pub fn peer_json(node_id: &str, p: &PeerRecord) -> serde_json::Value {
     })
 }
 
+/// When a PEM certificate expires (Unix seconds), if it parses.
+fn not_after_of(pem: Option<&String>) -> Option<i64> {
+    let der = crate::pki::parse_pem_certs(pem?).ok()?;
+    crate::pki::not_after(der.first()?).ok()
+}
+
+/// Seconds until this node's certificate and the CA's expire (negative
+/// once past), for `/metrics`.
+pub fn expiry_seconds(id: &crate::pki::Identity) -> (Option<i64>, Option<i64>) {
+    let now = crate::datadir::unix_now() as i64;
+    (
+        not_after_of(id.cert_pem.as_ref()).map(|t| t - now),
+        not_after_of(id.ca_pem.as_ref()).map(|t| t - now),
+    )
+}
+
+/// The certificate's lifetime as a person reads it, with what to do when
+/// it is near its end.
+pub fn expiry_text(id: &crate::pki::Identity) -> Option<String> {
+    let (left, _) = expiry_seconds(id);
+    let left = left?;
+    let days = left.div_euclid(86_400);
+    Some(if left <= 0 {
+        "EXPIRED: peers refuse it. Renew: `ferry csr --renew`, `ferry ca sign` at the CA, `ferry cert install`".into()
+    } else if days < crate::pki::EXPIRY_WARNING_DAYS as i64 {
+        format!("expires in {days} days: renew it soon (`ferry csr --renew`, `ferry ca sign` at the CA, `ferry cert install`)")
+    } else {
+        format!("valid for {days} more days")
+    })
+}
+
+fn certificate_json(id: &crate::pki::Identity) -> serde_json::Value {
+    let (node, ca) = expiry_seconds(id);
+    let Some(left) = node else {
+        return serde_json::Value::Null;
+    };
+    json!({
+        "expires_in_seconds": left,
+        "expiring": left < (crate::pki::EXPIRY_WARNING_DAYS * 86_400) as i64,
+        "ca_expires_in_seconds": ca,
+        "summary": expiry_text(id),
+    })
+}
+
+/// Revocations held in the WAL, checked against this node's CA.
+fn revoked_json(id: &crate::pki::Identity, wal: &ferry_wal::Wal) -> Vec<serde_json::Value> {
+    let Some(ca) = id.ca_pem.as_ref().and_then(|p| crate::pki::parse_pem_certs(p).ok()) else {
+        return Vec::new();
+    };
+    let held = crate::revocation::Revocations::new(ca[0].to_vec());
+    if let Err(e) = held.rebuild(wal) {
+        tracing::warn!("could not read the revocations this node holds: {e:#}");
+    }
+    held.list().iter().map(|r| json!(r)).collect()
+}
+
 /// Status from a WAL that is already open (the daemon's, for its API).
 pub fn status_of(dir: &DataDir, wal: &ferry_wal::Wal) -> Result<serde_json::Value> {
     let cfg = dir.config()?;
@@ -66,6 +122,8 @@ pub fn status_of(dir: &DataDir, wal: &ferry_wal::Wal) -> Result<serde_json::Valu
         "wal_segments": stats.segments,
         "wal_encrypted": cfg.encrypt_wal,
         "policy": cfg.policy,
+        "certificate": certificate_json(&id),
+        "revoked": revoked_json(&id, wal),
         "peers": peers,
     }))
 }
@@ -89,6 +147,22 @@ pub fn print(dir: &DataDir, as_json: bool) -> Result<()> {
         writeln!(
             out,
             "          not enrolled: run `ferry ca enroll --ca-dir CA --data-dir DIR --role clinic` where the CA is, or send `ferry csr` to it"
+        )?;
+    }
+    if let Some(text) = s["certificate"]["summary"].as_str() {
+        writeln!(out, "cert      {text}")?;
+        if s["certificate"]["expiring"] == true {
+            tracing::warn!("this node's certificate {text}");
+        }
+    }
+    for r in s["revoked"].as_array().into_iter().flatten() {
+        writeln!(
+            out,
+            "revoked   {} (serial {}, at {}): {}",
+            str_of(&r["node"]),
+            r["serial"],
+            r["revoked_at_ms"].as_u64().unwrap_or(0) / 1000,
+            str_of(&r["reason"])
         )?;
     }
     writeln!(out, "events    {} in {} bytes of WAL", s["events"], s["wal_bytes"])?;

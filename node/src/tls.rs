@@ -3,6 +3,7 @@
 
 use crate::pki::Identity;
 use crate::pki::{self, CertInfo};
+use crate::revocation::Revocations;
 use anyhow::{anyhow, bail, Context, Result};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
@@ -27,6 +28,8 @@ pub struct TlsIdentity {
     roots: Arc<RootCertStore>,
     /// This deployment's CA, named for messages about foreign peers.
     ca: Arc<str>,
+    /// Revoked nodes: refused at the handshake, whatever their certificate says.
+    revocations: Arc<Revocations>,
 }
 
 impl TlsIdentity {
@@ -38,6 +41,7 @@ impl TlsIdentity {
         let mut roots = RootCertStore::empty();
         let cas = pki::parse_pem_certs(ca_pem)?;
         let ca = pki::describe_ca(&cas[0]);
+        let revocations = Arc::new(Revocations::new(cas[0].to_vec()));
         for ca in cas {
             roots.add(ca).context("ca.crt is not a usable CA certificate")?;
         }
@@ -46,7 +50,13 @@ impl TlsIdentity {
             key_der: id.key.serialize_der(),
             roots: Arc::new(roots),
             ca: ca.into(),
+            revocations,
         })
+    }
+
+    /// The revocations this node holds; a node's parts share this one.
+    pub fn revocations(&self) -> Arc<Revocations> {
+        self.revocations.clone()
     }
 
     /// A secret for QUIC stateless resets, derived from the node's key so
@@ -69,6 +79,7 @@ impl TlsIdentity {
                 .build()
                 .context("cannot build the client certificate verifier")?,
             ours: self.ca.clone(),
+            revocations: self.revocations.clone(),
         });
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -89,6 +100,7 @@ impl TlsIdentity {
                 .build()
                 .context("cannot build the server certificate verifier")?,
             ours: self.ca.clone(),
+            revocations: self.revocations.clone(),
         });
         let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -146,13 +158,15 @@ pub fn verify_chain(cert: &CertificateDer<'static>, ca: &CertificateDer<'static>
     Ok(())
 }
 
-/// WebPKI verification, unchanged, except that a certificate from another
-/// CA is reported as what it almost always is: a node of another
-/// deployment, with both CAs named, rather than rustls' bare `UnknownIssuer`.
+/// WebPKI verification, plus the deployment's revocations (which travel in
+/// the log, not as CRLs), and a certificate from another CA is reported as
+/// what it almost always is: a node of another deployment, with both CAs
+/// named, rather than rustls' bare `UnknownIssuer`.
 #[derive(Debug)]
 struct Explained<V: ?Sized> {
     inner: Arc<V>,
     ours: Arc<str>,
+    revocations: Arc<Revocations>,
 }
 
 struct ForeignPeer(String);
@@ -189,6 +203,19 @@ impl<V: ?Sized> Explained<V> {
             e => e,
         }
     }
+
+    /// Refuses a certificate that chains to our CA but whose node is revoked.
+    fn not_revoked(&self, leaf: &CertificateDer<'_>) -> Result<(), rustls::Error> {
+        let Ok(info) = pki::cert_info(leaf) else {
+            return Ok(()); // WebPKI accepted it; nothing of ours to check
+        };
+        if self.revocations.is_revoked(&info.node_id) {
+            self.revocations.refused_handshake();
+            tracing::warn!(peer = %info.node_id, name = %info.name, "refused a peer: its certificate is revoked by the deployment CA");
+            return Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked));
+        }
+        Ok(())
+    }
 }
 
 impl rustls::client::danger::ServerCertVerifier for Explained<rustls::client::WebPkiServerVerifier> {
@@ -203,6 +230,7 @@ impl rustls::client::danger::ServerCertVerifier for Explained<rustls::client::We
         self.inner
             .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
             .map_err(|e| self.explain(e, end_entity))
+            .and_then(|ok| self.not_revoked(end_entity).map(|()| ok))
     }
 
     fn verify_tls12_signature(
@@ -250,6 +278,7 @@ impl rustls::server::danger::ClientCertVerifier for Explained<dyn rustls::server
         self.inner
             .verify_client_cert(end_entity, intermediates, now)
             .map_err(|e| self.explain(e, end_entity))
+            .and_then(|ok| self.not_revoked(end_entity).map(|()| ok))
     }
 
     fn verify_tls12_signature(

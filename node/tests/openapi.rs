@@ -28,6 +28,7 @@ fn the_served_document_is_the_one_in_the_repository() {
         "/v1/stream",
         "/v1/status",
         "/v1/peers",
+        "/v1/revocations",
         "/v1/records/{collection}",
         "/v1/records/{collection}/{key}",
         "/v1/records/{collection}/{key}/history",

@@ -28,13 +28,21 @@ fn a_stopped_daemon_writes_on_and_a_killed_one_starts_a_new_log() {
     assert_eq!(seq, 1);
     d.stop();
     let d = Daemon::start(&dir, &[]);
-    assert_eq!(push(&d, r#"{"visit":2}"#), (first.clone(), 2), "a clean stop keeps the log");
+    assert_eq!(
+        push(&d, r#"{"visit":2}"#),
+        (first.clone(), 2),
+        "a clean stop keeps the log"
+    );
 
     d.kill();
     let d = Daemon::start(&dir, &[]);
     let (after_kill, seq) = push(&d, r#"{"visit":3}"#);
     assert_ne!(after_kill, first, "after a kill the node wrote on its old log");
-    assert_eq!(after_kill.split('.').next(), first.split('.').next(), "same node, new epoch");
+    assert_eq!(
+        after_kill.split('.').next(),
+        first.split('.').next(),
+        "same node, new epoch"
+    );
     assert_eq!(seq, 1);
     d.stop();
 

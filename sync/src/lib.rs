@@ -12,7 +12,8 @@
 //! one connection, with `pull` (what to ask for, what arrives) and `serve`
 //! (answering wants, pushing new events) through `lane`s; `claims` and
 //! `pending` are shared between sessions; `store` and `memstore` are where
-//! events live; `policy` says who may have what.
+//! events live; `policy` says who may have what; `trust`
+//! which nodes are revoked and what of theirs is refused.
 
 pub mod auth;
 mod claims;
@@ -30,6 +31,7 @@ mod rng;
 mod serve;
 mod session;
 mod store;
+mod trust;
 
 pub use config::{Bugs, Config};
 pub use io::{Action, ConnId, Notice, PeerInfo, StreamId, StreamKind, Ticket, Time};
@@ -39,3 +41,4 @@ pub use reader::FrameReader;
 pub use replica::{Replica, SessionView};
 pub use session::SessionStats;
 pub use store::{AppendReport, Store, StoreError};
+pub use trust::Trust;

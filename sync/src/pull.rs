@@ -40,7 +40,7 @@ impl Session {
                 .0
                 .keys()
                 .map(|o| {
-                    let mut set = cx.store.have(o).union(&cx.claims.claimed(o));
+                    let mut set = cx.store.have(o).union(&cx.claims.claimed(o)).union(&cx.trust.barred(o));
                     if let Some(unserved) = self.unserved.get(o) {
                         set = set.union(unserved);
                     }
@@ -221,6 +221,11 @@ impl Session {
                 ));
             }
             self.peer_has.entry(e.origin).or_default().insert(e.seq);
+            if !cx.trust.admits(&e) {
+                // Written by a revoked node after its revocation: dropped,
+                // and its origin is not asked for from here on.
+                continue;
+            }
             if cx.store.holds(&e.origin, e.seq) || cx.pending.contains(&e.origin, e.seq) {
                 self.stats.duplicates_received += 1;
                 continue;
@@ -262,7 +267,8 @@ impl Session {
         let Some(peer) = self.peer_has.get(&origin) else { return };
         let holes = peer
             .difference(&cx.store.have(&origin))
-            .difference(&cx.claims.claimed(&origin));
+            .difference(&cx.claims.claimed(&origin))
+            .difference(&cx.trust.barred(&origin));
         if holes.is_empty() {
             return;
         }
@@ -300,7 +306,7 @@ impl Session {
             if *o == local {
                 return false;
             }
-            let mut got = cx.store.have(o);
+            let mut got = cx.store.have(o).union(&cx.trust.barred(o));
             if let Some(unserved) = self.unserved.get(o) {
                 got = got.union(unserved);
             }

@@ -10,7 +10,8 @@ use crate::pending::Pending;
 use crate::rng::Rng;
 use crate::session::{Cx, Session, SessionStats};
 use crate::store::{AppendReport, Store, StoreError};
-use ferry_proto::{Classes, ErrorCode, NodeId, Origin, Priority, RangeSet, Role, Subscription, Summary};
+use crate::trust::Trust;
+use ferry_proto::{Classes, ErrorCode, Hlc, NodeId, Origin, Priority, RangeSet, Role, Subscription, Summary};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 pub struct Replica<S: Store> {
@@ -27,6 +28,7 @@ pub struct Replica<S: Store> {
     subs_dirty: bool,
     /// Counters of sessions that have ended.
     ended: SessionStats,
+    trust: Trust,
 }
 
 /// What one open session looks like from outside.
@@ -54,6 +56,7 @@ macro_rules! cx {
             pending: &mut $self.pending,
             rng: &mut $self.rng,
             now: $now,
+            trust: &mut $self.trust,
         }
     };
 }
@@ -75,6 +78,7 @@ impl<S: Store> Replica<S> {
             rng: Rng::new(seed),
             subs_dirty: false,
             ended: SessionStats::default(),
+            trust: Trust::default(),
         }
     }
 
@@ -128,6 +132,16 @@ impl<S: Store> Replica<S> {
     /// connection to it, from which wants go out before its summary.
     pub fn connect(&mut self, now: Time, conn: ConnId, peer: PeerInfo, remembered: Option<&(Summary, Classes)>) {
         assert!(!self.sessions.contains_key(&conn), "connection {conn:?} is new");
+        if self.trust.is_revoked(&peer.node) {
+            // The handshake refuses a revoked certificate, but a resumed TLS
+            // session is not verified again.
+            self.out.push_back(Action::Close {
+                conn,
+                code: ErrorCode::Policy as u16,
+                reason: "this node's certificate is revoked".into(),
+            });
+            return;
+        }
         if peer.role == Role::Hub {
             self.hubs.insert(peer.node);
         }
@@ -166,6 +180,28 @@ impl<S: Store> Replica<S> {
         self.sessions.insert(conn, session);
         self.subs_dirty = true;
         self.follow_up(now);
+    }
+
+    /// `node` is revoked (the driver verified the CA's signature): its
+    /// sessions close, and events of its origins stamped after `cutoff` are
+    /// refused from now on (see `trust`).
+    pub fn revoke(&mut self, now: Time, node: NodeId, cutoff: Hlc) {
+        self.trust.revoke(node, cutoff);
+        let conns: Vec<ConnId> = self
+            .sessions
+            .values()
+            .filter(|s| s.peer.node == node)
+            .map(|s| s.conn)
+            .collect();
+        for conn in conns {
+            self.close(now, conn, ErrorCode::Policy, "this node's certificate is revoked");
+        }
+        self.follow_up(now);
+    }
+
+    /// What this node knows of revocations, and what it refused.
+    pub fn trust(&self) -> &Trust {
+        &self.trust
     }
 
     /// Bytes arrived on a stream. `kind` says how the stream was opened.
@@ -455,7 +491,13 @@ impl<S: Store> Replica<S> {
 
     fn lag(&self, s: &Session) -> (u64, u64) {
         let ours = self.store.summary();
-        let we_lack = s.offers().map(|t| ours.lacking(t)).unwrap_or(0);
+        // What this node refuses (a revoked node's later events) is not lacking.
+        let mut wanted = ours.clone();
+        for origin in self.trust.barred_origins().keys() {
+            let set = wanted.0.entry(*origin).or_default();
+            *set = set.union(&self.trust.barred(origin));
+        }
+        let we_lack = s.offers().map(|t| wanted.lacking(t)).unwrap_or(0);
         let theirs = Summary(s.peer_has.clone());
         let mine = ours.filtered(|o| self.cfg.policy.allows(&s.peer.node, s.peer.role, o, &self.hubs));
         (we_lack, theirs.lacking(&mine))

@@ -37,6 +37,7 @@ pub(crate) struct Cx<'a, S> {
     pub pending: &'a mut Pending,
     pub rng: &'a mut Rng,
     pub now: Time,
+    pub trust: &'a mut crate::trust::Trust,
 }
 
 impl<S: Store> Cx<'_, S> {

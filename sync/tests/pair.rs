@@ -333,3 +333,77 @@ fn an_event_stored_while_a_subscription_travels_is_pushed() {
     net.release();
     assert_eq!(net.held(a), 6);
 }
+
+/// A relay that does not know of the revocation carries what the revoked
+/// node wrote before and after it; a node that holds the revocation keeps
+/// the first, refuses the second without asking for it again, still comes
+/// in step, and holds no session with the revoked node.
+#[test]
+fn a_revoked_node_keeps_what_it_wrote_before_and_nothing_after() {
+    use ferry_proto::Hlc;
+    let mut net = Net::new();
+    let a = net.add(config(1, Role::Clinic, false));
+    let relay = net.add(config(3, Role::Mule, false));
+    let b = net.add(config(2, Role::Clinic, false));
+    let write_at = |net: &mut Net, n: usize, count: usize, wall_ms: u64| {
+        let items = (0..count)
+            .map(|i| ("clinic/visit".to_string(), Priority::Normal, vec![i as u8; 10]))
+            .collect();
+        let r = &mut net.nodes[n].replica;
+        let (g, events) = r.store_mut().write_local(items, wall_ms);
+        r.store_mut().sync(g);
+        let keys: Vec<_> = events.iter().map(|e| (e.origin, e.seq, e.priority)).collect();
+        r.handle_local_appended(net.now, &keys);
+    };
+    write_at(&mut net, a, 5, 1_000);
+    write_at(&mut net, a, 4, 5_000);
+    let open = net.connect(a, b);
+    net.cut(open);
+    assert_eq!(net.held(b), 9);
+    write_at(&mut net, a, 6, 6_000);
+    net.connect(a, relay);
+    assert_eq!(net.held(relay), 15);
+
+    let c = net.add(config(4, Role::Clinic, false));
+    let link = net.connect(a, c);
+    net.nodes[c].replica.revoke(net.now, id(1), Hlc::new(2_000, u16::MAX));
+    net.run();
+    assert!(
+        net.nodes[c].replica.session(link.b.1).is_none(),
+        "an open connection to the revoked node closes"
+    );
+    // c received everything before the revocation: held events stay.
+    assert_eq!(net.held(c), 15);
+
+    net.nodes[b].replica.revoke(net.now, id(1), Hlc::new(2_000, u16::MAX));
+    let link = net.connect(b, relay);
+    let origin = Origin { node: id(1), epoch: 1 };
+    assert_eq!(
+        net.nodes[b].replica.store().have(&origin),
+        ferry_proto::RangeSet::from_range(1, 9),
+        "what a wrote before stays; nothing it wrote after arrives"
+    );
+    let view = net.nodes[b].replica.session(link.a.1).unwrap();
+    assert!(
+        view.in_step,
+        "the refused events do not keep the session from finishing"
+    );
+    assert_eq!(net.nodes[b].replica.trust().refused(), 6);
+    assert_eq!(net.nodes[b].replica.trust().barred_origins()[&origin], 10);
+    let wants = view.stats.wants_sent;
+    net.nodes[b].replica.start_round(net.now, link.a.1);
+    net.run();
+    assert_eq!(
+        net.nodes[b].replica.session(link.a.1).unwrap().stats.wants_sent,
+        wants,
+        "a barred origin is not asked for again"
+    );
+    assert_eq!(net.nodes[b].replica.trust().refused(), 6);
+
+    net.connect(a, b);
+    assert!(
+        net.nodes[b].replica.sessions().iter().all(|s| s.peer.node != id(1)),
+        "no session with a revoked node"
+    );
+    assert_eq!(net.held(b), 9, "and nothing from it");
+}

@@ -121,6 +121,19 @@ impl Client {
             .collect()
     }
 
+    /// Puts a revocation into the daemon's log; returns `origin:seq`.
+    pub fn revoke(&self, bytes: &[u8]) -> Result<String> {
+        let resp = self
+            .request("POST", "/v1/revocations")
+            .set("Content-Type", "application/octet-stream")
+            .send_bytes(bytes);
+        let value = self.answer(resp, "the daemon refused the revocation")?;
+        value["id"]
+            .as_str()
+            .map(str::to_string)
+            .with_context(|| format!("the daemon's answer has no event id: {value}"))
+    }
+
     /// The JSON of a successful answer, or the server's own error message.
     fn answer(&self, resp: Result<ureq::Response, ureq::Error>, what: &str) -> Result<serde_json::Value> {
         json_answer(resp, &self.base, Some(what))

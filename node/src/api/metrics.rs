@@ -86,6 +86,54 @@ fn escape(v: &str) -> String {
     v.replace('\\', r"\\").replace('"', "\\\"").replace('\n', r"\n")
 }
 
+/// Certificate lifetimes and revocations.
+fn trust(t: &mut Text, api: &Api) {
+    if let Some(id) = api.dir.as_ref().and_then(|d| d.identity().ok()) {
+        let (node, ca) = crate::status::expiry_seconds(&id);
+        if let Some(left) = node {
+            t.one(
+                "ferry_certificate_expiry_seconds",
+                "gauge",
+                "Seconds until this node's certificate expires (negative once past); renew before 0 (`ferry csr --renew`).",
+                left as f64,
+            );
+        }
+        if let Some(left) = ca {
+            t.one(
+                "ferry_ca_certificate_expiry_seconds",
+                "gauge",
+                "Seconds until the deployment CA's certificate expires.",
+                left as f64,
+            );
+        }
+    }
+    let held = &api.revocations;
+    t.one(
+        "ferry_revocations_held",
+        "gauge",
+        "Nodes revoked by the deployment CA, as this node knows.",
+        held.list().len() as f64,
+    );
+    t.one(
+        "ferry_revocations_invalid_total",
+        "counter",
+        "Revocation events ignored because the CA's signature did not verify (forged or altered).",
+        held.invalid() as f64,
+    );
+    t.one(
+        "ferry_handshakes_refused_revoked_total",
+        "counter",
+        "Handshakes refused because the peer's certificate is revoked.",
+        held.refused_handshakes() as f64,
+    );
+    t.one(
+        "ferry_events_refused_revoked_total",
+        "counter",
+        "Events refused because a revoked node wrote them after its revocation.",
+        held.events_refused() as f64,
+    );
+}
+
 /// Resident set size of this process, from /proc.
 pub fn rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -114,6 +162,8 @@ pub async fn metrics(State(api): State<Arc<Api>>) -> Response {
         &[("node_id", &api.node_id), ("name", &api.name), ("role", &api.role)],
         1.0,
     );
+
+    trust(&mut t, &api);
 
     let summary = api.wal.summary();
     t.family(

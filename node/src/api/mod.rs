@@ -12,6 +12,7 @@ mod error;
 mod events;
 mod metrics;
 mod records;
+mod revocations;
 mod stream;
 
 pub use client::{Body, Client};
@@ -62,6 +63,8 @@ pub struct Api {
     append_seconds: Histogram,
     /// The keyed-record index (`None` only in unit tests of other parts).
     records: Option<Arc<crate::records::Records>>,
+    /// The revocations the node holds.
+    revocations: Arc<crate::revocation::Revocations>,
 }
 
 /// Starts the API and records its address in the data directory.
@@ -96,6 +99,7 @@ pub async fn start(ctx: &Arc<NodeCtx>, opts: ApiOptions) -> Result<SocketAddr> {
         stopping: ctx.stopping.clone(),
         append_seconds: Histogram::default(),
         records: Some(crate::records::Records::start(ctx)?),
+        revocations: ctx.revocations.clone(),
     });
     let app = router(api);
     let stopping = ctx.stopping.clone();
@@ -125,6 +129,7 @@ fn router(api: Arc<Api>) -> Router {
         .route("/v1/conflicts", get(records::conflicts))
         .route("/v1/status", get(status))
         .route("/v1/peers", get(peers))
+        .route("/v1/revocations", get(revocations::list).post(revocations::add))
         .route("/v1/openapi.json", get(openapi))
         .route("/metrics", get(metrics::metrics))
         .route("/healthz", get(metrics::healthz))

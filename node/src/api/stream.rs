@@ -286,6 +286,7 @@ mod tests {
             stopping: Default::default(),
             append_seconds: Default::default(),
             records: None,
+            revocations: Arc::new(crate::revocation::Revocations::new(Vec::new())),
         });
         let (tx, mut rx) = tokio::sync::mpsc::channel(64);
         let feed = Feed {
