@@ -19,6 +19,23 @@ pub struct TransportProfile {
     pub bdp_gain: Option<f64>,
     /// Probe for a path MTU above QUIC's 1200 bytes.
     pub mtu_discovery: bool,
+    /// The fastest link this profile is meant to fill, in bits per second,
+    /// and its round trip: flow-control windows are sized from their
+    /// product (see `windows`), not from quinn's defaults, which are made
+    /// for 100 Mbit/s and buffer megabytes per connection.
+    pub link_bps: u64,
+    pub link_rtt: Duration,
+}
+
+/// Flow-control windows of one connection, in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Windows {
+    /// What a peer may send on one stream ahead of what this node has read.
+    pub stream_receive: u64,
+    /// The same, summed over all streams of the connection.
+    pub receive: u64,
+    /// What this node keeps written but unacknowledged, over all streams.
+    pub send: u64,
 }
 
 impl TransportProfile {
@@ -35,6 +52,9 @@ impl TransportProfile {
             // Probes of up to 1452 bytes cost more than they save at 30
             // kbps: see docs/architecture.md.
             mtu_discovery: false,
+            // 3G at its best with a 2G round trip: 1 Mbit/s x 600 ms.
+            link_bps: 1_000_000,
+            link_rtt: Duration::from_millis(600),
         }
     }
 
@@ -49,11 +69,36 @@ impl TransportProfile {
             connect_timeout: Duration::from_secs(5),
             bdp_gain: None,
             mtu_discovery: true,
+            // A busy LAN or Wi-Fi: 200 Mbit/s x 10 ms.
+            link_bps: 200_000_000,
+            link_rtt: Duration::from_millis(10),
+        }
+    }
+
+    /// One bandwidth-delay product per stream, so a single want fills the
+    /// link; two per connection (wants in flight share them), and two of
+    /// unacknowledged data to send.
+    pub fn windows(&self) -> Windows {
+        let bdp = (self.link_bps as f64 / 8.0 * self.link_rtt.as_secs_f64()) as u64;
+        // Never below a few full packets, or a tiny profile would stall.
+        let bdp = bdp.max(16 * 1024);
+        Windows {
+            stream_receive: bdp,
+            receive: 2 * bdp,
+            send: 2 * bdp,
         }
     }
 
     pub fn quinn(&self) -> quinn::TransportConfig {
         let mut t = quinn::TransportConfig::default();
+        let w = self.windows();
+        // Within VarInt range: at most a few MB from the constants above.
+        t.stream_receive_window(quinn::VarInt::from_u64(w.stream_receive).expect("window fits a VarInt"));
+        t.receive_window(quinn::VarInt::from_u64(w.receive).expect("window fits a VarInt"));
+        t.send_window(w.send);
+        // ferry sends no QUIC datagrams: refuse them rather than buffer them.
+        t.datagram_receive_buffer_size(None);
+        t.datagram_send_buffer_size(0);
         t.initial_rtt(self.initial_rtt);
         // The idle timeout is a constant well inside quinn's VarInt range.
         t.max_idle_timeout(Some(self.idle_timeout.try_into().expect("idle timeout fits a VarInt")));
@@ -71,5 +116,42 @@ impl TransportProfile {
             }));
         }
         t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_follow_the_bandwidth_delay_product() {
+        // 1 Mbit/s x 600 ms = 75,000 bytes in flight.
+        let wan = TransportProfile::wan().windows();
+        assert_eq!(
+            wan,
+            Windows {
+                stream_receive: 75_000,
+                receive: 150_000,
+                send: 150_000
+            }
+        );
+        // 200 Mbit/s x 10 ms = 250,000 bytes.
+        assert_eq!(TransportProfile::lan().windows().stream_receive, 250_000);
+        // A profile for a tiny link still gets a few full packets.
+        let tiny = TransportProfile {
+            link_bps: 9_600,
+            ..TransportProfile::wan()
+        };
+        assert_eq!(tiny.windows().stream_receive, 16 * 1024);
+    }
+
+    #[test]
+    fn quinn_gets_the_windows() {
+        // quinn keeps its config private; its Debug output is the only
+        // view of what it will advertise.
+        let cfg = format!("{:?}", TransportProfile::wan().quinn());
+        assert!(cfg.contains("stream_receive_window: 75000"), "{cfg}");
+        assert!(cfg.contains("receive_window: 150000"), "{cfg}");
+        assert!(cfg.contains("send_window: 150000"), "{cfg}");
     }
 }

@@ -13,7 +13,6 @@
 
 use crate::frame::{FrameError, MAX_BATCH_DECOMPRESSED};
 use crate::{Event, Hlc, Origin, Priority};
-use std::io::Write;
 
 /// zstd level for links where bytes are dear. Level 19 with its tables cut
 /// to 2^18 (`WAN_TABLES_LOG`) compresses a clinic's stream as well as
@@ -323,8 +322,16 @@ impl Default for Tuning {
     }
 }
 
+/// The sending end of a data stream. Its zstd context may be released
+/// between bursts (`compress_last`): the frame is ended and the next chunk
+/// starts a new one, which any receiver decodes as the same stream (zstd
+/// decoders take concatenated frames). The item headers' state (`Codec`)
+/// lives on across frames, as the receiver's does.
 pub struct StreamCompressor {
-    cctx: zstd::zstd_safe::CCtx<'static>,
+    /// `None` between frames: nothing held but `level` and `tuning`.
+    cctx: Option<zstd::zstd_safe::CCtx<'static>>,
+    level: i32,
+    tuning: Tuning,
     codec: Codec,
 }
 
@@ -342,6 +349,15 @@ impl StreamCompressor {
     }
 
     pub fn tuned(level: i32, tuning: Tuning) -> Self {
+        StreamCompressor {
+            cctx: None,
+            level,
+            tuning,
+            codec: Codec::default(),
+        }
+    }
+
+    fn context(level: i32, tuning: Tuning) -> zstd::zstd_safe::CCtx<'static> {
         use zstd::zstd_safe::CParameter as P;
         let mut cctx = zstd::zstd_safe::CCtx::create();
         // Setting documented parameters to values within their bounds
@@ -358,35 +374,53 @@ impl StreamCompressor {
         for p in params.flatten() {
             cctx.set_parameter(p).expect("zstd parameter");
         }
-        StreamCompressor {
-            cctx,
-            codec: Codec::default(),
-        }
+        cctx
     }
 
     /// Memory the compressor holds, in bytes.
     pub fn memory(&self) -> usize {
-        self.cctx.sizeof()
+        self.cctx.as_ref().map_or(0, |c| c.sizeof())
     }
 
     /// The next chunk of the stream, carrying `items`.
     pub fn compress(&mut self, items: &[Item]) -> Vec<u8> {
+        let raw = self.encode(items);
+        self.compress_raw(&raw, false)
+    }
+
+    /// As `compress`, and ends the zstd frame and frees the context: the
+    /// stream falls idle. The next chunk starts a new frame, without the
+    /// history of this one.
+    pub fn compress_last(&mut self, items: &[Item]) -> Vec<u8> {
+        let raw = self.encode(items);
+        self.compress_raw(&raw, true)
+    }
+
+    fn encode(&mut self, items: &[Item]) -> Vec<u8> {
         let mut raw = Vec::new();
         for item in items {
             self.codec.encode(item, &mut raw);
         }
-        self.compress_raw(&raw)
+        raw
     }
 
     /// `compress_raw`, for the measurements of `examples/zstd-table.rs`.
     #[doc(hidden)]
     pub fn compress_raw_for_table(&mut self, raw: &[u8]) -> Vec<u8> {
-        self.compress_raw(raw)
+        self.compress_raw(raw, false)
     }
 
-    /// Compresses `raw` and flushes, so the receiver can decode all of it.
-    fn compress_raw(&mut self, raw: &[u8]) -> Vec<u8> {
+    /// Compresses `raw` and flushes, so the receiver can decode all of it;
+    /// with `last`, ends the frame and drops the context.
+    fn compress_raw(&mut self, raw: &[u8], last: bool) -> Vec<u8> {
         use zstd::zstd_safe::{zstd_sys::ZSTD_EndDirective, InBuffer, OutBuffer};
+        let (level, tuning) = (self.level, self.tuning);
+        let cctx = self.cctx.get_or_insert_with(|| Self::context(level, tuning));
+        let directive = if last {
+            ZSTD_EndDirective::ZSTD_e_end
+        } else {
+            ZSTD_EndDirective::ZSTD_e_flush
+        };
         let mut out: Vec<u8> = Vec::with_capacity(zstd::zstd_safe::compress_bound(raw.len()) + 64);
         let mut input = InBuffer::around(raw);
         loop {
@@ -394,58 +428,89 @@ impl StreamCompressor {
             let mut ob = OutBuffer::around_pos(&mut out, pos);
             // Fails only on a context in error, which ours cannot be: its
             // parameters were valid and the output always has room.
-            let left = self
-                .cctx
-                .compress_stream2(&mut ob, &mut input, ZSTD_EndDirective::ZSTD_e_flush)
+            let left = cctx
+                .compress_stream2(&mut ob, &mut input, directive)
                 .expect("zstd compress");
             if left == 0 && input.pos() == raw.len() {
                 break;
             }
             out.reserve(left.max(4096));
         }
+        if last {
+            self.cctx = None;
+        }
         out
     }
 }
 
-/// A Vec that refuses to grow past a limit: one chunk may not decompress to
-/// more than `MAX_BATCH_DECOMPRESSED`.
-struct Bounded(Vec<u8>);
-
-impl Write for Bounded {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if self.0.len() + buf.len() > MAX_BATCH_DECOMPRESSED {
-            return Err(std::io::Error::other("chunk decompresses beyond the limit"));
-        }
-        self.0.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
+/// The receiving end of a data stream. Its zstd context is freed when a
+/// frame ends (the sender's stream fell idle, `compress_last`) and made
+/// again for the next frame; the item headers' state lives on.
 pub struct StreamDecompressor {
-    dec: zstd::stream::write::Decoder<'static, Bounded>,
+    /// `None` between frames.
+    dctx: Option<zstd::zstd_safe::DCtx<'static>>,
     codec: Codec,
 }
 
 impl StreamDecompressor {
     pub fn new() -> Self {
-        // As above: only fails when out of memory.
-        let mut dec = zstd::stream::write::Decoder::new(Bounded(Vec::new())).expect("zstd context");
-        dec.window_log_max(WINDOW_LOG).expect("zstd window");
         StreamDecompressor {
-            dec,
+            dctx: None,
             codec: Codec::default(),
+        }
+    }
+
+    /// Memory the decompressor holds, in bytes.
+    pub fn memory(&self) -> usize {
+        self.dctx.as_ref().map_or(0, |d| d.sizeof())
+    }
+
+    /// The bytes of a chunk, at most `MAX_BATCH_DECOMPRESSED` of them.
+    fn inflate(&mut self, chunk: &[u8]) -> Result<Vec<u8>, FrameError> {
+        use zstd::zstd_safe::{DCtx, DParameter, InBuffer, OutBuffer};
+        let mut raw: Vec<u8> = Vec::with_capacity((4 * chunk.len()).clamp(4096, MAX_BATCH_DECOMPRESSED + 1));
+        let mut input = InBuffer::around(chunk);
+        loop {
+            let dctx = match &mut self.dctx {
+                Some(d) => d,
+                None => {
+                    let mut d = DCtx::create();
+                    // A documented parameter within its bounds: fails only
+                    // when out of memory.
+                    d.set_parameter(DParameter::WindowLogMax(WINDOW_LOG))
+                        .expect("zstd window");
+                    self.dctx.insert(d)
+                }
+            };
+            let pos = raw.len();
+            let mut out = OutBuffer::around_pos(&mut raw, pos);
+            let hint = dctx
+                .decompress_stream(&mut out, &mut input)
+                .map_err(|code| malformed(zstd::zstd_safe::get_error_name(code)))?;
+            let full = out.pos() == out.capacity();
+            if hint == 0 {
+                // The frame is whole: free its context. A next frame in
+                // this chunk or a later one gets a new one.
+                self.dctx = None;
+            }
+            if raw.len() > MAX_BATCH_DECOMPRESSED {
+                return Err(malformed("chunk decompresses beyond the limit"));
+            }
+            if input.pos() == chunk.len() && !full {
+                return Ok(raw);
+            }
+            if full {
+                // Doubling, up to one byte past the limit (which fails).
+                let room = raw.capacity().min(MAX_BATCH_DECOMPRESSED + 1 - raw.len());
+                raw.reserve_exact(room);
+            }
         }
     }
 
     /// Decodes the next chunk of the stream. After an error the stream is
     /// unusable: the caller ends it.
     pub fn decompress(&mut self, chunk: &[u8]) -> Result<Vec<Item>, FrameError> {
-        let result = self.dec.write_all(chunk).and_then(|()| self.dec.flush());
-        let raw = std::mem::take(&mut self.dec.get_mut().0);
-        result.map_err(malformed)?;
+        let raw = self.inflate(chunk)?;
         let mut cursor = Cursor(&raw);
         let mut items = Vec::new();
         while !cursor.0.is_empty() {
@@ -576,6 +641,7 @@ mod tests {
     use crate::event::tests::arb_event;
     use crate::{Hlc, NodeId, Origin, Priority};
     use proptest::prelude::*;
+    use std::io::Write;
 
     fn clinic_event(i: u64) -> Event {
         let payload = format!(
@@ -602,9 +668,11 @@ mod tests {
         fn chunks_decode_in_order(batches in proptest::collection::vec(proptest::collection::vec(arb_event(), 0..6), 1..6)) {
             let mut c = StreamCompressor::new(LEVEL_WAN);
             let mut d = StreamDecompressor::new();
-            for batch in batches {
+            for (i, batch) in batches.into_iter().enumerate() {
                 let items: Vec<Item> = batch.into_iter().map(|mut e| { e.topic.truncate(100); Item::Event(e) }).collect();
-                prop_assert_eq!(d.decompress(&c.compress(&items)).unwrap(), items);
+                // Every third chunk ends its frame, as an idle lane does.
+                let z = if i % 3 == 1 { c.compress_last(&items) } else { c.compress(&items) };
+                prop_assert_eq!(d.decompress(&z).unwrap(), items);
             }
         }
 
@@ -678,6 +746,50 @@ mod tests {
         let mut d = StreamDecompressor::new();
         for chunk in items.chunks(7) {
             assert_eq!(d.decompress(&c.compress(chunk)).unwrap(), chunk); // our own encoding
+        }
+    }
+
+    #[test]
+    fn an_idle_stream_frees_both_contexts_and_goes_on_with_a_new_frame() {
+        let items: Vec<Item> = (0..40).map(clinic_event).map(Item::Event).collect();
+        let mut c = StreamCompressor::new(LEVEL_WAN);
+        let mut d = StreamDecompressor::new();
+        // A burst, held in one frame.
+        assert_eq!(d.decompress(&c.compress(&items[..10])).unwrap(), &items[..10]);
+        assert!(c.memory() > 0 && d.memory() > 0);
+        // Its last chunk ends the frame: neither end keeps a context.
+        assert_eq!(d.decompress(&c.compress_last(&items[10..20])).unwrap(), &items[10..20]);
+        assert_eq!((c.memory(), d.memory()), (0, 0));
+        // The next burst starts a new frame; the item headers carry on
+        // from the same origin and topic.
+        assert_eq!(d.decompress(&c.compress(&items[20..30])).unwrap(), &items[20..30]);
+        assert_eq!(d.decompress(&c.compress_last(&items[30..])).unwrap(), &items[30..]);
+        assert_eq!((c.memory(), d.memory()), (0, 0));
+    }
+
+    #[test]
+    fn a_receiver_of_one_long_frame_takes_the_frames_of_an_idling_sender() {
+        // The decoder ferry used before contexts were freed: zstd's
+        // streaming decoder, fed chunk after chunk. A sender that ends its
+        // frames must still be understood by it.
+        let items: Vec<Item> = (0..30).map(clinic_event).map(Item::Event).collect();
+        let mut c = StreamCompressor::new(LEVEL_WAN);
+        let mut old = zstd::stream::write::Decoder::new(Vec::new()).unwrap();
+        let mut raw = Vec::new();
+        for (i, chunk) in items.chunks(5).enumerate() {
+            let z = if i % 2 == 1 {
+                c.compress_last(chunk)
+            } else {
+                c.compress(chunk)
+            };
+            std::io::Write::write_all(&mut old, &z).unwrap();
+            std::io::Write::flush(&mut old).unwrap();
+            let mut codec = Codec::default();
+            raw.clear();
+            for item in &items[..(i + 1) * 5] {
+                codec.encode(item, &mut raw);
+            }
+            assert_eq!(old.get_ref(), &raw, "after chunk {i}");
         }
     }
 

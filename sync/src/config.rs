@@ -35,6 +35,14 @@ pub struct Config {
     pub fast_link_rtt: Time,
     pub mid_link_rtt: Time,
     pub level_mid: i32,
+    /// A lane whose work runs out ends its zstd frame and frees its
+    /// compression context (the receiver frees its own at the frame's
+    /// end); the next work starts a new frame without the old history.
+    /// `false`: a lane keeps its context for the connection's life.
+    /// On by default at a hub, which holds a connection per clinic (a
+    /// context is megabytes); off elsewhere, where a live event compresses
+    /// to about half its size against the stream's history (docs/memory.md).
+    pub release_idle_compressor: bool,
     /// Deliberate faults, for the simulator to prove it catches them.
     pub bugs: Bugs,
 }
@@ -58,6 +66,7 @@ impl Config {
             fast_link_rtt: Time::from_millis(20),
             mid_link_rtt: Time::from_millis(200),
             level_mid: ferry_proto::batch::LEVEL_MID,
+            release_idle_compressor: role == Role::Hub,
             bugs: Bugs::default(),
         }
     }

@@ -1,5 +1,6 @@
 //! The sending half of a connection's data: one lane per priority class,
-//! each a data stream with its own compression context.
+//! each a data stream with its own compression context, held while the
+//! lane has work (or for the connection's life, if so configured).
 //!
 //! A lane serves jobs (a want the peer sent, or new events the peer
 //! subscribed to) a frame at a time, taking turns among the first few jobs,
@@ -101,12 +102,15 @@ impl Lane {
 
     /// The next frame(s) of this lane, or `None` when it has nothing to send.
     /// `peer_has`: what the peer holds or was sent; updated with what this
-    /// turn sends. `level`: zstd level for a new context.
+    /// turn sends. `level`: zstd level for a new context. `release_idle`:
+    /// a turn that leaves the lane without work ends its zstd frame and
+    /// frees the compressor's context (see `Config::release_idle_compressor`).
     pub fn turn<S: Store>(
         &mut self,
         store: &S,
         peer_has: &mut BTreeMap<Origin, RangeSet>,
         level: i32,
+        release_idle: bool,
     ) -> Result<Option<Turn>, StoreError> {
         // Jobs whose next event is large while another large event is in
         // pieces on this stream: the receiver puts one together at a time.
@@ -141,14 +145,21 @@ impl Lane {
                 self.jobs.push_front(job);
                 continue;
             }
+            let finished = job.todo.is_empty() && job.piece.is_none();
+            let idle_after = finished && self.jobs.is_empty() && parked.is_empty();
             let enc = self.enc.get_or_insert_with(|| StreamCompressor::new(level));
-            let mut bytes = Frame::Events(enc.compress(&items)).encode();
+            let chunk = if release_idle && idle_after {
+                enc.compress_last(&items)
+            } else {
+                enc.compress(&items)
+            };
+            let mut bytes = Frame::Events(chunk).encode();
             // A chunk holds at most BATCH_BYTES of events before compression.
             assert!(
                 bytes.len() <= ferry_proto::frame::MAX_FRAME_LEN + 4,
                 "an events frame within its limit"
             );
-            if job.todo.is_empty() && job.piece.is_none() {
+            if finished {
                 if let Some(end) = finish(job) {
                     bytes.extend(end);
                 }
@@ -253,4 +264,64 @@ fn next_events(
         job.todo = job.todo.difference(&RangeSet::from_range(first, through));
     }
     (items, events, blocked)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MemStore;
+    use ferry_proto::batch::{StreamDecompressor, LEVEL_WAN};
+    use ferry_proto::{NodeId, Origin};
+
+    /// Serves one want of `n` events until the lane has nothing left;
+    /// returns the compressor's and the receiver's context memory then,
+    /// after checking every event arrived in order.
+    fn serve_all(n: usize, release_idle: bool) -> (usize, usize) {
+        let origin = Origin {
+            node: NodeId([7; 16]),
+            epoch: 1,
+        };
+        let mut store = MemStore::new(origin);
+        let payloads = (0..n).map(|i| {
+            let body = format!(r#"{{"type":"visit","patient":"BT-{i:06}","pulse":{}}}"#, 50 + i % 40);
+            ("clinic/visit".to_string(), Priority::Normal, body.into_bytes())
+        });
+        let (group, _) = store.write_local(payloads.collect(), 1_700_000_000_000);
+        store.sync(group);
+        let mut lane = Lane::new(Priority::Normal);
+        lane.serve(Want {
+            origin,
+            first: 1,
+            last: n as u64,
+            priority: Priority::Normal,
+        });
+        let mut peer_has = BTreeMap::new();
+        let mut reader = crate::FrameReader::default();
+        let mut dec = StreamDecompressor::new();
+        let mut seqs = Vec::new();
+        while let Some(turn) = lane.turn(&store, &mut peer_has, LEVEL_WAN, release_idle).unwrap() {
+            for frame in reader.push(&turn.bytes).unwrap() {
+                if let Frame::Events(chunk) = frame {
+                    for item in dec.decompress(&chunk).unwrap() {
+                        if let Item::Event(e) = item {
+                            seqs.push(e.seq);
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(seqs, (1..=n as u64).collect::<Vec<_>>());
+        let enc = lane.enc.as_ref().map_or(0, StreamCompressor::memory);
+        (enc, dec.memory())
+    }
+
+    #[test]
+    fn a_lane_out_of_work_frees_both_ends_compression_contexts() {
+        // Several chunks' worth, so the frame spans turns.
+        let (enc, dec) = serve_all(3000, true);
+        assert_eq!((enc, dec), (0, 0), "contexts held by an idle lane");
+        // Configured to keep them, both ends hold megabytes.
+        let (enc, dec) = serve_all(3000, false);
+        assert!(enc > 1 << 20 && dec > 0, "kept: {enc} and {dec} bytes");
+    }
 }

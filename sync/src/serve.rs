@@ -113,10 +113,16 @@ impl Session {
             if lane.busy || !lane.has_work() {
                 continue;
             }
+            let release = cx.cfg.release_idle_compressor;
             let turn = if cx.cfg.bugs.on(|b| b.relay_forges) {
-                lane.turn(&crate::forge::Forging(&*cx.store), &mut self.peer_has, self.level)
+                lane.turn(
+                    &crate::forge::Forging(&*cx.store),
+                    &mut self.peer_has,
+                    self.level,
+                    release,
+                )
             } else {
-                lane.turn(&*cx.store, &mut self.peer_has, self.level)
+                lane.turn(&*cx.store, &mut self.peer_has, self.level, release)
             };
             let turn = turn.map_err(|e| fault(ErrorCode::Internal, format!("could not read events to send: {e}")))?;
             let Some(turn) = turn else { continue };
