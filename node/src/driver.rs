@@ -404,12 +404,17 @@ pub async fn refresh_peers(driver: Arc<Driver>) {
             _ = driver.ctx.stopping.cancelled() => return,
             _ = tokio::time::sleep(peers::REFRESH) => {}
         }
-        let views = driver.views();
-        for link in driver.links() {
-            if let Some(v) = views.iter().find(|v| v.conn == link.id()) {
-                link.keep_view(v.clone());
-                peers::record(&driver.ctx, &link, false);
-            }
+        record_peers(&driver);
+    }
+}
+
+/// Writes every connected peer's counts and lag as the core sees them now.
+pub fn record_peers(driver: &Arc<Driver>) {
+    let views = driver.views();
+    for link in driver.links() {
+        if let Some(v) = views.iter().find(|v| v.conn == link.id()) {
+            link.keep_view(v.clone());
+            peers::record(&driver.ctx, &link, false);
         }
     }
 }

@@ -435,6 +435,10 @@ impl Node {
 
     /// Closes every connection and waits until peers were told.
     pub async fn shutdown(&self) {
+        // What each connection knew last, taken while its session exists:
+        // the periodic refresh may be seconds old (a pull that finished
+        // since would be left recorded as lacking).
+        crate::driver::record_peers(&self.driver);
         let endpoints: Vec<&quinn::Endpoint> = std::iter::once(&self.endpoint).chain(self.dialer.get()).collect();
         for ep in &endpoints {
             ep.close(code(ErrorCode::ShuttingDown), b"node shutting down");
