@@ -204,13 +204,15 @@ impl Writer {
         let has_local = group
             .iter()
             .any(|c| matches!(c, Command::Local(..) | Command::LocalOnce(..)));
+        if !has_local {
+            // Replicated groups, the common case on a hub, only read.
+            return self.local_origin.read().unwrap_or_else(|p| p.into_inner()).current;
+        }
         let mut own = self.local_origin.write().unwrap_or_else(|p| p.into_inner());
-        if has_local {
-            if let Some(next) = own.next.take() {
-                tracing::warn!(old = %own.current, new = %next,
-                    "the WAL was not closed cleanly (a crash or power cut) or its end does not match what it was closed with: peers may hold events of this log that the disk lost, so rather than risk giving out their sequence numbers again, local events now go to a new log epoch");
-                own.current = next;
-            }
+        if let Some(next) = own.next.take() {
+            tracing::warn!(old = %own.current, new = %next,
+                "the WAL was not closed cleanly (a crash or power cut) or its end does not match what it was closed with: peers may hold events of this log that the disk lost, so rather than risk giving out their sequence numbers again, local events now go to a new log epoch");
+            own.current = next;
         }
         own.current
     }
