@@ -250,30 +250,24 @@ impl Checker {
     }
 }
 
-/// What every node should hold once links heal: what it holds, its own
-/// events wherever they are, and, repeatedly, whatever a neighbour holds
-/// and its policy lets the node have. (What arrived earlier by paths now
-/// gone stays; each delivery was checked against policy when it happened.)
+/// What every node should hold once links heal: what it holds and,
+/// repeatedly, whatever a neighbour holds and its policy lets the node
+/// have. (What arrived earlier by paths now gone stays; each delivery was
+/// checked against policy when it happened.) A node's own events held
+/// elsewhere are not expected back unless a path brings them: a card that
+/// lost them leaves them only where they went, perhaps a clinic that gives
+/// nobody else's events away and that the node no longer meets (seed 1219).
 pub fn expected(
     identities: &[Identity],
     edges: &[(usize, usize)],
     holdings: &[BTreeSet<(Origin, u64)>],
 ) -> Vec<BTreeSet<(Origin, u64)>> {
-    let universe: BTreeSet<(Origin, u64)> = holdings.iter().flatten().copied().collect();
     let hubs: BTreeSet<NodeId> = identities
         .iter()
         .filter(|i| i.role == Role::Hub)
         .map(|i| i.id)
         .collect();
-    let mut reach: Vec<BTreeSet<(Origin, u64)>> = identities
-        .iter()
-        .zip(holdings)
-        .map(|(me, held)| {
-            let mut r: BTreeSet<(Origin, u64)> = universe.iter().filter(|(o, _)| o.node == me.id).copied().collect();
-            r.extend(held.iter().copied());
-            r
-        })
-        .collect();
+    let mut reach: Vec<BTreeSet<(Origin, u64)>> = holdings.to_vec();
     loop {
         let mut changed = false;
         for &(a, b) in edges {

@@ -496,6 +496,7 @@ impl World {
         node.boot += 1;
         // The index is rebuilt from what survived, as the node's is.
         node.records = crate::records::rebuild(&disk);
+        let log = disk.local_origin();
         let mut cfg = ferry_sync::Config::new(node.ident.id, node.ident.role, node.name.clone());
         cfg.policy = node.ident.policy;
         cfg.live = true;
@@ -510,7 +511,10 @@ impl World {
         node.backoff.clear();
         node.timer_at = None;
         let boot = node.boot;
-        let line = format!("{} starts (boot {})", node.name, node.boot);
+        let line = format!(
+            "{} starts (boot {}; {:?}, {:?} policy, log {})",
+            node.name, node.boot, node.ident.role, node.ident.policy, log
+        );
         self.trace.line(self.now, &line);
         self.schedule(Time(0), Ev::ManageTick { node: n, boot });
     }

@@ -122,3 +122,13 @@ fn a_packet_to_a_restarted_node_is_sent_again_until_the_reset_arrives() {
         .expect("the clinic notices the restart");
     assert!(seen < 45.0, "the restart was noticed only at {seen} s");
 }
+
+/// A mule's card lost three of its own events after it had carried them to
+/// a clinic that gives nobody else's events away, and the mule never came
+/// back there. The checker expected every node's own events back at it
+/// wherever they were, so it reported a stall no protocol could end.
+#[test]
+fn own_events_a_card_lost_are_expected_back_only_along_a_path() {
+    let outcome = run(1219, None, opts(Bugs::default()));
+    assert_eq!(outcome.failure, None);
+}
