@@ -110,7 +110,14 @@ type Held = BTreeSet<(Origin, u64)>;
 /// Per node: what it holds and what it should.
 fn compare(w: &World) -> Vec<(Held, Held)> {
     let holdings: Vec<_> = (0..w.nodes.len()).map(|n| held(w, n)).collect();
-    let want = expected(&w.identities(), &edges(w), &holdings);
+    let revoked: Vec<_> = w.nodes.iter().map(|n| n.revoked.clone()).collect();
+    let hlc = |o: &Origin, s: u64| {
+        w.nodes
+            .iter()
+            .filter_map(|n| n.replica.as_ref())
+            .find_map(|r| r.store().get(o, s).map(|e| e.hlc))
+    };
+    let want = expected(&w.identities(), &edges(w), &holdings, &revoked, hlc);
     holdings.into_iter().zip(want).collect()
 }
 

@@ -132,6 +132,14 @@ pub fn apply(w: &mut World, f: Fault) {
                 }
             }
         }
+        Fault::Revoke(victim) if !healing => {
+            let hub = w
+                .nodes
+                .iter()
+                .position(|n| n.ident.role == ferry_proto::Role::Hub)
+                .unwrap_or(0);
+            w.revoke(hub, victim);
+        }
         _ => {}
     }
 }

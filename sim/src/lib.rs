@@ -18,6 +18,7 @@ pub mod converge;
 pub mod faults;
 pub mod manage;
 pub mod records;
+pub mod revoke;
 pub mod scenario;
 pub mod trace;
 pub mod transport;

@@ -22,12 +22,12 @@ struct Args {
     #[arg(long)]
     seed: Option<u64>,
     /// A named scenario instead of random deployments: large-backlog,
-    /// interrupted-sync, hub-restart, trickle, or `all`.
+    /// interrupted-sync, hub-restart, trickle, lost-tail, revocation, or `all`.
     #[arg(long)]
     scenario: Option<String>,
     /// Turn on a deliberate fault in the core: claims-never-released,
     /// skip-policy-check, duplicate-after-reconnect, drop-acked-append-on-crash,
-    /// relay-forges.
+    /// relay-forges, trust-unclean-tail, admit-revoked.
     #[arg(long)]
     inject_bug: Option<String>,
     /// Print the event trace of every seed run (use with --seed).

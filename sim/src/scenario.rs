@@ -16,6 +16,7 @@ pub const NAMES: &[&str] = &[
     "hub-restart",
     "trickle",
     "lost-tail",
+    "revocation",
 ];
 
 fn policy(w: &mut World) -> Policy {
@@ -115,6 +116,13 @@ fn schedule_faults(w: &mut World, active: Time, clinics: usize, mule: bool) {
         let down = secs(w, 1.0, 60.0);
         w.fault_at(t2, Fault::Restore(n, down));
     }
+    // A stolen mule or a clinic box sold: the hub revokes it, and it goes
+    // on writing.
+    if w.rng.gen_bool(0.15) {
+        let victim = w.rng.gen_range(1..nodes);
+        let t = at(w);
+        w.fault_at(t, Fault::Revoke(victim));
+    }
     if mule {
         let m = nodes - 1;
         let mut t = secs(w, 0.0, 300.0);
@@ -206,6 +214,22 @@ pub fn named(name: &str, seed: u64, opts: Options) -> Option<World> {
             w.fault_at(Time::from_secs(40), Fault::Crash(1, Time::from_secs(1), Some(3)));
             w.write_at(1, Time::from_millis(41_001));
             w.heal_at(Time::from_secs(42));
+        }
+        // The hub revokes clinic-1, cut off from the WAN and writing on. A
+        // mule picks up clinic-1's later events before it meets the hub,
+        // then offers them there: the hub, holding the revocation, must
+        // refuse them and the mule's earlier ones from clinic-1 still count.
+        "revocation" => {
+            w.add_node("mule", Role::Mule, Policy::All, quiet, None);
+            for k in 0..35 {
+                w.write_at(1, Time::from_secs(10 + 5 * k));
+            }
+            w.fault_at(Time::from_secs(22), Fault::Cut(0, Time::from_secs(10_000)));
+            w.fault_at(Time::from_secs(30), Fault::Revoke(1));
+            w.fault_at(Time::from_secs(60), Fault::MuleTo(2, Some(1)));
+            w.fault_at(Time::from_secs(120), Fault::MuleTo(2, None));
+            w.fault_at(Time::from_secs(150), Fault::MuleTo(2, Some(0)));
+            w.heal_at(Time::from_secs(200));
         }
         _ => return None,
     }

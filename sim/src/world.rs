@@ -8,7 +8,7 @@ use crate::transport::{End, Payload};
 use crate::workload::Mix;
 use ferry_netsim::pipe::{Pipe, Verdict};
 use ferry_netsim::profile::{Direction, Profile};
-use ferry_proto::{Classes, NodeId, Origin, Priority, Role, Summary};
+use ferry_proto::{Classes, Event, NodeId, Origin, Priority, Role, Summary};
 use ferry_sync::{
     Action, AppendReport, Bugs, ConnId, GroupId, MemStore, Notice, PeerInfo, Replica, Store, StreamId, StreamKind,
     Ticket, Time,
@@ -42,6 +42,13 @@ pub struct SimNode {
     /// Keyed records as this node's index would show them: every event
     /// applied as it arrives, in arrival order, duplicates and all.
     pub records: ferry_records::State,
+    /// Revocations this node holds, as its driver would know them: the
+    /// revoked node and the cutoff (`revoke`).
+    pub revoked: BTreeMap<NodeId, ferry_proto::Hlc>,
+    /// The revocations the core had when it decided the actions now being
+    /// carried out: those it queued before learning of one are the
+    /// documented window (events in the batch that brought it).
+    pub enforced: BTreeMap<NodeId, ferry_proto::Hlc>,
 }
 
 /// A WAN link from a clinic or mule to a hub.
@@ -89,6 +96,8 @@ pub enum Fault {
     ClockJump(usize, i64),
     Move(usize, Time),
     MuleTo(usize, Option<usize>),
+    /// The hub revokes a node's certificate.
+    Revoke(usize),
 }
 
 pub(crate) enum Ev {
@@ -289,6 +298,8 @@ impl World {
             moving_until: Time(0),
             timer_at: None,
             records: ferry_records::State::new(),
+            revoked: BTreeMap::new(),
+            enforced: BTreeMap::new(),
         });
     }
 
@@ -510,6 +521,8 @@ impl World {
         node.tickets.clear();
         node.backoff.clear();
         node.timer_at = None;
+        self.restore_revocations(n);
+        let node = &mut self.nodes[n];
         let boot = node.boot;
         let line = format!(
             "{} starts (boot {}; {:?}, {:?} policy, log {})",
@@ -532,7 +545,7 @@ impl World {
         Some(replica.into_store())
     }
 
-    fn wall_ms(&self, n: usize) -> u64 {
+    pub(crate) fn wall_ms(&self, n: usize) -> u64 {
         let base: i64 = 1_780_000_000_000;
         (base + (self.now.0 / 1000) as i64 + self.nodes[n].wall_offset_ms).max(0) as u64
     }
@@ -593,6 +606,11 @@ impl World {
             let write = crate::records::edit(&mut self.rng, &self.nodes[n].records);
             items.push(write);
         }
+        self.write_items(n, items);
+    }
+
+    /// An application at `n` writes these events.
+    pub fn write_items(&mut self, n: usize, items: Vec<(String, ferry_proto::Priority, Vec<u8>)>) {
         let wall = self.wall_ms(n);
         let boot = self.nodes[n].boot;
         let fsync = Time::from_millis(self.rng.gen_range(1..40));
@@ -621,6 +639,8 @@ impl World {
                 events: keys,
             },
         );
+        self.observe(n, &events);
+        self.drain(n);
     }
 
     /// Carries out what a node's core asks for.
@@ -639,6 +659,9 @@ impl World {
         }
         if let Some(r) = self.nodes[n].replica.as_ref() {
             r.check_invariants();
+        }
+        if self.nodes[n].enforced != self.nodes[n].revoked {
+            self.nodes[n].enforced = self.nodes[n].revoked.clone();
         }
     }
 
@@ -662,6 +685,10 @@ impl World {
             }
             Action::Send { conn, stream, bytes } => {
                 let Some(e) = self.end_of(conn.0, n) else { return };
+                let peer = self.conns[&conn.0].nodes[1 - e];
+                if let Err(why) = self.check_not_serving_revoked(n, peer) {
+                    self.fail(why);
+                }
                 let is_control =
                     matches!(stream, StreamId::Local(0)) && e == 0 || matches!(stream, StreamId::Remote(_)) && e == 1;
                 if is_control {
@@ -715,6 +742,15 @@ impl World {
                     self.fail(e);
                     return;
                 }
+                if let Some(why) = events.iter().find_map(|e| self.check_not_revoked(n, e).err()) {
+                    self.fail(why);
+                    return;
+                }
+                let revocations: Vec<Event> = events
+                    .iter()
+                    .filter(|e| e.topic == crate::revoke::TOPIC)
+                    .cloned()
+                    .collect();
                 for e in &events {
                     self.nodes[n].records.apply(e);
                 }
@@ -736,6 +772,7 @@ impl World {
                         keys,
                     },
                 );
+                self.observe(n, &revocations);
             }
             Action::NewEpoch(origin) => {
                 let line = format!("{} starts a new log epoch {origin}", self.nodes[n].name);
@@ -1026,6 +1063,12 @@ impl World {
         let timeout = if lan { CONNECT_TIMEOUT_LAN } else { CONNECT_TIMEOUT_WAN };
         if !reachable {
             self.schedule(timeout, Ev::DialFailed { conn: id });
+            return;
+        }
+        if self.handshake_refused(from, to) {
+            let line = format!("the handshake on connection {id} is refused: a certificate is revoked");
+            self.trace.line(self.now, &line);
+            self.schedule(rtt, Ev::DialFailed { conn: id });
             return;
         }
         let resumed = self.nodes[from].tickets.get(&self.nodes[to].ident.id) == Some(&self.nodes[to].boot);

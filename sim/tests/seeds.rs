@@ -132,3 +132,51 @@ fn own_events_a_card_lost_are_expected_back_only_along_a_path() {
     let outcome = run(1219, None, opts(Bugs::default()));
     assert_eq!(outcome.failure, None);
 }
+
+/// The hub revokes a clinic that is cut off and writes on; a mule carries
+/// the clinic's later events to the hub. The hub refuses them (the
+/// invariant "no event a revoked node stamped after the cutoff accepted
+/// where the revocation is held" runs on every append), the mule learns of
+/// the revocation at the hub, and the run still converges.
+#[test]
+fn a_revocation_bars_what_a_mule_carries_from_the_revoked_clinic() {
+    let mut o = opts(Bugs::default());
+    o.keep_trace = true;
+    let outcome = run(1, Some("revocation"), o);
+    assert_eq!(outcome.failure, None);
+    for line in [
+        "hub revokes clinic-1",
+        "mule holds the revocation of clinic-1",
+        "converged",
+    ] {
+        assert!(
+            outcome.trace.iter().any(|l| l.contains(line)),
+            "no \"{line}\" in the trace"
+        );
+    }
+    let refused = run(
+        1,
+        Some("revocation"),
+        opts(Bugs::parse("admit-revoked").expect("a known bug")),
+    );
+    assert!(
+        refused
+            .failure
+            .as_deref()
+            .is_some_and(|f| f.contains("after its revocation")),
+        "the hub took the revoked clinic's later events unnoticed: {:?}",
+        refused.failure
+    );
+}
+
+/// A clinic received, in one batch from the hub, the revocation of another
+/// clinic and an event that clinic stamped after the cutoff (the hub held
+/// it from before the revocation). The checker held the clinic to the
+/// revocation for the rest of that batch, which the core had already
+/// accepted: the window the design states. It now holds a node to a
+/// revocation from its core's next decision.
+#[test]
+fn the_batch_that_brings_a_revocation_is_the_stated_window() {
+    let outcome = run(404, None, opts(Bugs::default()));
+    assert_eq!(outcome.failure, None);
+}

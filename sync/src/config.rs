@@ -92,16 +92,19 @@ pub struct Bugs {
     /// After an unclean shutdown a node writes on its old log at once,
     /// without a peer vouching for the log's tail.
     pub trust_unclean_tail: bool,
+    /// Events a revoked node stamped after its revocation are taken.
+    pub admit_revoked: bool,
 }
 
 impl Bugs {
-    pub const NAMES: [&'static str; 6] = [
+    pub const NAMES: [&'static str; 7] = [
         "claims-never-released",
         "skip-policy-check",
         "duplicate-after-reconnect",
         "drop-acked-append-on-crash",
         "relay-forges",
         "trust-unclean-tail",
+        "admit-revoked",
     ];
 
     pub fn parse(name: &str) -> Option<Bugs> {
@@ -113,6 +116,7 @@ impl Bugs {
             "drop-acked-append-on-crash" => b.drop_acked_append_on_crash = true,
             "relay-forges" => b.relay_forges = true,
             "trust-unclean-tail" => b.trust_unclean_tail = true,
+            "admit-revoked" => b.admit_revoked = true,
             _ => return None,
         }
         Some(b)
