@@ -255,6 +255,18 @@ pub enum CertCommand {
         #[arg(long)]
         cert: PathBuf,
     },
+    /// Put a renewed certificate (the bundle `ferry ca sign` produced) into
+    /// the log: it travels like any event and the node it is for installs
+    /// it on arrival, from its next start on. Run it at a hub, whose events
+    /// every clinic receives. Prints the event's id (`ORIGIN:SEQ`).
+    #[command(after_help = "Examples:
+  ferry csr --renew --data-dir /var/lib/ferry --out gasa.csr      # at the clinic
+  ferry ca sign --ca-dir ./ca --csr gasa.csr --role clinic --out gasa.pem
+  ferry cert publish --data-dir /var/lib/ferry-hub --file gasa.pem  # at the hub")]
+    Publish {
+        #[arg(long)]
+        file: PathBuf,
+    },
 }
 
 /// `ferry record ...`: every one goes through the daemon's local API.

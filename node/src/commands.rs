@@ -90,6 +90,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Command::Cert(CertCommand::Publish { ref file }) => publish_cert(&data_dir()?, file),
         Command::Revoke { ref file } => revoke(&data_dir()?, file),
         Command::Push(ref args) => push(&data_dir()?, args),
         Command::Log(ref args) => log(&data_dir()?, args),
@@ -362,6 +363,41 @@ fn revoke(dir: &DataDir, file: &std::path::Path) -> Result<()> {
     eprintln!(
         "revocation of node {} (serial {}, '{}') is in the log; it travels to every site with it",
         r.node, r.serial, r.reason
+    );
+    Ok(())
+}
+
+/// `ferry cert publish`: a renewed certificate into the log, checked
+/// against this node's CA first so nothing unusable travels.
+fn publish_cert(dir: &DataDir, file: &std::path::Path) -> Result<()> {
+    let bytes = std::fs::read(file).with_context(|| format!("could not read {}", file.display()))?;
+    let ca_pem = dir
+        .identity()?
+        .ca_pem
+        .context("this node is not enrolled, so it has no CA to check the certificate against")?;
+    let (info, _) = crate::renewal::check(&bytes, &ca_pem)?;
+    let urgent = ferry_proto::Priority::Urgent;
+    let id = match Sink::open(dir)? {
+        Sink::Daemon(client) => client
+            .append_body(crate::renewal::TOPIC, urgent, Body::One(&bytes), None)?
+            .into_iter()
+            .next()
+            .context("the daemon answered without the event's id")?,
+        Sink::Wal(wal) => {
+            let event = NewEvent {
+                topic: crate::renewal::TOPIC.into(),
+                priority: urgent,
+                payload: bytes,
+            };
+            let written = wal.append_local_blocking(vec![event])?;
+            let e = written.first().context("the WAL wrote no event")?;
+            format!("{}:{}", e.origin, e.seq)
+        }
+    };
+    writeln!(std::io::stdout(), "{id}")?;
+    eprintln!(
+        "the certificate of node {} '{}' is in the log; that node installs it when the event reaches it",
+        info.node_id, info.name
     );
     Ok(())
 }

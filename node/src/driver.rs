@@ -207,9 +207,10 @@ impl Driver {
             Action::Append { conn, ticket, events } => {
                 let link = self.link(conn);
                 let driver = self.clone();
-                let revocations: Vec<_> = events
+                // Revocations and renewed certificates act once held.
+                let system: Vec<_> = events
                     .iter()
-                    .filter(|e| e.topic == crate::revocation::TOPIC)
+                    .filter(|e| e.topic == crate::revocation::TOPIC || e.topic == crate::renewal::TOPIC)
                     .cloned()
                     .collect();
                 self.ctx.tasks.spawn(async move {
@@ -236,7 +237,7 @@ impl Driver {
                     let stored = result.is_ok();
                     driver.with_core(|core, now| core.handle_appended(now, ticket, result));
                     if stored {
-                        for e in &revocations {
+                        for e in &system {
                             driver.observe(e, true).await;
                         }
                     }
@@ -254,12 +255,40 @@ impl Driver {
         }
     }
 
+    /// A renewed certificate that arrived by the log: installed if it is
+    /// this node's (see `renewal`).
+    fn observe_certificate(&self, e: &ferry_proto::Event) {
+        let Some(dir) = &self.ctx.data_dir else { return };
+        match crate::renewal::observe(dir, e) {
+            Ok(crate::renewal::Outcome::Installed { not_after }) => tracing::warn!(
+                not_after,
+                "a renewed certificate for this node arrived by the log and is installed; \
+                 restart the node (e.g. systemctl restart ferry) to present it"
+            ),
+            Ok(crate::renewal::Outcome::NotNewer) => {
+                tracing::info!(
+                    "a certificate for this node arrived by the log, no newer than its own: kept the one it has"
+                )
+            }
+            Ok(crate::renewal::Outcome::NotForUs) => {}
+            Err(err) => tracing::warn!(
+                "a certificate for this node arrived by the log ({}:{}) but cannot be installed: {err:#}",
+                e.origin,
+                e.seq
+            ),
+        }
+    }
+
     /// A held event (received, or written here) may be a revocation: if it
     /// is valid and news, the core learns of it, which closes connections
     /// to the revoked node. A hub re-appends one that reached it from a
     /// node other than a hub into its own log: under the policy `role`
     /// clinics receive hubs' events but not each other's or mules'.
     pub async fn observe(self: &Arc<Self>, e: &ferry_proto::Event, received: bool) {
+        if e.topic == crate::renewal::TOPIC {
+            self.observe_certificate(e);
+            return;
+        }
         let Some(r) = self.ctx.revocations.observe(e) else {
             return;
         };
@@ -377,7 +406,8 @@ async fn local_appends(driver: Arc<Driver>) {
             .map(|seq| (local, seq, class_of(seq)))
             .collect();
         driver.with_core(|core, now| core.handle_local_appended(now, &events));
-        // Revocations are written urgent (`ferry revoke`): read only those.
+        // Revocations and certificates are written urgent (`ferry revoke`,
+        // `ferry cert publish`): read only those.
         let urgent = classes
             .urgent
             .get(&local)

@@ -21,6 +21,7 @@ pub(crate) mod peers;
 pub mod pki;
 pub(crate) mod progress;
 pub(crate) mod records;
+pub mod renewal;
 pub mod revocation;
 pub(crate) mod status;
 pub(crate) mod store;

@@ -225,6 +225,7 @@ fn the_cli_documents_itself() {
         vec!["ca", "enroll"],
         vec!["csr"],
         vec!["cert", "install"],
+        vec!["cert", "publish"],
         vec!["push"],
         vec!["log"],
         vec!["status"],

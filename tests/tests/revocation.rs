@@ -1,7 +1,8 @@
 //! Revocation that reaches offline sites, and certificate renewal: real
 //! nodes on loopback QUIC, and the `ferry` CLI as its own process for what
 //! an operator types (`ferry ca revoke`, `ferry revoke`, `ferry csr
-//! --renew`, `ferry ca sign`, `ferry cert install`, `ferry sync`).
+//! --renew`, `ferry ca sign`, `ferry cert install`, `ferry cert publish`,
+//! `ferry sync`).
 
 use ferry::datadir::{DataDir, Policy};
 use ferry::pki::Role;
@@ -402,4 +403,110 @@ async fn a_revocation_written_at_a_clinic_reaches_other_clinics_through_the_hub(
     for n in [b, c, hub] {
         n.shutdown().await;
     }
+}
+
+/// A renewed certificate travels back by the log: signed at the CA,
+/// published at the hub, installed by the clinic when the event reaches it
+/// in an ordinary sync; the clinic presents it after a restart. A bundle
+/// for the clinic from another CA is refused by `ferry cert publish`, and
+/// when a relay writes one into the log anyway the clinic keeps its own
+/// certificate and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_certificate_travels_to_its_node_by_the_log() {
+    init_logging();
+    let dep = Deployment::new("district").unwrap();
+    let hub_dir = dep.enroll("hub", Role::Hub).unwrap();
+    let hub = start(&hub_dir, None).await.unwrap();
+    with_api(&hub).await;
+    let dir = DataDir::new(dep.tmp.path().join("clinic"));
+    dir.init("clinic", true).unwrap();
+    dir.enroll_locally_for(&dep.ca_dir, Role::Clinic, 30).unwrap();
+    let expires_in_days = |dir: &DataDir| -> i64 {
+        let status: serde_json::Value =
+            serde_json::from_str(&ok(&["status", "--json", "--data-dir", path(&dir.root)])).unwrap();
+        status["certificate"]["expires_in_seconds"].as_i64().unwrap() / 86_400
+    };
+    assert!((29..=30).contains(&expires_in_days(&dir)));
+
+    let csr = dep.tmp.path().join("renew.csr");
+    ok(&["csr", "--data-dir", path(&dir.root), "--renew", "--out", path(&csr)]);
+    let sign = |ca: &Path, days: &str, out: &Path| {
+        ok(&[
+            "ca",
+            "sign",
+            "--ca-dir",
+            path(ca),
+            "--csr",
+            path(&csr),
+            "--role",
+            "clinic",
+            "--days",
+            days,
+            "--out",
+            path(out),
+        ]);
+    };
+    // A certificate for the clinic's key from a CA outside the deployment.
+    let other = Deployment::new("elsewhere").unwrap();
+    let foreign = dep.tmp.path().join("foreign.pem");
+    sign(&other.ca_dir, "3000", &foreign);
+    let out = ferry(&[
+        "cert",
+        "publish",
+        "--data-dir",
+        path(&hub_dir.root),
+        "--file",
+        path(&foreign),
+    ]);
+    assert!(!out.status.success(), "published a certificate of another CA");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not signed by this deployment's CA"));
+    // A relay puts it in the log all the same.
+    hub.ctx
+        .wal
+        .append_local(vec![ferry_wal::NewEvent {
+            topic: ferry::renewal::TOPIC.into(),
+            priority: Priority::Urgent,
+            payload: std::fs::read(&foreign).unwrap(),
+        }])
+        .await
+        .unwrap();
+    let renewed = dep.tmp.path().join("renewed.pem");
+    sign(&dep.ca_dir, "1826", &renewed);
+    let id = ok(&[
+        "cert",
+        "publish",
+        "--data-dir",
+        path(&hub_dir.root),
+        "--file",
+        path(&renewed),
+    ]);
+    assert!(id.trim().starts_with(&hub.ctx.wal.local_origin().to_string()), "{id}");
+
+    let clinic = start(&dir, None).await.unwrap();
+    clinic.sync_once(hub.local_addr().unwrap()).await.unwrap();
+    eventually("the renewed certificate installed", Duration::from_secs(10), || {
+        expires_in_days(&dir) > 30
+    })
+    .await
+    .unwrap();
+    let days = expires_in_days(&dir);
+    assert!(
+        (1824..=1826).contains(&days),
+        "installed the deployment's 5-year certificate, not the foreign one: {days} days"
+    );
+    assert_eq!(dir.identity().unwrap().node_id, clinic.ctx.node_id);
+    let held = ferry_tests::held(&dir);
+    assert!(held.len() >= 2, "both certificate events were carried: {held:?}");
+
+    // Restarted, the clinic presents the renewed certificate and syncs.
+    clinic.shutdown().await;
+    drop(clinic);
+    let clinic = start(&dir, None).await.unwrap();
+    write_events(&clinic.ctx.wal, workload("CL", 2, 1).unwrap(), Priority::Normal)
+        .await
+        .unwrap();
+    let report = clinic.sync_once(hub.local_addr().unwrap()).await.unwrap();
+    assert_eq!(report.events_sent, 2);
+    clinic.shutdown().await;
+    hub.shutdown().await;
 }
