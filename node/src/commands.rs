@@ -336,17 +336,26 @@ impl Sink {
     }
 }
 
+/// A file an operator hands in, and this node's CA certificate (PEM) to
+/// check it against.
+fn file_and_ca(dir: &DataDir, file: &std::path::Path, what: &str) -> Result<(Vec<u8>, String)> {
+    let bytes = std::fs::read(file).with_context(|| format!("could not read {}", file.display()))?;
+    let ca_pem = dir
+        .identity()?
+        .ca_pem
+        .with_context(|| format!("this node is not enrolled, so it has no CA to check the {what} against"))?;
+    Ok((bytes, ca_pem))
+}
+
 /// `ferry revoke --file`: checks the revocation against this node's CA,
 /// then writes it as an urgent event on the revocation topic, through the
 /// daemon if one runs (it acts on it at once) or into the WAL (read at the
 /// next start).
 fn revoke(dir: &DataDir, file: &std::path::Path) -> Result<()> {
-    let bytes = std::fs::read(file).with_context(|| format!("could not read {}", file.display()))?;
-    let ca_pem = dir
-        .identity()?
-        .ca_pem
-        .context("this node is not enrolled, so it has no CA to check the revocation against")?;
-    let r = crate::revocation::verify(&bytes, &pki::parse_pem_certs(&ca_pem)?[0])?;
+    let (bytes, ca_pem) = file_and_ca(dir, file, "revocation")?;
+    let ca = pki::parse_pem_certs(&ca_pem)?;
+    let ca = ca.first().context("this node's ca.crt holds no certificate")?;
+    let r = crate::revocation::verify(&bytes, ca)?;
     let id = match Sink::open(dir)? {
         Sink::Daemon(client) => client.revoke(&bytes)?,
         Sink::Wal(wal) => {
@@ -370,11 +379,7 @@ fn revoke(dir: &DataDir, file: &std::path::Path) -> Result<()> {
 /// `ferry cert publish`: a renewed certificate into the log, checked
 /// against this node's CA first so nothing unusable travels.
 fn publish_cert(dir: &DataDir, file: &std::path::Path) -> Result<()> {
-    let bytes = std::fs::read(file).with_context(|| format!("could not read {}", file.display()))?;
-    let ca_pem = dir
-        .identity()?
-        .ca_pem
-        .context("this node is not enrolled, so it has no CA to check the certificate against")?;
+    let (bytes, ca_pem) = file_and_ca(dir, file, "certificate")?;
     let (info, _) = crate::renewal::check(&bytes, &ca_pem)?;
     let urgent = ferry_proto::Priority::Urgent;
     let id = match Sink::open(dir)? {
