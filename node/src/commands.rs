@@ -336,6 +336,18 @@ impl Sink {
     }
 }
 
+/// One urgent event of a reserved topic straight into the WAL (no daemon
+/// runs; it reads the event at its next start). Returns `origin:seq`.
+fn append_urgent(wal: &ferry_wal::Wal, topic: &str, payload: Vec<u8>) -> Result<String> {
+    let written = wal.append_local_blocking(vec![NewEvent {
+        topic: topic.into(),
+        priority: ferry_proto::Priority::Urgent,
+        payload,
+    }])?;
+    let e = written.first().context("the WAL wrote no event")?;
+    Ok(format!("{}:{}", e.origin, e.seq))
+}
+
 /// A file an operator hands in, and this node's CA certificate (PEM) to
 /// check it against.
 fn file_and_ca(dir: &DataDir, file: &std::path::Path, what: &str) -> Result<(Vec<u8>, String)> {
@@ -358,15 +370,7 @@ fn revoke(dir: &DataDir, file: &std::path::Path) -> Result<()> {
     let r = crate::revocation::verify(&bytes, ca)?;
     let id = match Sink::open(dir)? {
         Sink::Daemon(client) => client.revoke(&bytes)?,
-        Sink::Wal(wal) => {
-            let written = wal.append_local_blocking(vec![NewEvent {
-                topic: crate::revocation::TOPIC.into(),
-                priority: ferry_proto::Priority::Urgent,
-                payload: bytes,
-            }])?;
-            let e = written.first().context("the WAL wrote no event")?;
-            format!("{}:{}", e.origin, e.seq)
-        }
+        Sink::Wal(wal) => append_urgent(&wal, crate::revocation::TOPIC, bytes)?,
     };
     writeln!(std::io::stdout(), "{id}")?;
     eprintln!(
@@ -388,16 +392,7 @@ fn publish_cert(dir: &DataDir, file: &std::path::Path) -> Result<()> {
             .into_iter()
             .next()
             .context("the daemon answered without the event's id")?,
-        Sink::Wal(wal) => {
-            let event = NewEvent {
-                topic: crate::renewal::TOPIC.into(),
-                priority: urgent,
-                payload: bytes,
-            };
-            let written = wal.append_local_blocking(vec![event])?;
-            let e = written.first().context("the WAL wrote no event")?;
-            format!("{}:{}", e.origin, e.seq)
-        }
+        Sink::Wal(wal) => append_urgent(&wal, crate::renewal::TOPIC, bytes)?,
     };
     writeln!(std::io::stdout(), "{id}")?;
     eprintln!(

@@ -82,7 +82,8 @@ impl World {
     }
 
     /// Events now held at `n` (written or received): revocations among them
-    /// reach its core.
+    /// reach its core. The caller drains the actions that follow (the
+    /// connections to the revoked node closing).
     pub fn observe(&mut self, n: usize, events: &[Event]) {
         for (node, cutoff) in events.iter().filter_map(decode) {
             if !keep(&mut self.nodes[n].revoked, node, cutoff) {
@@ -95,7 +96,6 @@ impl World {
             if let Some(r) = self.nodes[n].replica.as_mut() {
                 r.revoke(now, node, cutoff);
             }
-            self.drain(n);
         }
     }
 
