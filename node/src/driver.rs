@@ -341,6 +341,15 @@ impl Driver {
             Notice::Refused { conn, code, message } => {
                 tracing::warn!(conn = conn.0, code, "peer refused a want: {message}");
             }
+            Notice::Unproved {
+                conn,
+                origin,
+                first,
+                last,
+                reason,
+            } => {
+                tracing::warn!(conn = conn.0, %origin, first, last, "refused events that did not prove: {reason}");
+            }
         }
     }
 }

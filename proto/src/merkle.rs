@@ -397,6 +397,12 @@ pub struct Known {
     origin: Origin,
     nodes: BTreeMap<Node, Hash>,
     head: Option<VerifiedHead>,
+    /// Shorter heads verified here, by length, kept while the tree is not
+    /// whole up to `head`: a range verified under one of them may lack the
+    /// nodes that would prove it under a longer head.
+    older: BTreeMap<u64, VerifiedHead>,
+    /// Every leaf of seqs `1..=whole` is known.
+    whole: u64,
     /// Leaves appended by the writer: `append` takes seq `appended + 1`.
     appended: u64,
 }
@@ -455,6 +461,8 @@ impl Known {
             origin,
             nodes: BTreeMap::new(),
             head: None,
+            older: BTreeMap::new(),
+            whole: 0,
             appended: 0,
         }
     }
@@ -466,6 +474,11 @@ impl Known {
     /// The longest head verified against this tree, if any.
     pub fn head(&self) -> Option<&VerifiedHead> {
         self.head.as_ref()
+    }
+
+    /// How many of the writer's own events were appended (`append`).
+    pub fn appended(&self) -> u64 {
+        self.appended
     }
 
     /// Nodes held: what this costs in memory is about 40 bytes each.
@@ -529,6 +542,7 @@ impl Known {
             });
         }
         self.nodes.extend(chain);
+        self.advance_whole();
         Ok(())
     }
 
@@ -554,9 +568,7 @@ impl Known {
     pub fn sign_head(&mut self, len: u64, key: &(impl HeadSigner + ?Sized)) -> Result<TreeHead, AuthError> {
         let root = self.root(len)?;
         let head = TreeHead::sign(self.origin, len, root, key);
-        if self.head.as_ref().is_none_or(|h| h.0.len <= len) {
-            self.head = Some(VerifiedHead(head.clone()));
-        }
+        self.keep_head(VerifiedHead(head.clone()));
         Ok(head)
     }
 
@@ -576,9 +588,39 @@ impl Known {
     }
 
     fn keep_head(&mut self, head: VerifiedHead) {
-        if self.head.as_ref().is_none_or(|h| h.0.len < head.0.len) {
-            self.head = Some(head);
+        match self.head.take() {
+            Some(h) if h.0.len >= head.0.len => {
+                if h.0.len > head.0.len {
+                    self.older.insert(head.0.len, head);
+                }
+                self.head = Some(h);
+            }
+            previous => {
+                if let Some(p) = previous {
+                    self.older.insert(p.0.len, p);
+                }
+                self.head = Some(head);
+            }
         }
+        // Every leaf up to the longest head known: it proves any range.
+        if self.head.as_ref().is_some_and(|h| self.whole >= h.0.len) {
+            self.older.clear();
+        }
+    }
+
+    fn advance_whole(&mut self) {
+        while self.nodes.contains_key(&Node {
+            level: 0,
+            index: self.whole,
+        }) {
+            self.whole += 1;
+        }
+    }
+
+    /// Heads a range ending at `last` might be proved under: the shorter
+    /// ones still kept that cover it, shortest first, then the longest.
+    pub fn heads_for(&self, last: u64) -> impl Iterator<Item = &VerifiedHead> {
+        self.older.range(last..).map(|(_, h)| h).chain(self.head.iter())
     }
 
     fn check_origin(&self, got: Origin) -> Result<(), AuthError> {
@@ -665,6 +707,7 @@ impl Known {
         }
         let seen = std::mem::take(&mut walk.seen);
         self.nodes.extend(seen);
+        self.advance_whole();
         self.keep_head(head.clone());
         Ok(())
     }

@@ -55,6 +55,9 @@ pub struct Checker {
     /// Events that arrived at a node already holding them (any connection).
     pub duplicates: u64,
     pub events_received: u64,
+    /// Events refused because they did not prove against their writer's
+    /// head (`Notice::Unproved`).
+    pub events_unproved: u64,
 }
 
 impl Checker {
@@ -263,12 +266,16 @@ impl Checker {
 /// the revoked node stamped after the cutoff (`hlc` gives an event's stamp).
 /// Where a revocation has yet to arrive, the revocation event itself is
 /// lacking, so the check goes on until it is held.
+///
+/// `intact(from, origin)`: whether node `from` passes events of `origin`
+/// on unaltered (a forging relay's are refused wherever they go).
 pub fn expected(
     identities: &[Identity],
     edges: &[(usize, usize)],
     holdings: &[BTreeSet<(Origin, u64)>],
     revoked: &[BTreeMap<NodeId, Hlc>],
     hlc: impl Fn(&Origin, u64) -> Option<Hlc>,
+    intact: impl Fn(usize, &Origin) -> bool,
 ) -> Vec<BTreeSet<(Origin, u64)>> {
     let refused = |to: usize, (o, s): &(Origin, u64)| {
         revoked[to]
@@ -294,7 +301,7 @@ pub fn expected(
                             .policy
                             .allows(&identities[to].id, identities[to].role, o, &hubs)
                     })
-                    .filter(|k| !reach[to].contains(k) && !refused(to, k))
+                    .filter(|k| !reach[to].contains(k) && !refused(to, k) && intact(from, &k.0))
                     .copied()
                     .collect();
                 changed |= !give.is_empty();

@@ -42,6 +42,8 @@ pub struct Outcome {
     pub trace: Vec<String>,
     pub events_received: u64,
     pub duplicates: u64,
+    /// Events refused because they did not prove (forged or altered).
+    pub events_unproved: u64,
 }
 
 /// Runs one seed: a random deployment, or the named scenario.
@@ -62,6 +64,7 @@ pub fn run(seed: u64, scenario: Option<&str>, opts: Options) -> Outcome {
                     trace: Vec::new(),
                     events_received: 0,
                     duplicates: 0,
+                    events_unproved: 0,
                 }
             }
         },
@@ -102,5 +105,6 @@ pub fn run(seed: u64, scenario: Option<&str>, opts: Options) -> Outcome {
         trace: w.trace.lines().to_vec(),
         events_received: w.check.events_received,
         duplicates: w.check.duplicates,
+        events_unproved: w.check.events_unproved,
     }
 }

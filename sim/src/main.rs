@@ -82,6 +82,7 @@ fn main() -> std::process::ExitCode {
         keep_trace: args.trace,
         stateless_reset: !args.no_stateless_reset,
         strict_pushes: !args.lenient_pushes,
+        authenticate_logs: true,
     };
     let scenarios: Vec<Option<String>> = match args.scenario.as_deref() {
         None => vec![None],

@@ -9,6 +9,8 @@ use crate::workload::Mix;
 use ferry_netsim::pipe::{Pipe, Verdict};
 use ferry_netsim::profile::{Direction, Profile};
 use ferry_proto::{Classes, Event, NodeId, Origin, Priority, Role, Summary};
+use ferry_sync::auth::Logs;
+use ferry_sync::stand_in::{StandInKey, StandInKeys, HONEST};
 use ferry_sync::{
     Action, AppendReport, Bugs, ConnId, GroupId, MemStore, Notice, PeerInfo, Replica, Store, StreamId, StreamKind,
     Ticket, Time,
@@ -17,6 +19,7 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// One node: its replica while it runs, its disk while it does not.
@@ -201,6 +204,9 @@ pub struct Options {
     /// Convergence may not wait for a live round: an event a push should
     /// have carried and did not is a stall.
     pub strict_pushes: bool,
+    /// Logs are authenticated: events travel with heads and proofs and are
+    /// appended only once proved (`ferry_sync::auth`).
+    pub authenticate_logs: bool,
 }
 
 pub struct World {
@@ -281,7 +287,14 @@ impl World {
         let n = self.nodes.len();
         let id = NodeId([n as u8 + 1; 16]);
         let epoch = self.rng.gen();
-        let disk = MemStore::new(Origin { node: id, epoch });
+        let mut disk = MemStore::new(Origin { node: id, epoch });
+        if self.opts.authenticate_logs {
+            let key = StandInKey {
+                node: id,
+                secret: HONEST,
+            };
+            disk.set_logs(Logs::new(Arc::new(StandInKeys), Some(Arc::new(key))));
+        }
         self.nodes.push(SimNode {
             name: name.into(),
             ident: Identity { id, role, policy },
@@ -797,6 +810,20 @@ impl World {
             Notice::RoundDone { .. } => {}
             Notice::Refused { conn, code, message } => {
                 let line = format!("{} refused on {}: {code} {message}", self.nodes[n].name, conn.0);
+                self.trace.line(self.now, &line);
+            }
+            Notice::Unproved {
+                conn,
+                origin,
+                first,
+                last,
+                reason,
+            } => {
+                self.check.events_unproved += (last + 1).saturating_sub(first);
+                let line = format!(
+                    "{} refused {origin}:{first}..={last} on {}: {reason}",
+                    self.nodes[n].name, conn.0
+                );
                 self.trace.line(self.now, &line);
             }
         }

@@ -11,24 +11,35 @@
 //! until the next frame's proof. Events pushed by their own writer need no
 //! proof: mutual TLS authenticated the channel.
 
-use ferry_proto::merkle::{checkpoint, AuthError, HeadKeys, Known, Mode, RangeProof, TreeHead, VerifiedHead};
+use ferry_proto::merkle::{
+    checkpoint, AuthError, HeadKeys, HeadSigner, Known, Mode, RangeProof, TreeHead, VerifiedHead,
+};
 use ferry_proto::{Event, Frame, Origin};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// Jobs a receiver follows on one stream; the lane runs four at a time, so
 /// more means a sender that never finishes its jobs.
 const MAX_JOBS: usize = 64;
 
-/// What one node knows of every origin's tree, and whose keys it trusts.
+/// What one node knows of every origin's tree, whose keys it trusts, and
+/// its own key. Kept with the events (`Store::logs`): every node and head
+/// in it was verified or written here, so it stays true whatever a crash
+/// takes from the log, and a relay can prove what it holds after a restart.
+#[derive(Clone)]
 pub struct Logs {
-    keys: Box<dyn HeadKeys + Send>,
+    keys: Arc<dyn HeadKeys + Send + Sync>,
+    signer: Option<Arc<dyn HeadSigner + Send + Sync>>,
     trees: BTreeMap<Origin, Known>,
 }
 
 impl Logs {
-    pub fn new(keys: Box<dyn HeadKeys + Send>) -> Self {
+    /// `signer`: this node's key, for heads of its own logs (`None`: a node
+    /// that only relays, as in tests).
+    pub fn new(keys: Arc<dyn HeadKeys + Send + Sync>, signer: Option<Arc<dyn HeadSigner + Send + Sync>>) -> Self {
         Logs {
             keys,
+            signer,
             trees: BTreeMap::new(),
         }
     }
@@ -39,6 +50,27 @@ impl Logs {
 
     pub fn tree_mut(&mut self, origin: Origin) -> &mut Known {
         self.trees.entry(origin).or_insert_with(|| Known::new(origin))
+    }
+
+    /// This node's own events, durable, in order: appended to their trees
+    /// (those already there, or not next in their log, are skipped: a log
+    /// rewritten after a lost tail is a fork, and receivers refuse it), and
+    /// every grown log's head signed again.
+    pub fn wrote(&mut self, events: &[Event]) {
+        let mut grown: Vec<Origin> = Vec::new();
+        for e in events {
+            let tree = self.trees.entry(e.origin).or_insert_with(|| Known::new(e.origin));
+            if e.seq == tree.appended() + 1 && tree.append(e).is_ok() && !grown.contains(&e.origin) {
+                grown.push(e.origin);
+            }
+        }
+        let Some(signer) = &self.signer else { return };
+        for origin in grown {
+            if let Some(tree) = self.trees.get_mut(&origin) {
+                // The root of leaves just appended is always known.
+                let _ = tree.sign_head(tree.appended(), signer.as_ref());
+            }
+        }
     }
 
     /// An event that needs no proof: written here, or pushed by its writer
@@ -92,27 +124,54 @@ impl Outbound {
         let (head, proved, mode) = match self.jobs.remove(&(origin, first)) {
             Some((head, proved)) => (head, proved, Mode::Extend),
             None => {
-                let head = tree
-                    .head()
-                    .ok_or(AuthError::Missing {
-                        lo: first - 1,
-                        hi: last,
-                    })?
-                    .head()
-                    .clone();
-                (head, first - 1, Mode::Fresh)
+                // The longest head may need nodes this relay lacks for a
+                // range it verified under a shorter one.
+                let q = checkpoint(first - 1, first, last, job_last);
+                let mut error = AuthError::Missing {
+                    lo: first - 1,
+                    hi: last,
+                };
+                let mut found = None;
+                for head in tree.heads_for(last) {
+                    match tree.prove(head.head(), Mode::Fresh, first, q) {
+                        Ok(proof) => {
+                            found = Some((head.head().clone(), proof));
+                            break;
+                        }
+                        Err(e) => error = e,
+                    }
+                }
+                let (head, proof) = found.ok_or(error)?;
+                return Ok(self.finish_frame(origin, head, proof, q, last, job_last));
             }
         };
+        let q = checkpoint(proved, first, last, job_last);
+        let proof = tree.prove(&head, mode, proved + 1, q)?;
+        Ok(self.finish_frame(origin, head, proof, q, last, job_last))
+    }
+
+    /// Records what a proved frame leaves to do, and gives the frames to
+    /// send: the head first if this stream has not carried it (only once
+    /// the proof is made: a frame that cannot be proved is not sent, and
+    /// neither is its head), the proof after the events.
+    fn finish_frame(
+        &mut self,
+        origin: Origin,
+        head: TreeHead,
+        proof: RangeProof,
+        q: u64,
+        last: u64,
+        job_last: u64,
+    ) -> (Option<Frame>, Frame) {
         let lead = (self.heads.get(&origin) != Some(&head.len)).then(|| {
             self.heads.insert(origin, head.len);
             Frame::Head(head.clone())
         });
-        let q = checkpoint(proved, first, last, job_last);
-        let proof = tree.prove(&head, mode, proved + 1, q)?;
+        let encoded = Frame::Proof(proof.encode_in_stream(last));
         if last < job_last {
             self.jobs.insert((origin, last + 1), (head, q));
         }
-        Ok((lead, Frame::Proof(proof.encode_in_stream(last))))
+        (lead, encoded)
     }
 
     /// The connection is gone.
@@ -304,6 +363,30 @@ impl Inbound {
                 error,
             },
         }
+    }
+
+    /// A want of `origin` `first..=last` ended: events of it still held
+    /// for a proof will not get one (the sender proves a job's last frame
+    /// to its end, so this happens only when the job ended early).
+    pub fn end_want(&mut self, origin: Origin, first: u64, last: u64) -> Vec<Refusal> {
+        let ended: Vec<(Origin, u64)> = self
+            .jobs
+            .iter()
+            .filter(|((o, _), job)| *o == origin && job.held.first().is_some_and(|e| first <= e.seq && e.seq <= last))
+            .map(|(k, _)| *k)
+            .collect();
+        let mut out = Vec::new();
+        for k in ended {
+            if let Some(job) = self.jobs.remove(&k) {
+                out.extend(refusal(
+                    &job.held,
+                    AuthError::Malformed {
+                        what: "want ended with events not proved",
+                    },
+                ));
+            }
+        }
+        out
     }
 
     /// The stream ended, or a want did: whatever is still held or waiting

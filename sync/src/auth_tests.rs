@@ -1,33 +1,9 @@
 //! A relay serving jobs that take turns on a stream, honest and not.
 
 use super::*;
-use ferry_proto::merkle::{HeadSigner, MAX_SIGNATURE_LEN};
 use ferry_proto::{Hlc, NodeId, Priority};
-use sha2::{Digest, Sha256};
 
-/// Stand-in signatures: SHA-256 of a node's secret and the message. The
-/// real ones are ECDSA P-256 (`ferry-proto`'s tests); these only need to
-/// be unforgeable without the secret within the test.
-struct Secret(NodeId, &'static [u8]);
-
-impl HeadSigner for Secret {
-    fn sign(&self, message: &[u8]) -> Vec<u8> {
-        Sha256::new()
-            .chain_update(self.0 .0)
-            .chain_update(self.1)
-            .chain_update(message)
-            .finalize()
-            .to_vec()
-    }
-}
-
-struct Keys;
-
-impl HeadKeys for Keys {
-    fn verify(&self, node: &NodeId, message: &[u8], signature: &[u8]) -> bool {
-        signature.len() <= MAX_SIGNATURE_LEN && Secret(*node, b"honest").sign(message) == signature
-    }
-}
+use crate::stand_in::{StandInKey, StandInKeys as Keys, HONEST};
 
 fn origin(b: u8) -> Origin {
     Origin {
@@ -50,7 +26,7 @@ fn events(o: Origin, n: u64) -> Vec<Event> {
 }
 
 /// The writer's tree of `log`, with a head over all of it.
-fn writer_tree(log: &[Event], key: &Secret) -> Known {
+fn writer_tree(log: &[Event], key: &StandInKey) -> Known {
     let mut tree = Known::new(log[0].origin);
     for e in log {
         tree.append(e).unwrap();
@@ -131,13 +107,19 @@ const JOBS: [(u64, u64); 3] = [(1, 200), (201, 400), (401, 600)];
 fn jobs_taking_turns_verify_and_relay_onward() {
     let a = origin(1);
     let log = events(a, 600);
-    let writer = writer_tree(&log, &Secret(a.node, b"honest"));
+    let writer = writer_tree(
+        &log,
+        &StandInKey {
+            node: a.node,
+            secret: HONEST,
+        },
+    );
     // Writer to hub, then the hub from what it verified to a clinic.
-    let mut hub = Logs::new(Box::new(Keys));
+    let mut hub = Logs::new(Arc::new(Keys), None);
     let (got, refused) = receive(&mut hub, send(&writer, &log, &JOBS, 37, |_, _| {}));
     assert_eq!(refused, vec![]);
     assert_eq!(seqs(&got), (1..=600).collect::<Vec<_>>());
-    let mut clinic = Logs::new(Box::new(Keys));
+    let mut clinic = Logs::new(Arc::new(Keys), None);
     let relayed = send(hub.tree(&a).unwrap(), &log, &[(401, 600), (1, 400)], 53, |_, _| {});
     let (got, refused) = receive(&mut clinic, relayed);
     assert_eq!(refused, vec![]);
@@ -148,14 +130,20 @@ fn jobs_taking_turns_verify_and_relay_onward() {
 fn an_altered_frame_is_refused_and_the_rest_arrive() {
     let a = origin(1);
     let log = events(a, 600);
-    let writer = writer_tree(&log, &Secret(a.node, b"honest"));
+    let writer = writer_tree(
+        &log,
+        &StandInKey {
+            node: a.node,
+            secret: HONEST,
+        },
+    );
     // Frames go job 1, 2, 3, 1, 2, 3, ...: frame 4 is job 2's second.
     let wire = send(&writer, &log, &JOBS, 37, |frame, evs| {
         if frame == 4 {
             evs[5].payload = b"{\"visit\":\"forged\"}".to_vec();
         }
     });
-    let mut hub = Logs::new(Box::new(Keys));
+    let mut hub = Logs::new(Arc::new(Keys), None);
     let (got, refused) = receive(&mut hub, wire);
     assert!(matches!(refused[0].error, AuthError::Mismatch { .. }), "{refused:?}");
     // Job 2 is refused from its first unproved seq on; nothing of the
@@ -177,8 +165,14 @@ fn events_fabricated_for_another_origin_are_refused() {
     // The relay writes a log in b's name and signs its head with its own
     // secret; then tries b's events under a's honest head.
     let forged = events(b, 50);
-    let mallory = writer_tree(&forged, &Secret(b.node, b"mallory"));
-    let mut clinic = Logs::new(Box::new(Keys));
+    let mallory = writer_tree(
+        &forged,
+        &StandInKey {
+            node: b.node,
+            secret: b"mallory",
+        },
+    );
+    let mut clinic = Logs::new(Arc::new(Keys), None);
     let (got, refused) = receive(&mut clinic, send(&mallory, &forged, &[(1, 50)], 20, |_, _| {}));
     assert_eq!(got, vec![]);
     assert!(
@@ -188,7 +182,13 @@ fn events_fabricated_for_another_origin_are_refused() {
     assert!(refused[1..].iter().all(|r| r.origin == b));
 
     let log = events(a, 50);
-    let writer = writer_tree(&log, &Secret(a.node, b"honest"));
+    let writer = writer_tree(
+        &log,
+        &StandInKey {
+            node: a.node,
+            secret: HONEST,
+        },
+    );
     let wire = send(&writer, &log, &[(1, 50)], 20, |_, evs| {
         for e in evs.iter_mut() {
             e.origin = b;
@@ -206,7 +206,13 @@ fn events_fabricated_for_another_origin_are_refused() {
 fn a_frame_without_its_proof_is_refused() {
     let a = origin(1);
     let log = events(a, 100);
-    let writer = writer_tree(&log, &Secret(a.node, b"honest"));
+    let writer = writer_tree(
+        &log,
+        &StandInKey {
+            node: a.node,
+            secret: HONEST,
+        },
+    );
     let mut wire = send(&writer, &log, &[(1, 100)], 30, |_, _| {});
     // Drop the second frame's proof.
     let second_proof = wire
@@ -217,7 +223,7 @@ fn a_frame_without_its_proof_is_refused() {
         .map(|(i, _)| i)
         .unwrap();
     wire.remove(second_proof);
-    let mut hub = Logs::new(Box::new(Keys));
+    let mut hub = Logs::new(Arc::new(Keys), None);
     let (got, refused) = receive(&mut hub, wire);
     assert!(
         seqs(&got).iter().all(|&s| s <= 32),
@@ -231,10 +237,13 @@ fn a_frame_without_its_proof_is_refused() {
 fn events_pushed_by_their_writer_are_proved_by_its_next_head() {
     let a = origin(1);
     let log = events(a, 40);
-    let key = Secret(a.node, b"honest");
+    let key = StandInKey {
+        node: a.node,
+        secret: HONEST,
+    };
     let writer = writer_tree(&log, &key);
     // The hub takes 1..=40 straight from the writer, then its head.
-    let mut hub = Logs::new(Box::new(Keys));
+    let mut hub = Logs::new(Arc::new(Keys), None);
     for e in &log {
         hub.trusted(e).unwrap();
     }
@@ -242,7 +251,7 @@ fn events_pushed_by_their_writer_are_proved_by_its_next_head() {
     Inbound::default().on_head(&mut hub, head).unwrap();
     assert_eq!(hub.tree(&a).and_then(|t| t.head()).map(|h| h.head().len), Some(40));
     // It relays 11..=30 to a clinic, which checks them.
-    let mut clinic = Logs::new(Box::new(Keys));
+    let mut clinic = Logs::new(Arc::new(Keys), None);
     let (got, refused) = receive(
         &mut clinic,
         send(hub.tree(&a).unwrap(), &log, &[(11, 30)], 7, |_, _| {}),
@@ -261,8 +270,14 @@ fn events_pushed_by_their_writer_are_proved_by_its_next_head() {
 fn frames_out_of_order_or_from_seq_zero_are_refused_not_panics() {
     let a = origin(1);
     let log = events(a, 10);
-    let writer = writer_tree(&log, &Secret(a.node, b"honest"));
-    let mut hub = Logs::new(Box::new(Keys));
+    let writer = writer_tree(
+        &log,
+        &StandInKey {
+            node: a.node,
+            secret: HONEST,
+        },
+    );
+    let mut hub = Logs::new(Arc::new(Keys), None);
     for evs in [
         vec![log[4].clone(), log[2].clone()],
         vec![Event {

@@ -86,8 +86,9 @@ pub struct Bugs {
     pub duplicate_after_reconnect: bool,
     /// `MemStore::crash` loses the last group it had acknowledged.
     pub drop_acked_append_on_crash: bool,
-    /// A relay alters the payload of every fourth event of another origin
-    /// it sends (`forge::Forging`): what log authentication is to refuse.
+    /// A relay alters the payload of every event of another origin it
+    /// sends (`forge::Forging`). Not a defect to catch but an attack to
+    /// withstand: log authentication refuses every such event.
     pub relay_forges: bool,
     /// After an unclean shutdown a node writes on its old log at once,
     /// without a peer vouching for the log's tail.

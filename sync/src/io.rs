@@ -130,4 +130,14 @@ pub enum Notice {
     RoundDone { conn: ConnId, received: u64 },
     /// The peer would not serve a want.
     Refused { conn: ConnId, code: u16, message: String },
+    /// Events of `origin` `first..=last` the peer sent did not prove
+    /// against their writer's signed head (forged, altered, or sent
+    /// without a proof): not appended; the rest of the sync goes on.
+    Unproved {
+        conn: ConnId,
+        origin: Origin,
+        first: u64,
+        last: u64,
+        reason: String,
+    },
 }

@@ -30,6 +30,8 @@ mod replica;
 mod rng;
 mod serve;
 mod session;
+#[cfg(any(test, feature = "fault-injection"))]
+pub mod stand_in;
 mod store;
 mod trust;
 

@@ -5,6 +5,7 @@
 //! prefix of the unsynced ones (their bytes may have reached the disk before
 //! the power went), and loses the rest: exactly what a torn tail leaves.
 
+use crate::auth::Logs;
 use crate::store::{AppendReport, Store, StoreError};
 use ferry_proto::{Classes, Clock, Event, Hlc, Origin, Priority, RangeSet, Summary};
 use std::collections::{BTreeMap, VecDeque};
@@ -34,6 +35,8 @@ pub struct MemStore {
     /// After an unclean shutdown: the log the next local write starts
     /// (as `Wal::set_unconfirmed_tail`).
     fallback: Option<Origin>,
+    /// Verified trees and heads, as durable as the events (`Store::logs`).
+    logs: Option<Logs>,
 }
 
 /// How many synced groups a lying card can lose at most.
@@ -50,7 +53,13 @@ impl MemStore {
             next_group: 1,
             clock: Clock::default(),
             fallback: None,
+            logs: None,
         }
+    }
+
+    /// Authenticates logs from now on (`Store::logs`).
+    pub fn set_logs(&mut self, logs: Logs) {
+        self.logs = Some(logs);
     }
 
     /// The own log's tail is not vouched for (the node was not shut down
@@ -134,6 +143,14 @@ impl MemStore {
                 .push_back(group.iter().map(|e| (e.origin, e.seq)).collect());
             if self.recent_synced.len() > LIE_DEPTH {
                 self.recent_synced.pop_front();
+            }
+            if let Some(logs) = &mut self.logs {
+                let own: Vec<Event> = group
+                    .iter()
+                    .filter(|e| e.origin.node == self.local.node)
+                    .cloned()
+                    .collect();
+                logs.wrote(&own);
             }
             for e in group {
                 let ix = self.index.entry(e.origin).or_default();
@@ -225,6 +242,14 @@ impl Store for MemStore {
     fn set_local_origin(&mut self, origin: Origin) {
         self.local = origin;
         self.fallback = None;
+    }
+
+    fn logs(&self) -> Option<&Logs> {
+        self.logs.as_ref()
+    }
+
+    fn logs_mut(&mut self) -> Option<&mut Logs> {
+        self.logs.as_mut()
     }
 
     fn have(&self, origin: &Origin) -> RangeSet {

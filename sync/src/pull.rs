@@ -146,9 +146,47 @@ impl Session {
                         }
                     }
                 }
-                self.receive(cx, events)
+                if cx.store.logs().is_none() {
+                    return self.receive(cx, events);
+                }
+                // Held until the `Proof` that follows proves them.
+                let skipped = if events.is_empty() {
+                    None
+                } else {
+                    data.auth.on_events(events)
+                };
+                if let Some(r) = skipped {
+                    self.unproved(cx, r);
+                }
+                Ok(())
+            }
+            (Frame::Head(head), Some(_)) if cx.store.logs().is_some() => {
+                let refused = match cx.store.logs_mut() {
+                    Some(logs) => data.auth.on_head(logs, head).err(),
+                    None => None,
+                };
+                if let Some(r) = refused {
+                    self.unproved(cx, r);
+                }
+                Ok(())
+            }
+            (Frame::Proof(bytes), Some(_)) if cx.store.logs().is_some() => {
+                let proved = match cx.store.logs_mut() {
+                    Some(logs) => data.auth.on_proof(logs, &bytes),
+                    None => Ok(Vec::new()),
+                };
+                match proved {
+                    Ok(events) => self.receive(cx, events),
+                    Err(r) => {
+                        self.unproved(cx, r);
+                        Ok(())
+                    }
+                }
             }
             (Frame::End(want), Some(_)) => {
+                for r in data.auth.end_want(want.origin, want.first, want.last) {
+                    self.unproved(cx, r);
+                }
                 if !self.wants.remove(&want) {
                     return Err(fault(
                         ErrorCode::Protocol,
@@ -171,6 +209,19 @@ impl Session {
         }
     }
 
+    /// Events that did not prove: counted and told; not appended. What a
+    /// want asked for and did not get is handled when the want ends.
+    pub fn unproved<S>(&mut self, cx: &mut Cx<'_, S>, r: crate::auth::Refusal) {
+        self.stats.events_unproved += (r.last + 1).saturating_sub(r.first);
+        cx.out.push_back(Action::Notice(Notice::Unproved {
+            conn: self.conn,
+            origin: r.origin,
+            first: r.first,
+            last: r.last,
+            reason: r.error.to_string(),
+        }));
+    }
+
     /// A want is over: release what of it did not arrive, ask for more.
     fn want_ended<S: Store>(&mut self, cx: &mut Cx<'_, S>, want: &Want) {
         let range = RangeSet::from_range(want.first, want.last);
@@ -191,6 +242,7 @@ impl Session {
             if !missing.is_empty() {
                 let u = self.unserved.entry(want.origin).or_default();
                 *u = u.union(&missing);
+                *cx.replan_all |= self.peer.lan;
             }
         }
         self.fill_wants(cx);

@@ -29,6 +29,8 @@ pub struct Replica<S: Store> {
     /// Counters of sessions that have ended.
     ended: SessionStats,
     trust: Trust,
+    /// Set through `Cx::replan_all`.
+    replan_all: bool,
 }
 
 /// What one open session looks like from outside.
@@ -57,6 +59,7 @@ macro_rules! cx {
             rng: &mut $self.rng,
             now: $now,
             trust: &mut $self.trust,
+            replan_all: &mut $self.replan_all,
         }
     };
 }
@@ -79,6 +82,7 @@ impl<S: Store> Replica<S> {
             subs_dirty: false,
             ended: SessionStats::default(),
             trust: Trust::default(),
+            replan_all: false,
         }
     }
 
@@ -221,7 +225,7 @@ impl<S: Store> Replica<S> {
     /// The peer finished or reset a stream.
     pub fn handle_stream_end(&mut self, now: Time, conn: ConnId, stream: StreamId) {
         let Some(s) = self.sessions.get_mut(&conn) else { return };
-        if let Err(f) = s.on_stream_end(stream) {
+        if let Err(f) = s.on_stream_end(&mut cx!(self, now), stream) {
             self.close(now, conn, f.code, &f.message);
         }
         self.follow_up(now);
@@ -354,13 +358,18 @@ impl<S: Store> Replica<S> {
             .values()
             .filter(|s| s.peer.lan)
             .filter_map(|s| s.offers())
-            .fold(Summary::default(), |all, o| all.union(o))
+            .fold(Summary::default(), |all, o| all.union(&o))
     }
 
     fn follow_up(&mut self, now: Time) {
         if self.subs_dirty {
             self.subs_dirty = false;
             self.resubscribe(now);
+        }
+        if std::mem::take(&mut self.replan_all) {
+            for s in self.sessions.values_mut().filter(|s| s.theirs.is_some()) {
+                s.needs_plan = true;
+            }
         }
         if self.sessions.values().any(|s| s.needs_plan) {
             let lan = self.lan_offers();
@@ -497,7 +506,7 @@ impl<S: Store> Replica<S> {
             let set = wanted.0.entry(*origin).or_default();
             *set = set.union(&self.trust.barred(origin));
         }
-        let we_lack = s.offers().map(|t| wanted.lacking(t)).unwrap_or(0);
+        let we_lack = s.offers().map(|t| wanted.lacking(&t)).unwrap_or(0);
         let theirs = Summary(s.peer_has.clone());
         let mine = ours.filtered(|o| self.cfg.policy.allows(&s.peer.node, s.peer.role, o, &self.hubs));
         (we_lack, theirs.lacking(&mine))

@@ -38,6 +38,9 @@ pub(crate) struct Cx<'a, S> {
     pub rng: &'a mut Rng,
     pub now: Time,
     pub trust: &'a mut crate::trust::Trust,
+    /// A LAN peer did not serve what it offered: every session plans
+    /// again, as the WAN may now be asked for it.
+    pub replan_all: &'a mut bool,
 }
 
 impl<S: Store> Cx<'_, S> {
@@ -80,6 +83,8 @@ pub struct SessionStats {
     pub bytes_received: u64,
     pub wants_sent: u64,
     pub rounds: u64,
+    /// Events refused because they did not prove (`auth`).
+    pub events_unproved: u64,
 }
 
 impl SessionStats {
@@ -91,6 +96,7 @@ impl SessionStats {
         self.bytes_received += o.bytes_received;
         self.wants_sent += o.wants_sent;
         self.rounds += o.rounds;
+        self.events_unproved += o.events_unproved;
     }
 }
 
@@ -101,6 +107,8 @@ pub(crate) struct DataIn {
     pub reader: FrameReader,
     pub dec: StreamDecompressor,
     pub assembly: Assembly,
+    /// Heads kept and events held until proved, when logs are authenticated.
+    pub auth: crate::auth::Inbound,
 }
 
 pub(crate) struct Session {
@@ -329,11 +337,14 @@ impl Session {
 
     /// The peer finished or reset a stream. Its control stream ending is
     /// its goodbye (a one-shot sync that is done): the caller closes.
-    pub fn on_stream_end(&mut self, stream: StreamId) -> Result<(), Fault> {
+    pub fn on_stream_end<S: Store>(&mut self, cx: &mut Cx<'_, S>, stream: StreamId) -> Result<(), Fault> {
         if Some(stream) == self.control {
             return Err(fault(ErrorCode::Done, "the peer said goodbye"));
         }
-        if let Some(data) = self.data_in.remove(&stream) {
+        if let Some(mut data) = self.data_in.remove(&stream) {
+            for r in data.auth.finish() {
+                self.unproved(cx, r);
+            }
             if data.reader.partial() > 0 || data.assembly.in_progress().is_some() {
                 return Err(fault(
                     ErrorCode::Malformed,
@@ -556,9 +567,21 @@ impl Session {
         }
     }
 
-    /// What the peer is known to offer, for LAN-first pulling elsewhere.
-    pub fn offers(&self) -> Option<&Summary> {
-        self.theirs.as_ref().map(|(s, _)| s)
+    /// What the peer is known to offer, for LAN-first pulling elsewhere:
+    /// its summary, less what it was asked for and did not serve (events
+    /// that did not prove, from a relay that forges).
+    pub fn offers(&self) -> Option<Summary> {
+        let (theirs, _) = self.theirs.as_ref()?;
+        Some(Summary(
+            theirs
+                .0
+                .iter()
+                .map(|(o, set)| match self.unserved.get(o) {
+                    Some(u) => (*o, set.difference(u)),
+                    None => (*o, set.clone()),
+                })
+                .collect(),
+        ))
     }
 }
 

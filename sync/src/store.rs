@@ -5,6 +5,7 @@
 //! real node (a group commit waits for an fsync), so the core asks for it
 //! with `Action::Append` and hears back through `Replica::handle_appended`.
 
+use crate::auth::Logs;
 use ferry_proto::{Classes, Event, Origin, RangeSet, Summary};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -41,4 +42,14 @@ pub trait Store {
         max_events: usize,
         max_bytes: usize,
     ) -> Result<Vec<Event>, StoreError>;
+
+    /// What this node knows of each origin's tree, when logs are
+    /// authenticated: data frames then carry heads and proofs, and events
+    /// are appended only once proved (`auth`). `None`: they are not.
+    fn logs(&self) -> Option<&Logs> {
+        None
+    }
+    fn logs_mut(&mut self) -> Option<&mut Logs> {
+        None
+    }
 }
