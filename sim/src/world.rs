@@ -819,7 +819,7 @@ impl World {
                 last,
                 reason,
             } => {
-                self.check.events_unproved += (last + 1).saturating_sub(first);
+                self.check.events_unproved += last.checked_sub(first).map_or(0, |d| d.saturating_add(1));
                 let line = format!(
                     "{} refused {origin}:{first}..={last} on {}: {reason}",
                     self.nodes[n].name, conn.0

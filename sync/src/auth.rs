@@ -60,7 +60,7 @@ impl Logs {
         let mut grown: Vec<Origin> = Vec::new();
         for e in events {
             let tree = self.trees.entry(e.origin).or_insert_with(|| Known::new(e.origin));
-            if e.seq == tree.appended() + 1 && tree.append(e).is_ok() && !grown.contains(&e.origin) {
+            if tree.appended().checked_add(1) == Some(e.seq) && tree.append(e).is_ok() && !grown.contains(&e.origin) {
                 grown.push(e.origin);
             }
         }

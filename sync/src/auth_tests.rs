@@ -5,6 +5,14 @@ use ferry_proto::{Hlc, NodeId, Priority};
 
 use crate::stand_in::{StandInKey, StandInKeys as Keys, HONEST};
 
+/// The key `o`'s writer signs with.
+fn honest(o: Origin) -> StandInKey {
+    StandInKey {
+        node: o.node,
+        secret: HONEST,
+    }
+}
+
 fn origin(b: u8) -> Origin {
     Origin {
         node: NodeId([b; 16]),
@@ -107,13 +115,7 @@ const JOBS: [(u64, u64); 3] = [(1, 200), (201, 400), (401, 600)];
 fn jobs_taking_turns_verify_and_relay_onward() {
     let a = origin(1);
     let log = events(a, 600);
-    let writer = writer_tree(
-        &log,
-        &StandInKey {
-            node: a.node,
-            secret: HONEST,
-        },
-    );
+    let writer = writer_tree(&log, &honest(a));
     // Writer to hub, then the hub from what it verified to a clinic.
     let mut hub = Logs::new(Arc::new(Keys), None);
     let (got, refused) = receive(&mut hub, send(&writer, &log, &JOBS, 37, |_, _| {}));
@@ -130,13 +132,7 @@ fn jobs_taking_turns_verify_and_relay_onward() {
 fn an_altered_frame_is_refused_and_the_rest_arrive() {
     let a = origin(1);
     let log = events(a, 600);
-    let writer = writer_tree(
-        &log,
-        &StandInKey {
-            node: a.node,
-            secret: HONEST,
-        },
-    );
+    let writer = writer_tree(&log, &honest(a));
     // Frames go job 1, 2, 3, 1, 2, 3, ...: frame 4 is job 2's second.
     let wire = send(&writer, &log, &JOBS, 37, |frame, evs| {
         if frame == 4 {
@@ -182,13 +178,7 @@ fn events_fabricated_for_another_origin_are_refused() {
     assert!(refused[1..].iter().all(|r| r.origin == b));
 
     let log = events(a, 50);
-    let writer = writer_tree(
-        &log,
-        &StandInKey {
-            node: a.node,
-            secret: HONEST,
-        },
-    );
+    let writer = writer_tree(&log, &honest(a));
     let wire = send(&writer, &log, &[(1, 50)], 20, |_, evs| {
         for e in evs.iter_mut() {
             e.origin = b;
@@ -206,13 +196,7 @@ fn events_fabricated_for_another_origin_are_refused() {
 fn a_frame_without_its_proof_is_refused() {
     let a = origin(1);
     let log = events(a, 100);
-    let writer = writer_tree(
-        &log,
-        &StandInKey {
-            node: a.node,
-            secret: HONEST,
-        },
-    );
+    let writer = writer_tree(&log, &honest(a));
     let mut wire = send(&writer, &log, &[(1, 100)], 30, |_, _| {});
     // Drop the second frame's proof.
     let second_proof = wire
@@ -270,13 +254,7 @@ fn events_pushed_by_their_writer_are_proved_by_its_next_head() {
 fn frames_out_of_order_or_from_seq_zero_are_refused_not_panics() {
     let a = origin(1);
     let log = events(a, 10);
-    let writer = writer_tree(
-        &log,
-        &StandInKey {
-            node: a.node,
-            secret: HONEST,
-        },
-    );
+    let writer = writer_tree(&log, &honest(a));
     let mut hub = Logs::new(Arc::new(Keys), None);
     for evs in [
         vec![log[4].clone(), log[2].clone()],

@@ -212,7 +212,8 @@ impl Session {
     /// Events that did not prove: counted and told; not appended. What a
     /// want asked for and did not get is handled when the want ends.
     pub fn unproved<S>(&mut self, cx: &mut Cx<'_, S>, r: crate::auth::Refusal) {
-        self.stats.events_unproved += (r.last + 1).saturating_sub(r.first);
+        // A peer's seqs may reach u64::MAX; an empty range counts nothing.
+        self.stats.events_unproved += r.last.checked_sub(r.first).map_or(0, |d| d.saturating_add(1));
         cx.out.push_back(Action::Notice(Notice::Unproved {
             conn: self.conn,
             origin: r.origin,
