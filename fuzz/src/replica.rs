@@ -8,10 +8,16 @@
 //! deliver the bytes on the stream, 2 ends the stream, 3 lets time pass
 //! (the byte count, in seconds) and fires the core's timers. Stream 0 is
 //! the peer's control stream (both ways), others its data streams.
+//!
+//! Both replicas authenticate logs (stand-in signatures), so heads,
+//! proofs and the events held until proved are fuzzed too.
 
 use ferry_proto::{NodeId, Origin, Priority, Role};
+use ferry_sync::auth::Logs;
+use ferry_sync::stand_in::{StandInKey, StandInKeys, HONEST};
 use ferry_sync::{Action, Config, ConnId, MemStore, PeerInfo, Replica, StreamId, StreamKind, Time};
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 const HUB: NodeId = NodeId([1; 16]);
 const CLINIC: NodeId = NodeId([2; 16]);
@@ -58,9 +64,17 @@ pub fn encode(steps: &[Step]) -> Vec<u8> {
     out
 }
 
+/// A store whose logs are authenticated with `node`'s stand-in key.
+fn store(node: NodeId) -> MemStore {
+    let mut store = MemStore::new(Origin { node, epoch: 1 });
+    let key = StandInKey { node, secret: HONEST };
+    store.set_logs(Logs::new(Arc::new(StandInKeys), Some(Arc::new(key))));
+    store
+}
+
 /// The hub the input talks to: holds ten events of its own.
 pub fn hub() -> Replica<MemStore> {
-    let mut store = MemStore::new(Origin { node: HUB, epoch: 1 });
+    let mut store = store(HUB);
     let items = (0..10)
         .map(|i| {
             (
@@ -77,7 +91,7 @@ pub fn hub() -> Replica<MemStore> {
 
 /// The clinic that talks to `hub()`, for making seeds.
 pub fn clinic() -> Replica<MemStore> {
-    let store = MemStore::new(Origin { node: CLINIC, epoch: 1 });
+    let store = store(CLINIC);
     Replica::new(Config::new(CLINIC, Role::Clinic, "clinic"), store, 2, BTreeSet::new())
 }
 
