@@ -588,19 +588,20 @@ impl Known {
     }
 
     fn keep_head(&mut self, head: VerifiedHead) {
-        match self.head.take() {
+        // The longer of the two stays the head, the shorter is kept aside.
+        let shorter = match self.head.take() {
             Some(h) if h.0.len >= head.0.len => {
-                if h.0.len > head.0.len {
-                    self.older.insert(head.0.len, head);
-                }
+                let shorter = (h.0.len > head.0.len).then_some(head);
                 self.head = Some(h);
+                shorter
             }
             previous => {
-                if let Some(p) = previous {
-                    self.older.insert(p.0.len, p);
-                }
                 self.head = Some(head);
+                previous
             }
+        };
+        if let Some(s) = shorter {
+            self.older.insert(s.0.len, s);
         }
         // Every leaf up to the longest head known: it proves any range.
         if self.head.as_ref().is_some_and(|h| self.whole >= h.0.len) {
