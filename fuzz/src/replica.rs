@@ -68,7 +68,7 @@ pub fn encode(steps: &[Step]) -> Vec<u8> {
 fn store(node: NodeId) -> MemStore {
     let mut store = MemStore::new(Origin { node, epoch: 1 });
     let key = StandInKey { node, secret: HONEST };
-    store.set_logs(Logs::new(Arc::new(StandInKeys), Some(Arc::new(key))));
+    store.set_logs(Logs::new(Arc::new(StandInKeys::new(node)), Some(Arc::new(key))));
     store
 }
 

@@ -350,6 +350,9 @@ impl Driver {
             } => {
                 tracing::warn!(conn = conn.0, %origin, first, last, "refused events that did not prove: {reason}");
             }
+            Notice::KeyRefused { conn, reason } => {
+                tracing::warn!(conn = conn.0, "refused a writer's certificate a peer sent: {reason}");
+            }
         }
     }
 }

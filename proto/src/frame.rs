@@ -10,7 +10,7 @@
 //! both ways; and per direction up to three data streams, one per priority
 //! class, opened by the sender with `Open` and carrying `Events` and `End`.
 
-use crate::merkle::{TreeHead, MAX_PROOF_LEN};
+use crate::merkle::{TreeHead, MAX_CREDENTIAL_LEN, MAX_PROOF_LEN};
 use crate::{Classes, NodeId, Origin, Priority, Role, Summary};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
@@ -144,6 +144,9 @@ pub enum Frame {
     /// decoded with the job's head and progress, which only the receiver's
     /// stream state knows.
     Proof(Vec<u8>),
+    /// On a data stream, before the first `Head` of a writer: what lets the
+    /// receiver learn the writer's key (its certificate; `HeadKeys::learn`).
+    Credential(Vec<u8>),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -179,6 +182,7 @@ const T_OPEN: u8 = 9;
 const T_END: u8 = 10;
 const T_HEAD: u8 = 11;
 const T_PROOF: u8 = 12;
+const T_CREDENTIAL: u8 = 13;
 
 fn cbor<T: Serialize>(v: &T, out: &mut Vec<u8>) {
     // Serialising into a Vec cannot fail: the writer is infallible and our
@@ -261,6 +265,10 @@ impl Frame {
                 out.push(T_PROOF);
                 out.extend_from_slice(bytes);
             }
+            Frame::Credential(bytes) => {
+                out.push(T_CREDENTIAL);
+                out.extend_from_slice(bytes);
+            }
         }
         let len = (out.len() - 4) as u32;
         out[..4].copy_from_slice(&len.to_be_bytes());
@@ -327,6 +335,13 @@ impl Frame {
                 })
             }
             T_PROOF => Frame::Proof(rest.to_vec()),
+            T_CREDENTIAL if rest.len() > MAX_CREDENTIAL_LEN => {
+                return Err(FrameError::Malformed {
+                    kind: "credential",
+                    detail: format!("{} bytes; a credential has at most {MAX_CREDENTIAL_LEN}", rest.len()),
+                })
+            }
+            T_CREDENTIAL => Frame::Credential(rest.to_vec()),
             other => return Err(FrameError::UnknownType(other)),
         })
     }
@@ -358,6 +373,7 @@ impl Frame {
             Frame::End(_) => "End",
             Frame::Head(_) => "Head",
             Frame::Proof(_) => "Proof",
+            Frame::Credential(_) => "Credential",
         }
     }
 }
@@ -455,6 +471,7 @@ mod tests {
                     signature
                 })),
             proptest::collection::vec(any::<u8>(), 0..200).prop_map(Frame::Proof),
+            proptest::collection::vec(any::<u8>(), 0..600).prop_map(Frame::Credential),
         ]
     }
 

@@ -22,6 +22,8 @@
 //! Hashing is SHA-256 from `sha2`; signatures are behind `HeadSigner` and
 //! `HeadKeys`, so this module holds no keys and does no I/O.
 
+mod saved;
+
 use crate::{Event, NodeId, Origin};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -188,7 +190,24 @@ pub trait HeadKeys {
     /// Whether `signature` over `message` is by `node`'s key; `false` for a
     /// node whose key is not known.
     fn verify(&self, node: &NodeId, message: &[u8], signature: &[u8]) -> bool;
+
+    /// What lets a receiver learn `node`'s key (in a node, its certificate),
+    /// sent before the first head of `node` on a stream: a relay forwards
+    /// the keys of the logs it proves. `None`: not held here.
+    fn credential(&self, _node: &NodeId) -> Option<Vec<u8>> {
+        None
+    }
+
+    /// Takes a writer's key from a credential a peer sent, if it is good
+    /// (in a node: a certificate the deployment CA signed): the node it is
+    /// for, or why it was refused.
+    fn learn(&self, _credential: &[u8]) -> Result<NodeId, String> {
+        Err("this node learns no writer keys".into())
+    }
 }
+
+/// Largest credential a frame carries (a certificate is about 500 bytes).
+pub const MAX_CREDENTIAL_LEN: usize = 8 * 1024;
 
 /// An origin's log of `len` events has root `root`, says its writer.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -331,3 +331,71 @@ fn pushed_events_then_the_writers_head() {
     partial.insert_trusted(&w.events[0]).unwrap();
     assert!(matches!(partial.adopt(w.verified()), Err(AuthError::Missing { .. })));
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// A relay that kept two ranges restarts with its saved tree and the
+    /// events it holds, and proves any part of them onward as before.
+    #[test]
+    fn a_restored_relay_proves_what_it_held((n, first, last, cuts) in arb_case(), lost in any::<prop::sample::Index>()) {
+        let w = writer(origin(1), n);
+        let mut relay = Known::new(origin(1));
+        prop_assert_eq!(stream(&w, &w.known, &mut relay, first, last, &cuts), Ok(()));
+        // The event after `kept` was not durable when the relay stopped.
+        let kept = first + lost.index((last - first + 1) as usize) as u64;
+        let held = |seq: u64| (first..=kept).contains(&seq);
+        let saved = relay.save(held);
+        let events = w.range(first, kept).to_vec();
+        let (back, dropped) = Known::restore(origin(1), Some(&saved), &w.keys, events, false).unwrap();
+        prop_assert_eq!(dropped, 0);
+        let mut next = Known::new(origin(1));
+        prop_assert_eq!(stream(&w, &back, &mut next, first, kept, &cuts), Ok(()));
+        // The saved form holds no leaf of a held event.
+        prop_assert!(saved.len() < 1 + 4 + 4 + 200 + 4 + 41 * 2 * 64);
+    }
+}
+
+#[test]
+fn a_writer_restored_from_its_events_alone_signs_on() {
+    let w = writer(origin(2), 40);
+    let (mut back, dropped) = Known::restore(origin(2), None, &w.keys, w.events.clone(), true).unwrap();
+    assert_eq!((back.appended(), dropped), (40, 0));
+    assert_eq!(back.root(40), w.known.root(40));
+    // A gap ends what counts as the writer's own: nothing after it is
+    // appended, so no head can be signed over a log with a hole.
+    let holed: Vec<Event> = w.events.iter().filter(|e| e.seq != 7).cloned().collect();
+    let (holed, _) = Known::restore(origin(2), None, &w.keys, holed, true).unwrap();
+    assert_eq!(holed.appended(), 6);
+    back.append(&log(origin(2), 41)[40]).unwrap();
+}
+
+#[test]
+fn a_damaged_saved_tree_proves_less_and_accepts_nothing_more() {
+    let w = writer(origin(3), 64);
+    let mut relay = Known::new(origin(3));
+    stream(&w, &w.known, &mut relay, 20, 30, &[25]).unwrap();
+    let saved = relay.save(|seq| (20..=30).contains(&seq));
+    let held = w.range(20, 30).to_vec();
+    // A head whose signature no longer checks is dropped.
+    let mut bad_sig = saved.clone();
+    let at = 1 + 4 + 4 + 60; // the first signature byte of the first head
+    bad_sig[at] ^= 1;
+    let (back, dropped) = Known::restore(origin(3), Some(&bad_sig), &w.keys, held.clone(), false).unwrap();
+    assert_eq!(dropped, 1);
+    assert!(back.head().is_none());
+    // A saved node altered: the head no longer matches and is dropped.
+    let mut bad_node = saved.clone();
+    let last = bad_node.len() - 1;
+    bad_node[last] ^= 1;
+    let (back, dropped) = Known::restore(origin(3), Some(&bad_node), &w.keys, held.clone(), false).unwrap();
+    assert_eq!((dropped, back.head().is_none()), (1, true));
+    // Cut short or with bytes after it: refused as malformed.
+    for broken in [&saved[..saved.len() - 3], &[saved.as_slice(), &[0]].concat()[..]] {
+        let got = Known::restore(origin(3), Some(broken), &w.keys, held.clone(), false);
+        assert!(matches!(got, Err(AuthError::Malformed { .. })));
+    }
+    // Events without the saved hashes cannot be proved under the head.
+    let (bare, _) = Known::restore(origin(3), None, &w.keys, held, false).unwrap();
+    assert!(bare.prove(&w.head, Mode::Fresh, 20, 30).is_err());
+}

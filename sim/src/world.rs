@@ -293,7 +293,7 @@ impl World {
                 node: id,
                 secret: HONEST,
             };
-            disk.set_logs(Logs::new(Arc::new(StandInKeys), Some(Arc::new(key))));
+            disk.set_logs(Logs::new(Arc::new(StandInKeys::new(id)), Some(Arc::new(key))));
         }
         self.nodes.push(SimNode {
             name: name.into(),
@@ -824,6 +824,10 @@ impl World {
                     "{} refused {origin}:{first}..={last} on {}: {reason}",
                     self.nodes[n].name, conn.0
                 );
+                self.trace.line(self.now, &line);
+            }
+            Notice::KeyRefused { conn, reason } => {
+                let line = format!("{} refused a writer's key on {}: {reason}", self.nodes[n].name, conn.0);
                 self.trace.line(self.now, &line);
             }
         }

@@ -101,6 +101,8 @@ pub struct Refusal {
 pub struct Outbound {
     /// The head last sent on this stream, by origin.
     heads: BTreeMap<Origin, u64>,
+    /// Writers whose credential this stream carried (or had none to carry).
+    credentials: std::collections::BTreeSet<ferry_proto::NodeId>,
     /// Jobs under way: (origin, first seq of the job's next frame) -> the
     /// head they prove against and the last seq proved.
     jobs: BTreeMap<(Origin, u64), (TreeHead, u64)>,
@@ -109,17 +111,18 @@ pub struct Outbound {
 impl Outbound {
     /// The frames to send with a job's frame of events `first..=last`
     /// (contiguous): a `Head` first if this stream has not carried the
-    /// head the job proves against, then, after the `Events` frame, a
-    /// `Proof`. `job_last` ends the job: its last frame is proved to it.
+    /// head the job proves against (behind the writer's `Credential` the
+    /// first time), then, after the `Events` frame, a `Proof`. `job_last` ends the job: its last frame is proved to it.
     /// Fails if the tree does not hold what the proof needs: the events
     /// cannot be proved from here and must not be sent.
     pub fn frames(
         &mut self,
+        logs: &Logs,
         tree: &Known,
         first: u64,
         last: u64,
         job_last: u64,
-    ) -> Result<(Option<Frame>, Frame), AuthError> {
+    ) -> Result<(Vec<Frame>, Frame), AuthError> {
         let origin = tree.origin();
         let (head, proved, mode) = match self.jobs.remove(&(origin, first)) {
             Some((head, proved)) => (head, proved, Mode::Extend),
@@ -142,12 +145,12 @@ impl Outbound {
                     }
                 }
                 let (head, proof) = found.ok_or(error)?;
-                return Ok(self.finish_frame(origin, head, proof, q, last, job_last));
+                return Ok(self.finish_frame(logs, head, proof, q, last, job_last));
             }
         };
         let q = checkpoint(proved, first, last, job_last);
         let proof = tree.prove(&head, mode, proved + 1, q)?;
-        Ok(self.finish_frame(origin, head, proof, q, last, job_last))
+        Ok(self.finish_frame(logs, head, proof, q, last, job_last))
     }
 
     /// Records what a proved frame leaves to do, and gives the frames to
@@ -156,17 +159,22 @@ impl Outbound {
     /// neither is its head), the proof after the events.
     fn finish_frame(
         &mut self,
-        origin: Origin,
+        logs: &Logs,
         head: TreeHead,
         proof: RangeProof,
         q: u64,
         last: u64,
         job_last: u64,
-    ) -> (Option<Frame>, Frame) {
-        let lead = (self.heads.get(&origin) != Some(&head.len)).then(|| {
+    ) -> (Vec<Frame>, Frame) {
+        let origin = head.origin;
+        let mut lead = Vec::new();
+        if self.heads.get(&origin) != Some(&head.len) {
+            if self.credentials.insert(origin.node) {
+                lead.extend(logs.keys.credential(&origin.node).map(Frame::Credential));
+            }
             self.heads.insert(origin, head.len);
-            Frame::Head(head.clone())
-        });
+            lead.push(Frame::Head(head.clone()));
+        }
         let encoded = Frame::Proof(proof.encode_in_stream(last));
         if last < job_last {
             self.jobs.insert((origin, last + 1), (head, q));
@@ -177,6 +185,7 @@ impl Outbound {
     /// The connection is gone.
     pub fn clear(&mut self) {
         self.heads.clear();
+        self.credentials.clear();
         self.jobs.clear();
     }
 }
@@ -207,6 +216,13 @@ fn refusal(events: &[Event], error: AuthError) -> Option<Refusal> {
 }
 
 impl Inbound {
+    /// A `Credential` frame: the key of a writer whose head follows, kept
+    /// if it is good (`HeadKeys::learn`). A bad one is refused and told;
+    /// the heads it was for then fail their signature check.
+    pub fn on_credential(&mut self, logs: &Logs, credential: &[u8]) -> Result<(), String> {
+        logs.keys.learn(credential).map(|_| ())
+    }
+
     /// A `Head` frame: kept for the jobs that start after it, if its
     /// writer's key signed it; and adopted as the origin's head if what is
     /// held of the log gives its root (events pushed by the writer, then

@@ -61,17 +61,22 @@ fn send(
     tamper: impl Fn(usize, &mut Vec<Event>),
 ) -> Vec<Wire> {
     let mut out = Outbound::default();
+    let keys = Logs::new(Arc::new(Keys::everyone()), None);
     let mut wire = Vec::new();
     let mut turns: std::collections::VecDeque<(u64, u64)> = jobs.iter().copied().collect();
     let mut frame = 0;
     while let Some((at, last)) = turns.pop_front() {
         let end = (at + size - 1).min(last);
-        let (head, proof) = match out.frames(tree, at, end, last).unwrap() {
-            (head, Frame::Proof(p)) => (head, p),
+        let (lead, proof) = match out.frames(&keys, tree, at, end, last).unwrap() {
+            (lead, Frame::Proof(p)) => (lead, p),
             other => panic!("not a proof: {other:?}"),
         };
-        if let Some(Frame::Head(h)) = head {
-            wire.push(Wire::Head(h));
+        for f in lead {
+            match f {
+                Frame::Head(h) => wire.push(Wire::Head(h)),
+                Frame::Credential(_) => {}
+                other => panic!("leads a frame: {other:?}"),
+            }
         }
         let mut evs = log[(at - 1) as usize..end as usize].to_vec();
         tamper(frame, &mut evs);
@@ -117,11 +122,11 @@ fn jobs_taking_turns_verify_and_relay_onward() {
     let log = events(a, 600);
     let writer = writer_tree(&log, &honest(a));
     // Writer to hub, then the hub from what it verified to a clinic.
-    let mut hub = Logs::new(Arc::new(Keys), None);
+    let mut hub = Logs::new(Arc::new(Keys::everyone()), None);
     let (got, refused) = receive(&mut hub, send(&writer, &log, &JOBS, 37, |_, _| {}));
     assert_eq!(refused, vec![]);
     assert_eq!(seqs(&got), (1..=600).collect::<Vec<_>>());
-    let mut clinic = Logs::new(Arc::new(Keys), None);
+    let mut clinic = Logs::new(Arc::new(Keys::everyone()), None);
     let relayed = send(hub.tree(&a).unwrap(), &log, &[(401, 600), (1, 400)], 53, |_, _| {});
     let (got, refused) = receive(&mut clinic, relayed);
     assert_eq!(refused, vec![]);
@@ -139,7 +144,7 @@ fn an_altered_frame_is_refused_and_the_rest_arrive() {
             evs[5].payload = b"{\"visit\":\"forged\"}".to_vec();
         }
     });
-    let mut hub = Logs::new(Arc::new(Keys), None);
+    let mut hub = Logs::new(Arc::new(Keys::everyone()), None);
     let (got, refused) = receive(&mut hub, wire);
     assert!(matches!(refused[0].error, AuthError::Mismatch { .. }), "{refused:?}");
     // Job 2 is refused from its first unproved seq on; nothing of the
@@ -168,7 +173,7 @@ fn events_fabricated_for_another_origin_are_refused() {
             secret: b"mallory",
         },
     );
-    let mut clinic = Logs::new(Arc::new(Keys), None);
+    let mut clinic = Logs::new(Arc::new(Keys::everyone()), None);
     let (got, refused) = receive(&mut clinic, send(&mallory, &forged, &[(1, 50)], 20, |_, _| {}));
     assert_eq!(got, vec![]);
     assert!(
@@ -207,7 +212,7 @@ fn a_frame_without_its_proof_is_refused() {
         .map(|(i, _)| i)
         .unwrap();
     wire.remove(second_proof);
-    let mut hub = Logs::new(Arc::new(Keys), None);
+    let mut hub = Logs::new(Arc::new(Keys::everyone()), None);
     let (got, refused) = receive(&mut hub, wire);
     assert!(
         seqs(&got).iter().all(|&s| s <= 32),
@@ -227,7 +232,7 @@ fn events_pushed_by_their_writer_are_proved_by_its_next_head() {
     };
     let writer = writer_tree(&log, &key);
     // The hub takes 1..=40 straight from the writer, then its head.
-    let mut hub = Logs::new(Arc::new(Keys), None);
+    let mut hub = Logs::new(Arc::new(Keys::everyone()), None);
     for e in &log {
         hub.trusted(e).unwrap();
     }
@@ -235,7 +240,7 @@ fn events_pushed_by_their_writer_are_proved_by_its_next_head() {
     Inbound::default().on_head(&mut hub, head).unwrap();
     assert_eq!(hub.tree(&a).and_then(|t| t.head()).map(|h| h.head().len), Some(40));
     // It relays 11..=30 to a clinic, which checks them.
-    let mut clinic = Logs::new(Arc::new(Keys), None);
+    let mut clinic = Logs::new(Arc::new(Keys::everyone()), None);
     let (got, refused) = receive(
         &mut clinic,
         send(hub.tree(&a).unwrap(), &log, &[(11, 30)], 7, |_, _| {}),
@@ -255,7 +260,7 @@ fn frames_out_of_order_or_from_seq_zero_are_refused_not_panics() {
     let a = origin(1);
     let log = events(a, 10);
     let writer = writer_tree(&log, &honest(a));
-    let mut hub = Logs::new(Arc::new(Keys), None);
+    let mut hub = Logs::new(Arc::new(Keys::everyone()), None);
     for evs in [
         vec![log[4].clone(), log[2].clone()],
         vec![Event {

@@ -140,4 +140,8 @@ pub enum Notice {
         last: u64,
         reason: String,
     },
+    /// The peer sent a writer's credential this node does not accept (in
+    /// a node: a certificate the deployment CA did not sign): that
+    /// writer's heads from it will not verify.
+    KeyRefused { conn: ConnId, reason: String },
 }

@@ -158,7 +158,7 @@ impl Lane {
                 // The last piece of a large event goes anyway (its first
                 // ones are out): the peer refuses the event for want of a
                 // proof, and its stream stays whole.
-                Err(()) if matches!(items.first(), Some(Item::Piece(_))) => (None, None),
+                Err(()) if matches!(items.first(), Some(Item::Piece(_))) => (Vec::new(), None),
                 Err(()) => {
                     // Not provable from here: not sent (the peer hears of
                     // it as a want answered without them).
@@ -187,7 +187,7 @@ impl Lane {
                 events_frame.len() <= ferry_proto::frame::MAX_FRAME_LEN + 4,
                 "an events frame within its limit"
             );
-            let mut bytes = lead.map(|h| h.encode()).unwrap_or_default();
+            let mut bytes: Vec<u8> = lead.iter().flat_map(Frame::encode).collect();
             bytes.extend(events_frame);
             if let Some(proof) = proof {
                 bytes.extend(proof.encode());
@@ -223,20 +223,20 @@ impl Lane {
         job: &Job,
         items: &[Item],
         events: u64,
-    ) -> Result<(Option<Frame>, Option<Frame>), ()> {
+    ) -> Result<(Vec<Frame>, Option<Frame>), ()> {
         let Some(logs) = store.logs() else {
-            return Ok((None, None));
+            return Ok((Vec::new(), None));
         };
         let seqs = whole_seqs(items);
         let Some(&(first, last)) = seqs.ranges().first() else {
-            return Ok((None, None));
+            return Ok((Vec::new(), None));
         };
         assert!(
             seqs.ranges().len() == 1 && events == last - first + 1,
             "a proved frame holds one run of whole events"
         );
         let tree = logs.tree(&job.origin).ok_or(())?;
-        let (lead, proof) = self.auth.frames(tree, first, last, last).map_err(|_| ())?;
+        let (lead, proof) = self.auth.frames(logs, tree, first, last, last).map_err(|_| ())?;
         Ok((lead, Some(proof)))
     }
 

@@ -170,6 +170,19 @@ impl Session {
                 }
                 Ok(())
             }
+            (Frame::Credential(bytes), Some(_)) if cx.store.logs().is_some() => {
+                let refused = match cx.store.logs() {
+                    Some(logs) => data.auth.on_credential(logs, &bytes).err(),
+                    None => None,
+                };
+                if let Some(reason) = refused {
+                    cx.out.push_back(Action::Notice(Notice::KeyRefused {
+                        conn: self.conn,
+                        reason,
+                    }));
+                }
+                Ok(())
+            }
             (Frame::Proof(bytes), Some(_)) if cx.store.logs().is_some() => {
                 let proved = match cx.store.logs_mut() {
                     Some(logs) => data.auth.on_proof(logs, &bytes),

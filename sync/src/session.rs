@@ -406,7 +406,12 @@ impl Session {
                 ErrorCode::from_u64(code as u64).unwrap_or(ErrorCode::Protocol),
                 format!("peer reported error {code}: {message}"),
             )),
-            Frame::Open { .. } | Frame::Events(_) | Frame::End(_) | Frame::Head(_) | Frame::Proof(_) => Err(fault(
+            Frame::Open { .. }
+            | Frame::Events(_)
+            | Frame::End(_)
+            | Frame::Head(_)
+            | Frame::Proof(_)
+            | Frame::Credential(_) => Err(fault(
                 ErrorCode::Protocol,
                 format!("{} does not belong on the control stream", frame.kind()),
             )),

@@ -6,6 +6,8 @@
 use ferry_proto::merkle::{HeadKeys, HeadSigner, MAX_SIGNATURE_LEN};
 use ferry_proto::NodeId;
 use sha2::{Digest, Sha256};
+use std::collections::BTreeSet;
+use std::sync::Mutex;
 
 /// The secret every honest node of a stand-in deployment signs with.
 pub const HONEST: &[u8] = b"honest";
@@ -27,9 +29,36 @@ impl HeadSigner for StandInKey {
     }
 }
 
-/// Every node's stand-in public key: a signature is good if it is the
-/// node's own with the honest secret.
-pub struct StandInKeys;
+/// The stand-in keys one node knows: its own, then those it learns from
+/// credentials, as a node learns them from certificates. A credential is
+/// the node's id behind a fixed prefix: anyone can make one, which is
+/// fine here, since a stand-in signature needs the honest secret anyway;
+/// what the simulator checks is that credentials reach every node that
+/// must verify a writer's heads.
+pub struct StandInKeys {
+    /// `None`: knows every node's key (tests that do not follow keys).
+    known: Option<Mutex<BTreeSet<NodeId>>>,
+}
+
+const CREDENTIAL: &[u8] = b"stand-in certificate of ";
+
+impl StandInKeys {
+    pub fn new(own: NodeId) -> Self {
+        StandInKeys {
+            known: Some(Mutex::new(BTreeSet::from([own]))),
+        }
+    }
+
+    pub fn everyone() -> Self {
+        StandInKeys { known: None }
+    }
+
+    fn knows(&self, node: &NodeId) -> bool {
+        self.known
+            .as_ref()
+            .is_none_or(|k| k.lock().unwrap_or_else(|p| p.into_inner()).contains(node))
+    }
+}
 
 impl HeadKeys for StandInKeys {
     fn verify(&self, node: &NodeId, message: &[u8], signature: &[u8]) -> bool {
@@ -37,6 +66,22 @@ impl HeadKeys for StandInKeys {
             node: *node,
             secret: HONEST,
         };
-        signature.len() <= MAX_SIGNATURE_LEN && key.sign(message) == signature
+        self.knows(node) && signature.len() <= MAX_SIGNATURE_LEN && key.sign(message) == signature
+    }
+
+    fn credential(&self, node: &NodeId) -> Option<Vec<u8>> {
+        self.knows(node).then(|| [CREDENTIAL, &node.0].concat())
+    }
+
+    fn learn(&self, credential: &[u8]) -> Result<NodeId, String> {
+        let id = credential
+            .strip_prefix(CREDENTIAL)
+            .and_then(|b| <[u8; 16]>::try_from(b).ok())
+            .map(NodeId)
+            .ok_or("not a stand-in credential")?;
+        if let Some(k) = &self.known {
+            k.lock().unwrap_or_else(|p| p.into_inner()).insert(id);
+        }
+        Ok(id)
     }
 }
