@@ -54,6 +54,9 @@ pub struct NodeCtx {
     pub progress: OnceLock<indicatif::MultiProgress>,
     /// The revocations this node holds (shared with its TLS verifiers).
     pub revocations: Arc<crate::revocation::Revocations>,
+    /// Writers' keys and this node's own, for authenticated logs.
+    pub writer_keys: Arc<crate::logauth::WriterKeys>,
+    pub signer: Arc<crate::logauth::NodeSigner>,
 }
 
 impl NodeCtx {

@@ -13,12 +13,13 @@ use crate::link::{code, Link, LinkEvents};
 use crate::peers;
 use crate::store::WalStore;
 use ferry_proto::{Classes, ErrorCode, NodeId, Origin, RangeSet, Summary};
+use ferry_sync::auth::Logs;
 use ferry_sync::{
     Action, AppendReport, Config, ConnId, Notice, PeerInfo, Replica, SessionView, StoreError, StreamId, StreamKind,
     Time,
 };
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::Notify;
@@ -34,7 +35,13 @@ pub struct Driver {
     /// What each peer held at the end of the last connection, for the next
     /// reconnect's 0-RTT wants.
     remembered: Mutex<BTreeMap<NodeId, (Summary, Classes)>>,
+    /// The log trees may have changed since they were last saved.
+    logs_dirty: AtomicBool,
 }
+
+/// How often the log trees are saved while they change (`store`).
+const SAVE_LOGS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+const LOG_TREES_FILE: &str = "log-trees";
 
 /// Settings for the core that come from how the node runs.
 pub struct Mode {
@@ -51,7 +58,14 @@ impl Driver {
         cfg.live = mode.live;
         cfg.round_interval = mode.interval.map(Time::from);
         let hubs = ctx.hubs.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let mut replica = Replica::new(cfg, WalStore(ctx.wal.clone()), rand::random(), hubs);
+        let store = match &ctx.data_dir {
+            Some(dir) => {
+                let logs = Logs::new(ctx.writer_keys.clone(), Some(ctx.signer.clone()));
+                WalStore::with_logs(ctx.wal.clone(), logs, &dir.path(LOG_TREES_FILE), ctx.node_id)
+            }
+            None => WalStore::new(ctx.wal.clone()),
+        };
+        let mut replica = Replica::new(cfg, store, rand::random(), hubs);
         for r in ctx.revocations.list() {
             replica.revoke(Time(0), r.node, r.cutoff());
         }
@@ -63,8 +77,10 @@ impl Driver {
             next_conn: AtomicU64::new(1),
             timer: Notify::new(),
             remembered: Mutex::new(BTreeMap::new()),
+            logs_dirty: AtomicBool::new(false),
         });
         ctx.tasks.spawn(timer_task(driver.clone()));
+        ctx.tasks.spawn(save_logs_task(driver.clone()));
         ctx.tasks.spawn(local_appends(driver.clone()));
         driver
     }
@@ -103,6 +119,18 @@ impl Driver {
         }
         self.timer.notify_one();
         result
+    }
+
+    /// Saves the log trees (`store`), if this node keeps them.
+    pub fn save_logs(&self) {
+        let Some(dir) = &self.ctx.data_dir else { return };
+        self.logs_dirty.store(false, Relaxed);
+        let saved = self.core.lock().unwrap_or_else(|p| p.into_inner()).store().saved_logs();
+        if let Some(bytes) = saved {
+            if let Err(e) = crate::store::write_saved(&dir.path(LOG_TREES_FILE), &bytes) {
+                tracing::warn!("{e:#}");
+            }
+        }
     }
 
     pub fn new_conn_id(&self) -> ConnId {
@@ -357,6 +385,22 @@ impl Driver {
     }
 }
 
+/// Saves the log trees every few seconds while they change; shutdown saves
+/// them once more.
+async fn save_logs_task(driver: Arc<Driver>) {
+    loop {
+        tokio::select! {
+            _ = driver.ctx.stopping.cancelled() => return,
+            _ = tokio::time::sleep(SAVE_LOGS_EVERY) => {}
+        }
+        if driver.logs_dirty.load(Relaxed) {
+            let d = driver.clone();
+            // File I/O off the runtime's workers.
+            let _ = tokio::task::spawn_blocking(move || d.save_logs()).await;
+        }
+    }
+}
+
 /// Fires the core's timers.
 async fn timer_task(driver: Arc<Driver>) {
     loop {
@@ -417,7 +461,20 @@ async fn local_appends(driver: Arc<Driver>) {
             .flat_map(|&(a, b)| a..=b)
             .map(|seq| (local, seq, class_of(seq)))
             .collect();
-        driver.with_core(|core, now| core.handle_local_appended(now, &events));
+        // Read back to grow and sign this node's trees before the core
+        // pushes them: a push is proved like any range.
+        let mut written = Vec::new();
+        for &(first, last) in new.ranges() {
+            match wal.read_range(&local, first, last, usize::MAX) {
+                Ok(e) => written.extend(e),
+                Err(e) => tracing::warn!("could not read this node's new events: {e}"),
+            }
+        }
+        driver.logs_dirty.store(true, Relaxed);
+        driver.with_core(|core, now| {
+            core.store_mut().wrote(&written);
+            core.handle_local_appended(now, &events)
+        });
         // Revocations and certificates are written urgent (`ferry revoke`,
         // `ferry cert publish`): read only those.
         let urgent = classes
@@ -463,6 +520,8 @@ pub fn record_peers(driver: &Arc<Driver>) {
 
 impl LinkEvents for Driver {
     fn stream_data(self: &Arc<Self>, conn: ConnId, stream: StreamId, kind: StreamKind, bytes: &[u8]) {
+        // Heads and proofs may have been verified.
+        self.logs_dirty.store(true, Relaxed);
         self.with_core(|core, now| core.handle_stream_data(now, conn, stream, kind, bytes));
     }
 

@@ -90,6 +90,9 @@ pub struct Overrides {
     pub bandwidth_kbps: Option<u64>,
 }
 
+/// Certificates of other writers, learned from peers (`logauth`).
+const WRITERS_DIR: &str = "writers";
+
 /// Opens the WAL and identity of an enrolled data directory.
 pub fn open_ctx(dir: &DataDir, policy: Option<Policy>) -> Result<(Arc<NodeCtx>, TlsIdentity)> {
     open_ctx_with(
@@ -128,7 +131,19 @@ pub fn open_ctx_with(dir: &DataDir, overrides: Overrides) -> Result<(Arc<NodeCtx
                 .filter_map(|(id, _)| id.parse().ok()),
         )
         .collect();
+    let ca_der = crate::pki::parse_pem_certs(id.ca_pem.as_deref().unwrap_or_default())?
+        .into_iter()
+        .next()
+        .context("ca.crt holds no certificate")?;
+    let writer_keys = crate::logauth::WriterKeys::open(&ca_der, Some(dir.path(WRITERS_DIR)));
+    let own_cert = crate::pki::parse_pem_certs(id.cert_pem.as_deref().unwrap_or_default())?
+        .into_iter()
+        .next()
+        .context("node.crt holds no certificate")?;
+    writer_keys.add_verified_cert(&own_cert)?;
     let ctx = NodeCtx {
+        writer_keys: Arc::new(writer_keys),
+        signer: Arc::new(crate::logauth::NodeSigner::new(&id.key)?),
         wal: Arc::new(wal),
         node_id: id.node_id,
         name: cfg.name.clone(),
@@ -459,6 +474,7 @@ impl Node {
             }
         };
         let _ = tokio::time::timeout(std::time::Duration::from_secs(3), idle).await;
+        self.driver.save_logs();
     }
 }
 

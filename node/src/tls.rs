@@ -147,13 +147,22 @@ pub fn peer_cert(conn: &quinn::Connection) -> Result<CertInfo> {
 
 /// Checks that `cert` is signed by `ca` (used when installing a certificate).
 pub fn verify_chain(cert: &CertificateDer<'static>, ca: &CertificateDer<'static>) -> Result<()> {
+    verify_chain_at(cert, ca, UnixTime::now().as_secs())
+}
+
+/// `verify_chain` as of `unix_secs`.
+pub fn verify_chain_at(cert: &CertificateDer<'static>, ca: &CertificateDer<'static>, unix_secs: u64) -> Result<()> {
     let mut roots = RootCertStore::empty();
     roots
         .add(ca.clone())
         .context("the CA certificate in the bundle is not usable")?;
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider()).build()?;
     verifier
-        .verify_client_cert(cert, &[], UnixTime::now())
+        .verify_client_cert(
+            cert,
+            &[],
+            UnixTime::since_unix_epoch(std::time::Duration::from_secs(unix_secs)),
+        )
         .map_err(|e| anyhow!("the certificate does not chain to the CA in the bundle: {e}"))?;
     Ok(())
 }

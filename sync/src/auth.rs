@@ -44,6 +44,35 @@ impl Logs {
         }
     }
 
+    /// The writers' keys this node holds.
+    pub fn keys(&self) -> &(dyn HeadKeys + Send + Sync) {
+        self.keys.as_ref()
+    }
+
+    /// A tree rebuilt at start (`Known::restore`). A log this node writes
+    /// gets its head signed again over everything it appended, so it can
+    /// prove its own events at once, whatever the saved heads were.
+    pub fn put(&mut self, tree: Known) {
+        let origin = tree.origin();
+        let tree = self.trees.entry(origin).insert_entry(tree).into_mut();
+        let signed = tree.head().map_or(0, |h| h.head().len);
+        if let Some(signer) = &self.signer {
+            if tree.appended() > signed {
+                // The root of leaves appended is always known.
+                let _ = tree.sign_head(tree.appended(), signer.as_ref());
+            }
+        }
+    }
+
+    /// Every tree's saved form (`Known::save`), by origin; `held(origin,
+    /// seq)`: whether that event is durable here.
+    pub fn save(&self, held: impl Fn(&Origin, u64) -> bool) -> Vec<(Origin, Vec<u8>)> {
+        self.trees
+            .iter()
+            .map(|(origin, tree)| (*origin, tree.save(|seq| held(origin, seq))))
+            .collect()
+    }
+
     pub fn tree(&self, origin: &Origin) -> Option<&Known> {
         self.trees.get(origin)
     }

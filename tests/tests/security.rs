@@ -222,6 +222,7 @@ async fn malformed_frames_close_the_connection_and_the_node_keeps_serving() {
     let mut reader = ferry_sync::FrameReader::default();
     let mut dec = ferry_proto::batch::StreamDecompressor::new();
     let mut got = 0;
+    let mut proofs = 0;
     let mut ended = false;
     while !ended {
         let chunk = tokio::time::timeout(Duration::from_secs(10), data.read_chunk(1 << 16, true))
@@ -233,6 +234,9 @@ async fn malformed_frames_close_the_connection_and_the_node_keeps_serving() {
             match f {
                 Frame::Open { .. } => {}
                 Frame::Events(c) => got += dec.decompress(&c).unwrap().len(),
+                // Logs are authenticated: the writer's certificate, its
+                // signed head and a proof come with the events.
+                Frame::Credential(_) | Frame::Head(_) | Frame::Proof(_) => proofs += 1,
                 Frame::End(w) => {
                     assert_eq!(w, want);
                     ended = true;
@@ -242,6 +246,7 @@ async fn malformed_frames_close_the_connection_and_the_node_keeps_serving() {
         }
     }
     assert_eq!(got, 10);
+    assert!(proofs >= 3, "a credential, a head and a proof: {proofs} frames");
     assert_eq!(all_events(&node.ctx.wal).unwrap(), before, "bad input changed the WAL");
 
     // And the node still serves after all of that.
