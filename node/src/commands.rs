@@ -103,20 +103,29 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             json,
         } => {
             let dir = data_dir()?;
-            sync_with(&dir, peer, Overrides { policy, bandwidth_kbps }, |report| {
-                let mut out = std::io::stdout();
-                if json {
-                    writeln!(out, "{}", serde_json::to_string_pretty(report)?)?;
-                } else {
-                    writeln!(
-                        out,
-                        "synced with {} ({}, {}): received {} events, sent {}",
-                        report.peer_name, report.peer_role, report.addr, report.events_received, report.events_sent
-                    )?;
-                }
-                out.flush()?;
-                Ok(())
-            })
+            sync_with(
+                &dir,
+                peer,
+                Overrides {
+                    policy,
+                    bandwidth_kbps,
+                    ..Default::default()
+                },
+                |report| {
+                    let mut out = std::io::stdout();
+                    if json {
+                        writeln!(out, "{}", serde_json::to_string_pretty(report)?)?;
+                    } else {
+                        writeln!(
+                            out,
+                            "synced with {} ({}, {}): received {} events, sent {}",
+                            report.peer_name, report.peer_role, report.addr, report.events_received, report.events_sent
+                        )?;
+                    }
+                    out.flush()?;
+                    Ok(())
+                },
+            )
         }
         Command::Run(ref args) => run(&data_dir()?, args),
         Command::Record(ref c) => crate::records::cli::run(&data_dir()?, c),
@@ -523,6 +532,7 @@ fn run(dir: &DataDir, args: &RunArgs) -> Result<()> {
         let overrides = Overrides {
             policy: args.policy,
             bandwidth_kbps: args.bandwidth_kbps,
+            ..Default::default()
         };
         let (ctx, tls) = open_ctx_with(dir, overrides).map_err(locked_hint)?;
         show_progress(&ctx);

@@ -57,6 +57,8 @@ pub struct NodeCtx {
     /// Writers' keys and this node's own, for authenticated logs.
     pub writer_keys: Arc<crate::logauth::WriterKeys>,
     pub signer: Arc<crate::logauth::NodeSigner>,
+    /// Deliberate faults (`Overrides::faults`); none outside tests.
+    pub faults: ferry_sync::Bugs,
 }
 
 impl NodeCtx {

@@ -37,10 +37,9 @@ pub struct Driver {
     remembered: Mutex<BTreeMap<NodeId, (Summary, Classes)>>,
     /// The log trees may have changed since they were last saved.
     logs_dirty: AtomicBool,
+    /// Wakes the task that saves them.
+    logs_changed: Notify,
 }
-
-/// How often the log trees are saved while they change (`store`).
-const SAVE_LOGS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 const LOG_TREES_FILE: &str = "log-trees";
 
 /// Settings for the core that come from how the node runs.
@@ -57,11 +56,13 @@ impl Driver {
         cfg.policy = ctx.policy.into();
         cfg.live = mode.live;
         cfg.round_interval = mode.interval.map(Time::from);
+        cfg.bugs = ctx.faults;
         let hubs = ctx.hubs.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let store = match &ctx.data_dir {
             Some(dir) => {
                 let logs = Logs::new(ctx.writer_keys.clone(), Some(ctx.signer.clone()));
-                WalStore::with_logs(ctx.wal.clone(), logs, &dir.path(LOG_TREES_FILE), ctx.node_id)
+                let signs_any = ctx.faults.on(|b| b.sign_any_log);
+                WalStore::with_logs(ctx.wal.clone(), logs, &dir.path(LOG_TREES_FILE), ctx.node_id, signs_any)
             }
             None => WalStore::new(ctx.wal.clone()),
         };
@@ -78,6 +79,7 @@ impl Driver {
             timer: Notify::new(),
             remembered: Mutex::new(BTreeMap::new()),
             logs_dirty: AtomicBool::new(false),
+            logs_changed: Notify::new(),
         });
         ctx.tasks.spawn(timer_task(driver.clone()));
         ctx.tasks.spawn(save_logs_task(driver.clone()));
@@ -119,6 +121,11 @@ impl Driver {
         }
         self.timer.notify_one();
         result
+    }
+
+    fn logs_changed(&self) {
+        self.logs_dirty.store(true, Relaxed);
+        self.logs_changed.notify_one();
     }
 
     /// Saves the log trees (`store`), if this node keeps them.
@@ -264,6 +271,8 @@ impl Driver {
                     }
                     let stored = result.is_ok();
                     driver.with_core(|core, now| core.handle_appended(now, ticket, result));
+                    // The heads and hashes that proved them are kept next.
+                    driver.logs_changed();
                     if stored {
                         for e in &system {
                             driver.observe(e, true).await;
@@ -376,7 +385,10 @@ impl Driver {
                 last,
                 reason,
             } => {
-                tracing::warn!(conn = conn.0, %origin, first, last, "refused events that did not prove: {reason}");
+                self.ctx
+                    .writer_keys
+                    .count_unproved(last.checked_sub(first).map_or(0, |d| d.saturating_add(1)));
+                tracing::warn!(conn = conn.0, %origin, first, last, "refused events that did not prove against their writer's signed log head (forged or altered by a relay?): {reason}");
             }
             Notice::KeyRefused { conn, reason } => {
                 tracing::warn!(conn = conn.0, "refused a writer's certificate a peer sent: {reason}");
@@ -385,13 +397,16 @@ impl Driver {
     }
 }
 
-/// Saves the log trees every few seconds while they change; shutdown saves
-/// them once more.
+/// Saves the log trees soon after events are stored: a relay that loses
+/// power keeps the heads and hashes that prove what it carries (a mule
+/// meets the writer once). Saves run one at a time, so a busy sync makes
+/// one save per batch of appends, not one per append. Shutdown saves once
+/// more.
 async fn save_logs_task(driver: Arc<Driver>) {
     loop {
         tokio::select! {
             _ = driver.ctx.stopping.cancelled() => return,
-            _ = tokio::time::sleep(SAVE_LOGS_EVERY) => {}
+            _ = driver.logs_changed.notified() => {}
         }
         if driver.logs_dirty.load(Relaxed) {
             let d = driver.clone();
@@ -470,7 +485,7 @@ async fn local_appends(driver: Arc<Driver>) {
                 Err(e) => tracing::warn!("could not read this node's new events: {e}"),
             }
         }
-        driver.logs_dirty.store(true, Relaxed);
+        driver.logs_changed();
         driver.with_core(|core, now| {
             core.store_mut().wrote(&written);
             core.handle_local_appended(now, &events)
@@ -520,8 +535,6 @@ pub fn record_peers(driver: &Arc<Driver>) {
 
 impl LinkEvents for Driver {
     fn stream_data(self: &Arc<Self>, conn: ConnId, stream: StreamId, kind: StreamKind, bytes: &[u8]) {
-        // Heads and proofs may have been verified.
-        self.logs_dirty.store(true, Relaxed);
         self.with_core(|core, now| core.handle_stream_data(now, conn, stream, kind, bytes));
     }
 

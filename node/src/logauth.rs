@@ -10,6 +10,7 @@ use ring::rand::SystemRandom;
 use ring::signature::{EcdsaKeyPair, UnparsedPublicKey, ECDSA_P256_SHA256_FIXED, ECDSA_P256_SHA256_FIXED_SIGNING};
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::RwLock;
 
 /// Signs this node's heads with its node key (ECDSA P-256, as rcgen made
@@ -53,6 +54,8 @@ pub struct WriterKeys {
     ca: Vec<u8>,
     dir: Option<PathBuf>,
     known: RwLock<HashMap<NodeId, Writer>>,
+    /// Events refused since start because they did not prove.
+    unproved: AtomicU64,
 }
 
 struct Writer {
@@ -78,6 +81,7 @@ impl WriterKeys {
             ca: ca.to_vec(),
             dir,
             known: RwLock::new(HashMap::new()),
+            unproved: AtomicU64::new(0),
         };
         let entries = keys.dir.as_ref().and_then(|d| std::fs::read_dir(d).ok());
         for entry in entries.into_iter().flatten().flatten() {
@@ -100,6 +104,15 @@ impl WriterKeys {
         let (node, writer) = parse(der)?;
         self.insert(node, writer);
         Ok(node)
+    }
+
+    /// Counts events refused for want of proof (`Notice::Unproved`).
+    pub fn count_unproved(&self, n: u64) {
+        self.unproved.fetch_add(n, Relaxed);
+    }
+
+    pub fn unproved(&self) -> u64 {
+        self.unproved.load(Relaxed)
     }
 
     /// Whether a certificate of `node` is held.

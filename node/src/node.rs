@@ -88,6 +88,9 @@ pub struct SyncReport {
 pub struct Overrides {
     pub policy: Option<Policy>,
     pub bandwidth_kbps: Option<u64>,
+    /// Deliberate faults, for tests of how peers withstand a rogue node;
+    /// they act only in builds with ferry-sync's `fault-injection`.
+    pub faults: ferry_sync::Bugs,
 }
 
 /// Certificates of other writers, learned from peers (`logauth`).
@@ -144,6 +147,7 @@ pub fn open_ctx_with(dir: &DataDir, overrides: Overrides) -> Result<(Arc<NodeCtx
     let ctx = NodeCtx {
         writer_keys: Arc::new(writer_keys),
         signer: Arc::new(crate::logauth::NodeSigner::new(&id.key)?),
+        faults: overrides.faults,
         wal: Arc::new(wal),
         node_id: id.node_id,
         name: cfg.name.clone(),

@@ -3,11 +3,11 @@
 //!
 //! The trees are rebuilt at start from the events the WAL holds and a small
 //! saved file (`log-trees`: the signed heads and the hashes no held event
-//! gives, `Known::save`), which the driver rewrites every few seconds while
-//! the node syncs and once more at shutdown. A crash between two saves
-//! loses only heads and proof hashes learned since the last one: the events
-//! are in the WAL and their leaves are hashed again; what this node cannot
-//! prove onward until a newer head reaches it, it does not send.
+//! gives, `Known::save`), which the driver rewrites soon after events are
+//! stored and once more at shutdown. A crash between a store and the next
+//! save loses only the heads and proof hashes learned in between: the
+//! events are in the WAL and their leaves are hashed again; what this node
+//! cannot prove onward until a newer head reaches it, it does not send.
 
 use anyhow::{bail, Context, Result};
 use ferry_proto::merkle::Known;
@@ -36,8 +36,9 @@ impl WalStore {
 
     /// With authenticated logs: every origin's tree rebuilt from the events
     /// held and the saved file at `saved` (absent on a first start). `own`:
-    /// this node, whose logs it appends to and signs.
-    pub fn with_logs(wal: Arc<Wal>, mut logs: Logs, saved: &Path, own: NodeId) -> Self {
+    /// this node, whose logs it appends to and signs; `signs_any`: the
+    /// fault `Bugs::sign_any_log` (a rogue node signs every log it holds).
+    pub fn with_logs(wal: Arc<Wal>, mut logs: Logs, saved: &Path, own: NodeId, signs_any: bool) -> Self {
         let mut blobs = match read_saved(saved) {
             Ok(b) => b,
             Err(e) => {
@@ -48,7 +49,7 @@ impl WalStore {
         let mut dropped = 0;
         for (origin, have) in wal.summary().0 {
             let blob = blobs.remove(&origin);
-            let own = origin.node == own;
+            let own = origin.node == own || signs_any;
             let restored = Known::restore(origin, blob.as_deref(), logs.keys(), held(&wal, origin, &have), own)
                 .or_else(|e| {
                     tracing::warn!(%origin, "the saved tree does not fit the events held ({e}); rebuilding it from the events alone");

@@ -95,6 +95,11 @@ pub struct Bugs {
     pub trust_unclean_tail: bool,
     /// Events a revoked node stamped after its revocation are taken.
     pub admit_revoked: bool,
+    /// A node signs the head of every log it holds as if it wrote it: a
+    /// rogue relay fabricating events in another writer's name. Node only
+    /// (it acts where a node rebuilds its trees from its WAL); an attack
+    /// to withstand, like `relay_forges`.
+    pub sign_any_log: bool,
 }
 
 impl Bugs {
@@ -118,6 +123,8 @@ impl Bugs {
             "relay-forges" => b.relay_forges = true,
             "trust-unclean-tail" => b.trust_unclean_tail = true,
             "admit-revoked" => b.admit_revoked = true,
+            // Not in NAMES: the simulator does not rebuild trees from events.
+            "sign-any-log" => b.sign_any_log = true,
             _ => return None,
         }
         Some(b)

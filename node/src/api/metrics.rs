@@ -127,6 +127,12 @@ fn trust(t: &mut Text, api: &Api) {
         held.refused_handshakes() as f64,
     );
     t.one(
+        "ferry_events_unproved_total",
+        "counter",
+        "Events refused because they did not prove against their writer's signed log head (forged or altered by a relay, or sent without a proof).",
+        api.writer_keys.unproved() as f64,
+    );
+    t.one(
         "ferry_events_refused_revoked_total",
         "counter",
         "Events refused because a revoked node wrote them after its revocation.",

@@ -65,6 +65,8 @@ pub struct Api {
     records: Option<Arc<crate::records::Records>>,
     /// The revocations the node holds.
     revocations: Arc<crate::revocation::Revocations>,
+    /// Writers' keys, and the count of events refused for want of proof.
+    writer_keys: Arc<crate::logauth::WriterKeys>,
 }
 
 /// Starts the API and records its address in the data directory.
@@ -100,6 +102,7 @@ pub async fn start(ctx: &Arc<NodeCtx>, opts: ApiOptions) -> Result<SocketAddr> {
         append_seconds: Histogram::default(),
         records: Some(crate::records::Records::start(ctx)?),
         revocations: ctx.revocations.clone(),
+        writer_keys: ctx.writer_keys.clone(),
     });
     let app = router(api);
     let stopping = ctx.stopping.clone();

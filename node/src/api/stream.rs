@@ -287,6 +287,7 @@ mod tests {
             append_seconds: Default::default(),
             records: None,
             revocations: Arc::new(crate::revocation::Revocations::new(Vec::new())),
+            writer_keys: Arc::new(crate::logauth::WriterKeys::open(&[], None)),
         });
         let (tx, mut rx) = tokio::sync::mpsc::channel(64);
         let feed = Feed {
