@@ -6,21 +6,78 @@
 //! A job is the run of frames that answers one want or push on one stream.
 //! Jobs take turns on a stream, so both ends key a job by its origin and
 //! the seq its next frame starts at. A job's first frame is proved with a
-//! fresh proof, later ones by extension, each up to the checkpoint the
-//! sender picked; the receiver holds a frame's events after the checkpoint
-//! until the next frame's proof. Events pushed by their own writer need no
-//! proof: mutual TLS authenticated the channel.
+//! fresh proof, later ones that follow on by extension (a few hashes),
+//! each to the frame's end. A receiver can hold a frame's tail for the
+//! next frame's proof (proofs ending at aligned seqs, which cost a third as
+//! much), but no sender does that yet: see docs/architecture.md.
 
-use ferry_proto::merkle::{
-    checkpoint, AuthError, HeadKeys, HeadSigner, Known, Mode, RangeProof, TreeHead, VerifiedHead,
-};
+use ferry_proto::merkle::{AuthError, HeadKeys, HeadSigner, Known, Mode, RangeProof, TreeHead, VerifiedHead};
 use ferry_proto::{Event, Frame, Origin};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-/// Jobs a receiver follows on one stream; the lane runs four at a time, so
-/// more means a sender that never finishes its jobs.
+/// Jobs both ends follow on one stream. The lane runs four at a time; a
+/// job whose next frame never comes (the peer got the rest elsewhere) is
+/// forgotten oldest first, by both ends alike (see `Continuations`).
 const MAX_JOBS: usize = 64;
+
+/// A proof's first byte: bit 0 the mode, bit 1 set when the job goes on in
+/// a later frame that will extend this proof.
+const CONTINUES: u8 = 2;
+
+/// Jobs that go on in a later frame, keyed by origin and the seq that frame
+/// starts at. Both ends of a stream keep one and change it alike, frame by
+/// frame and in stream order: an entry is added for a frame the sender
+/// marks as continued, taken out by the next frame that starts at its
+/// key (extending it or not), and at most `MAX_JOBS` are kept, the oldest
+/// forgotten first. So the sender extends only a proof the receiver still
+/// holds.
+struct Continuations<T> {
+    jobs: BTreeMap<(Origin, u64), (T, u64)>,
+    added: u64,
+}
+
+impl<T> Default for Continuations<T> {
+    fn default() -> Self {
+        Continuations {
+            jobs: BTreeMap::new(),
+            added: 0,
+        }
+    }
+}
+
+impl<T> Continuations<T> {
+    fn get(&self, key: &(Origin, u64)) -> Option<&T> {
+        self.jobs.get(key).map(|(t, _)| t)
+    }
+
+    fn take(&mut self, key: &(Origin, u64)) -> Option<T> {
+        self.jobs.remove(key).map(|(t, _)| t)
+    }
+
+    fn add(&mut self, key: (Origin, u64), t: T) {
+        self.added += 1;
+        self.jobs.insert(key, (t, self.added));
+        if self.jobs.len() > MAX_JOBS {
+            let oldest = self.jobs.iter().min_by_key(|(_, (_, n))| *n).map(|(k, _)| *k);
+            if let Some(k) = oldest {
+                self.jobs.remove(&k);
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.jobs.clear();
+    }
+
+    fn values_mut(&mut self) -> impl Iterator<Item = (&(Origin, u64), &mut T)> {
+        self.jobs.iter_mut().map(|(k, (t, _))| (k, t))
+    }
+
+    fn into_values(self) -> impl Iterator<Item = T> {
+        self.jobs.into_values().map(|(t, _)| t)
+    }
+}
 
 /// What one node knows of every origin's tree, whose keys it trusts, and
 /// its own key. Kept with the events (`Store::logs`): every node and head
@@ -132,40 +189,47 @@ pub struct Outbound {
     heads: BTreeMap<Origin, u64>,
     /// Writers whose credential this stream carried (or had none to carry).
     credentials: std::collections::BTreeSet<ferry_proto::NodeId>,
-    /// Jobs under way: (origin, first seq of the job's next frame) -> the
-    /// head they prove against and the last seq proved.
-    jobs: BTreeMap<(Origin, u64), (TreeHead, u64)>,
+    /// Jobs that go on: the head their proofs are under.
+    jobs: Continuations<TreeHead>,
 }
 
 impl Outbound {
     /// The frames to send with a job's frame of events `first..=last`
-    /// (contiguous): a `Head` first if this stream has not carried the
-    /// head the job proves against (behind the writer's `Credential` the
-    /// first time), then, after the `Events` frame, a `Proof`. `job_last` ends the job: its last frame is proved to it.
-    /// Fails if the tree does not hold what the proof needs: the events
-    /// cannot be proved from here and must not be sent.
+    /// (contiguous), proved to its end: a `Head` first if this stream has
+    /// not carried the head the proof is under (behind the writer's
+    /// `Credential` the first time), then, after the `Events` frame, a
+    /// `Proof`. A frame that goes on from the job's last one extends its
+    /// proof under the same head (a few hashes) where that head still
+    /// covers it; others carry a fresh proof. `continues`: the job has more
+    /// frames to come. Fails if the tree does not hold what the proof
+    /// needs: the events cannot be proved from here and must not be sent.
     pub fn frames(
         &mut self,
         logs: &Logs,
         tree: &Known,
         first: u64,
         last: u64,
-        job_last: u64,
+        continues: bool,
     ) -> Result<(Vec<Frame>, Frame), AuthError> {
         let origin = tree.origin();
-        let (head, proved, mode) = match self.jobs.remove(&(origin, first)) {
-            Some((head, proved)) => (head, proved, Mode::Extend),
+        let key = (origin, first);
+        let extended = self
+            .jobs
+            .get(&key)
+            .filter(|head| head.len >= last)
+            .and_then(|head| Some((head.clone(), tree.prove(head, Mode::Extend, first, last).ok()?)));
+        let (head, proof) = match extended {
+            Some(found) => found,
             None => {
                 // The longest head may need nodes this relay lacks for a
                 // range it verified under a shorter one.
-                let q = checkpoint(first - 1, first, last, job_last);
                 let mut error = AuthError::Missing {
                     lo: first - 1,
                     hi: last,
                 };
                 let mut found = None;
                 for head in tree.heads_for(last) {
-                    match tree.prove(head.head(), Mode::Fresh, first, q) {
+                    match tree.prove(head.head(), Mode::Fresh, first, last) {
                         Ok(proof) => {
                             found = Some((head.head().clone(), proof));
                             break;
@@ -173,29 +237,11 @@ impl Outbound {
                         Err(e) => error = e,
                     }
                 }
-                let (head, proof) = found.ok_or(error)?;
-                return Ok(self.finish_frame(logs, head, proof, q, last, job_last));
+                found.ok_or(error)?
             }
         };
-        let q = checkpoint(proved, first, last, job_last);
-        let proof = tree.prove(&head, mode, proved + 1, q)?;
-        Ok(self.finish_frame(logs, head, proof, q, last, job_last))
-    }
-
-    /// Records what a proved frame leaves to do, and gives the frames to
-    /// send: the head first if this stream has not carried it (only once
-    /// the proof is made: a frame that cannot be proved is not sent, and
-    /// neither is its head), the proof after the events.
-    fn finish_frame(
-        &mut self,
-        logs: &Logs,
-        head: TreeHead,
-        proof: RangeProof,
-        q: u64,
-        last: u64,
-        job_last: u64,
-    ) -> (Vec<Frame>, Frame) {
-        let origin = head.origin;
+        // Only a frame that is sent moves the continuations (see there).
+        self.jobs.take(&key);
         let mut lead = Vec::new();
         if self.heads.get(&origin) != Some(&head.len) {
             if self.credentials.insert(origin.node) {
@@ -204,11 +250,12 @@ impl Outbound {
             self.heads.insert(origin, head.len);
             lead.push(Frame::Head(head.clone()));
         }
-        let encoded = Frame::Proof(proof.encode_in_stream(last));
-        if last < job_last {
-            self.jobs.insert((origin, last + 1), (head, q));
+        let mut encoded = proof.encode_in_stream(last);
+        if continues {
+            encoded[0] |= CONTINUES;
+            self.jobs.add((origin, last + 1), head);
         }
-        (lead, encoded)
+        Ok((lead, Frame::Proof(encoded)))
     }
 
     /// The connection is gone.
@@ -230,7 +277,7 @@ struct Job {
 #[derive(Default)]
 pub struct Inbound {
     heads: BTreeMap<Origin, VerifiedHead>,
-    jobs: BTreeMap<(Origin, u64), Job>,
+    jobs: Continuations<Job>,
     /// The last `Events` frame, until its `Proof` arrives.
     waiting: Option<Vec<Event>>,
 }
@@ -335,12 +382,17 @@ impl Inbound {
                 what: "events frame (one origin, consecutive seqs from 1 up)",
             }));
         }
-        let continued = self.jobs.remove(&(origin, first));
-        let (mode, back) = match bytes.first() {
-            Some(0) => (Mode::Fresh, None),
-            Some(1) => (Mode::Extend, continued),
-            _ => return Err(fail(AuthError::Malformed { what: "range proof" })),
+        let continued = self.jobs.take(&(origin, first));
+        let Some(&flags) = bytes.first().filter(|&&b| b & !(CONTINUES | 1) == 0) else {
+            return Err(fail(AuthError::Malformed { what: "range proof" }));
         };
+        let continues = flags & CONTINUES != 0;
+        let (mode, back) = match flags & 1 {
+            0 => (Mode::Fresh, None),
+            _ => (Mode::Extend, continued),
+        };
+        let mut bytes = bytes.to_vec();
+        bytes[0] &= !CONTINUES;
         let mut job = match back {
             Some(job) => job,
             None if mode == Mode::Fresh => Job {
@@ -360,7 +412,7 @@ impl Inbound {
                 }))
             }
         };
-        let proof = RangeProof::decode_in_stream(bytes, job.head.head().len, job.proved + 1, last)
+        let proof = RangeProof::decode_in_stream(&bytes, job.head.head().len, job.proved + 1, last)
             .map_err(|e| self.refuse(&job, &events, e))?;
         job.held.extend(events);
         let upto = proof.last.checked_sub(job.proved).map(|n| n as usize);
@@ -379,12 +431,12 @@ impl Inbound {
         let rest = job.held.split_off(n);
         let proved = std::mem::replace(&mut job.held, rest);
         job.proved = proof.last;
-        if self.jobs.len() < MAX_JOBS {
-            self.jobs.insert((origin, last + 1), job);
+        if continues {
+            self.jobs.add((origin, last + 1), job);
         } else if !job.held.is_empty() {
-            // Too many jobs at once: this one's tail will not be proved.
+            // Its tail would wait for a frame the sender says is not coming.
             let error = AuthError::Malformed {
-                what: "stream with too many jobs",
+                what: "frame not proved to its end, and its job does not go on",
             };
             return Err(self.refuse(&job, &[], error));
         }
@@ -413,18 +465,13 @@ impl Inbound {
     /// A want of `origin` `first..=last` ended: events of it still held
     /// for a proof will not get one (the sender proves a job's last frame
     /// to its end, so this happens only when the job ended early).
+    /// The job's entry stays: both ends forget entries alike.
     pub fn end_want(&mut self, origin: Origin, first: u64, last: u64) -> Vec<Refusal> {
-        let ended: Vec<(Origin, u64)> = self
-            .jobs
-            .iter()
-            .filter(|((o, _), job)| *o == origin && job.held.first().is_some_and(|e| first <= e.seq && e.seq <= last))
-            .map(|(k, _)| *k)
-            .collect();
         let mut out = Vec::new();
-        for k in ended {
-            if let Some(job) = self.jobs.remove(&k) {
+        for ((o, _), job) in self.jobs.values_mut() {
+            if *o == origin && job.held.first().is_some_and(|e| first <= e.seq && e.seq <= last) {
                 out.extend(refusal(
-                    &job.held,
+                    &std::mem::take(&mut job.held),
                     AuthError::Malformed {
                         what: "want ended with events not proved",
                     },
@@ -446,7 +493,7 @@ impl Inbound {
                 },
             ));
         }
-        for (_, job) in std::mem::take(&mut self.jobs) {
+        for job in std::mem::take(&mut self.jobs).into_values() {
             out.extend(refusal(
                 &job.held,
                 AuthError::Malformed {

@@ -67,7 +67,7 @@ fn send(
     let mut frame = 0;
     while let Some((at, last)) = turns.pop_front() {
         let end = (at + size - 1).min(last);
-        let (lead, proof) = match out.frames(&keys, tree, at, end, last).unwrap() {
+        let (lead, proof) = match out.frames(&keys, tree, at, end, end < last).unwrap() {
             (lead, Frame::Proof(p)) => (lead, p),
             other => panic!("not a proof: {other:?}"),
         };
@@ -281,4 +281,83 @@ fn frames_out_of_order_or_from_seq_zero_are_refused_not_panics() {
         let r = inb.on_proof(&mut hub, &[0]).unwrap_err();
         assert!(matches!(r.error, AuthError::Malformed { .. }), "{r:?}");
     }
+}
+
+/// Frames of `size` events over `first..=last` as one job, each proved to
+/// its end; `continues` marks them as the lane does (or never, as if each
+/// frame were a job of its own). Returns the wire and the proof bytes.
+fn one_job(tree: &Known, log: &[Event], first: u64, last: u64, size: u64, continues: bool) -> (Vec<Wire>, usize) {
+    let mut out = Outbound::default();
+    let keys = Logs::new(Arc::new(Keys::everyone()), None);
+    let (mut wire, mut proof_bytes) = (Vec::new(), 0);
+    let mut at = first;
+    while at <= last {
+        let end = (at + size - 1).min(last);
+        let (lead, proof) = out.frames(&keys, tree, at, end, continues && end < last).unwrap();
+        for f in lead {
+            if let Frame::Head(h) = f {
+                wire.push(Wire::Head(h));
+            }
+        }
+        wire.push(Wire::Events(log[(at - 1) as usize..end as usize].to_vec()));
+        let Frame::Proof(p) = proof else { panic!("not a proof") };
+        proof_bytes += p.len();
+        wire.push(Wire::Proof(p));
+        at = end + 1;
+    }
+    (wire, proof_bytes)
+}
+
+#[test]
+fn a_jobs_later_frames_extend_its_proof_for_a_few_hashes() {
+    let a = origin(1);
+    let log = events(a, 5000);
+    let writer = writer_tree(&log, &honest(a));
+    let (wire, extended) = one_job(&writer, &log, 1, 5000, 114, true);
+    let mut hub = Logs::new(Arc::new(Keys::everyone()), None);
+    let (got, refused) = receive(&mut hub, wire);
+    assert_eq!((got.len(), refused), (5000, vec![]));
+    let (wire, fresh) = one_job(&writer, &log, 1, 5000, 114, false);
+    let mut hub = Logs::new(Arc::new(Keys::everyone()), None);
+    assert_eq!(receive(&mut hub, wire).0.len(), 5000);
+    // 44 frames: fresh proofs name both covers every time.
+    assert!(extended * 2 < fresh, "extended {extended} B, fresh {fresh} B");
+}
+
+/// Jobs whose next frame never comes (the peer got the rest elsewhere) are
+/// forgotten by both ends alike: a later frame at a forgotten job's seq is
+/// sent with a fresh proof, one at a remembered job's seq extends it, and
+/// the receiver verifies both.
+#[test]
+fn jobs_that_never_go_on_are_forgotten_alike_at_both_ends() {
+    let a = origin(1);
+    let log = events(a, 1000);
+    let writer = writer_tree(&log, &honest(a));
+    let keys = Logs::new(Arc::new(Keys::everyone()), None);
+    let mut out = Outbound::default();
+    let mut wire = Vec::new();
+    let mut frame = |out: &mut Outbound, first: u64, last: u64, continues: bool| {
+        let (lead, proof) = out.frames(&keys, &writer, first, last, continues).unwrap();
+        for f in lead {
+            if let Frame::Head(h) = f {
+                wire.push(Wire::Head(h));
+            }
+        }
+        wire.push(Wire::Events(log[(first - 1) as usize..last as usize].to_vec()));
+        let Frame::Proof(p) = proof else { panic!("not a proof") };
+        let mode = p[0] & 1;
+        wire.push(Wire::Proof(p));
+        mode
+    };
+    // 70 jobs each send their first 5 events and say they go on.
+    for i in 0..70 {
+        frame(&mut out, 10 * i + 1, 10 * i + 5, true);
+    }
+    // The first six were forgotten (64 kept): fresh. The last extends.
+    assert_eq!(frame(&mut out, 6, 10, false), 0, "a forgotten job starts afresh");
+    assert_eq!(frame(&mut out, 696, 700, false), 1, "a remembered job extends");
+    let mut hub = Logs::new(Arc::new(Keys::everyone()), None);
+    let (got, refused) = receive(&mut hub, wire);
+    assert_eq!(refused, vec![]);
+    assert_eq!(got.len(), 70 * 5 + 10);
 }
