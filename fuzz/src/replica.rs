@@ -14,6 +14,7 @@
 
 use ferry_proto::{NodeId, Origin, Priority, Role};
 use ferry_sync::auth::Logs;
+use ferry_proto::merkle::HeadKeys;
 use ferry_sync::stand_in::{StandInKey, StandInKeys, HONEST};
 use ferry_sync::{Action, Config, ConnId, MemStore, PeerInfo, Replica, StreamId, StreamKind, Time};
 use std::collections::BTreeSet;
@@ -68,7 +69,12 @@ pub fn encode(steps: &[Step]) -> Vec<u8> {
 fn store(node: NodeId) -> MemStore {
     let mut store = MemStore::new(Origin { node, epoch: 1 });
     let key = StandInKey { node, secret: HONEST };
-    store.set_logs(Logs::new(Arc::new(StandInKeys::new(node)), Some(Arc::new(key))));
+    // Both ends know each other's key, as after the handshake.
+    let keys = StandInKeys::new(node);
+    for n in [HUB, CLINIC] {
+        let _ = keys.learn(&ferry_sync::stand_in::credential(n));
+    }
+    store.set_logs(Logs::new(Arc::new(keys), Some(Arc::new(key))));
     store
 }
 

@@ -152,6 +152,16 @@ impl Driver {
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, link.clone());
         self.ctx.note_role(&link.peer);
+        // A writer sends no credential for its own log: the handshake
+        // showed its certificate (kept, to pass on to others).
+        match crate::tls::peer_cert_der(&link.conn) {
+            Some(der) => {
+                if let Err(e) = ferry_proto::merkle::HeadKeys::learn(self.ctx.writer_keys.as_ref(), &der) {
+                    tracing::warn!("could not keep the peer's certificate as a writer's key: {e}");
+                }
+            }
+            None => tracing::warn!("the peer's certificate is not at hand; its own events will not prove"),
+        }
         let info = PeerInfo {
             node: link.peer.node_id,
             role: link.peer.role.unwrap_or(ferry_proto::Role::Clinic),

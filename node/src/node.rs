@@ -81,6 +81,9 @@ pub struct SyncReport {
     pub rebinds: u64,
     pub udp_tx_bytes: u64,
     pub udp_rx_bytes: u64,
+    /// Of the bytes sent, the credentials, heads and proofs that
+    /// authenticate the logs.
+    pub auth_bytes_sent: u64,
 }
 
 /// Settings given on the command line, over the data directory's config.
@@ -522,6 +525,7 @@ pub fn report(link: &Link, zero_rtt: ZeroRtt) -> SyncReport {
         rebinds: 0,
         udp_tx_bytes: stats.udp_tx.bytes,
         udp_rx_bytes: stats.udp_rx.bytes,
+        auth_bytes_sent: s.auth_bytes_sent,
     }
 }
 

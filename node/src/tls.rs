@@ -145,6 +145,12 @@ pub fn peer_cert(conn: &quinn::Connection) -> Result<CertInfo> {
     pki::cert_info(leaf)
 }
 
+/// The peer's certificate (DER), as the handshake verified it.
+pub fn peer_cert_der(conn: &quinn::Connection) -> Option<Vec<u8>> {
+    let certs = conn.peer_identity()?.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    certs.first().map(|c| c.to_vec())
+}
+
 /// Checks that `cert` is signed by `ca` (used when installing a certificate).
 pub fn verify_chain(cert: &CertificateDer<'static>, ca: &CertificateDer<'static>) -> Result<()> {
     verify_chain_at(cert, ca, UnixTime::now().as_secs())

@@ -1163,7 +1163,13 @@ impl World {
             self.nodes[n].backoff.remove(&pid);
         }
         let now = self.now;
+        let peer_id = self.nodes[peer].ident.id;
         if let Some(r) = self.nodes[n].replica.as_mut() {
+            // The handshake shows the peer's certificate: its key is known
+            // from here on (a writer sends no credential for its own log).
+            if let Some(logs) = r.store().logs() {
+                let _ = logs.keys().learn(&ferry_sync::stand_in::credential(peer_id));
+            }
             r.connect(now, ConnId(conn), info, remembered.as_ref());
         }
         self.drain(n);

@@ -201,8 +201,10 @@ impl Outbound {
     /// `Proof`. A frame that goes on from the job's last one extends its
     /// proof under the same head (a few hashes) where that head still
     /// covers it; others carry a fresh proof. `continues`: the job has more
-    /// frames to come. Fails if the tree does not hold what the proof
-    /// needs: the events cannot be proved from here and must not be sent.
+    /// frames to come. `own`: this node wrote the log, and the peer has its
+    /// certificate from the handshake, so no credential goes. Fails if the
+    /// tree does not hold what the proof needs: the events cannot be
+    /// proved from here and must not be sent.
     pub fn frames(
         &mut self,
         logs: &Logs,
@@ -210,6 +212,7 @@ impl Outbound {
         first: u64,
         last: u64,
         continues: bool,
+        own: bool,
     ) -> Result<(Vec<Frame>, Frame), AuthError> {
         let origin = tree.origin();
         let key = (origin, first);
@@ -244,7 +247,7 @@ impl Outbound {
         self.jobs.take(&key);
         let mut lead = Vec::new();
         if self.heads.get(&origin) != Some(&head.len) {
-            if self.credentials.insert(origin.node) {
+            if self.credentials.insert(origin.node) && !own {
                 lead.extend(logs.keys.credential(&origin.node).map(Frame::Credential));
             }
             self.heads.insert(origin, head.len);

@@ -67,7 +67,7 @@ fn send(
     let mut frame = 0;
     while let Some((at, last)) = turns.pop_front() {
         let end = (at + size - 1).min(last);
-        let (lead, proof) = match out.frames(&keys, tree, at, end, end < last).unwrap() {
+        let (lead, proof) = match out.frames(&keys, tree, at, end, end < last, false).unwrap() {
             (lead, Frame::Proof(p)) => (lead, p),
             other => panic!("not a proof: {other:?}"),
         };
@@ -293,7 +293,9 @@ fn one_job(tree: &Known, log: &[Event], first: u64, last: u64, size: u64, contin
     let mut at = first;
     while at <= last {
         let end = (at + size - 1).min(last);
-        let (lead, proof) = out.frames(&keys, tree, at, end, continues && end < last).unwrap();
+        let (lead, proof) = out
+            .frames(&keys, tree, at, end, continues && end < last, false)
+            .unwrap();
         for f in lead {
             if let Frame::Head(h) = f {
                 wire.push(Wire::Head(h));
@@ -337,7 +339,7 @@ fn jobs_that_never_go_on_are_forgotten_alike_at_both_ends() {
     let mut out = Outbound::default();
     let mut wire = Vec::new();
     let mut frame = |out: &mut Outbound, first: u64, last: u64, continues: bool| {
-        let (lead, proof) = out.frames(&keys, &writer, first, last, continues).unwrap();
+        let (lead, proof) = out.frames(&keys, &writer, first, last, continues, false).unwrap();
         for f in lead {
             if let Frame::Head(h) = f {
                 wire.push(Wire::Head(h));

@@ -19,6 +19,12 @@ use std::collections::{BTreeMap, VecDeque};
 const ACTIVE_JOBS: usize = 4;
 /// Events per chunk at most (a chunk of tiny events is still bounded).
 const CHUNK_EVENTS: usize = 512;
+/// With authenticated logs every frame carries a proof (a hash or two and
+/// seven bytes of framing), so frames of whole events hold twice
+/// `BATCH_BYTES`: half as many proofs, 1.3 % of a 2G bulk sync instead of
+/// 2.4 %. Pieces of large events stay `BATCH_BYTES`, and a receiver holds
+/// at most one frame's events before its proof.
+const PROVED_FRAME_BYTES: usize = 2 * BATCH_BYTES;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Source {
@@ -44,6 +50,9 @@ pub(crate) struct Turn {
     pub bytes: Vec<u8>,
     /// Events whose last byte is in `bytes`.
     pub events: u64,
+    /// Of `bytes`, what log authentication added (credentials, heads,
+    /// proofs).
+    pub auth_bytes: u64,
 }
 
 pub(crate) struct Lane {
@@ -132,19 +141,30 @@ impl Lane {
                     job.todo = job.todo.difference(has);
                     let Some(&(first, last)) = job.todo.ranges().first() else {
                         match finish(job) {
-                            Some(bytes) => break Some(Turn { bytes, events: 0 }),
+                            Some(bytes) => {
+                                break Some(Turn {
+                                    bytes,
+                                    events: 0,
+                                    auth_bytes: 0,
+                                })
+                            }
                             None => continue,
                         }
                     };
-                    let read = store.read(&job.origin, first, last, CHUNK_EVENTS, BATCH_BYTES)?;
                     let contiguous = store.logs().is_some();
+                    let cap = if contiguous { PROVED_FRAME_BYTES } else { BATCH_BYTES };
+                    let read = store.read(&job.origin, first, last, CHUNK_EVENTS, cap)?;
                     let (items, events, blocked) =
                         next_events(&mut job, has, first, last, read, may_start_large, contiguous);
                     if blocked {
                         parked.push(job);
                         continue;
                     }
-                    (items, events)
+                    if contiguous {
+                        end_aligned(&mut job, has, items, events)
+                    } else {
+                        (items, events)
+                    }
                 }
             };
             if items.is_empty() {
@@ -166,7 +186,11 @@ impl Lane {
                     *has = has.difference(&unsent);
                     if finished {
                         if let Some(bytes) = finish(job) {
-                            break Some(Turn { bytes, events: 0 });
+                            break Some(Turn {
+                                bytes,
+                                events: 0,
+                                auth_bytes: 0,
+                            });
                         }
                     } else {
                         self.jobs.push_front(job);
@@ -182,16 +206,19 @@ impl Lane {
                 enc.compress(&items)
             };
             let events_frame = Frame::Events(chunk).encode();
-            // A chunk holds at most BATCH_BYTES of events before compression.
+            let events_frame_len = events_frame.len();
+            // A chunk holds at most PROVED_FRAME_BYTES of events before
+            // compression.
             assert!(
                 events_frame.len() <= ferry_proto::frame::MAX_FRAME_LEN + 4,
                 "an events frame within its limit"
             );
             let mut bytes: Vec<u8> = lead.iter().flat_map(Frame::encode).collect();
             bytes.extend(events_frame);
-            if let Some(proof) = proof {
-                bytes.extend(proof.encode());
-            }
+            let lead_bytes = bytes.len() - events_frame_len;
+            let proof = proof.map(|p| p.encode()).unwrap_or_default();
+            let auth_bytes = (lead_bytes + proof.len()) as u64;
+            bytes.extend(proof);
             if finished {
                 if let Some(end) = finish(job) {
                     bytes.extend(end);
@@ -201,7 +228,11 @@ impl Lane {
                 let at = self.jobs.len().min(ACTIVE_JOBS - 1);
                 self.jobs.insert(at, job);
             }
-            break Some(Turn { bytes, events });
+            break Some(Turn {
+                bytes,
+                events,
+                auth_bytes,
+            });
         };
         for job in parked.into_iter().rev() {
             self.jobs.push_front(job);
@@ -240,7 +271,11 @@ impl Lane {
         // The job goes on where its next frame may start right after this
         // one: that frame then extends this proof.
         let continues = job.todo.ranges().first().is_some_and(|&(next, _)| next == last + 1);
-        let (lead, proof) = self.auth.frames(logs, tree, first, last, continues).map_err(|_| ())?;
+        let own = job.origin.node == store.local_origin().node;
+        let (lead, proof) = self
+            .auth
+            .frames(logs, tree, first, last, continues, own)
+            .map_err(|_| ())?;
         Ok((lead, Some(proof)))
     }
 
@@ -293,6 +328,38 @@ fn whole_seqs(items: &[Item]) -> RangeSet {
         }
     }
     seqs
+}
+
+/// With authenticated logs, a frame its job goes on from ends at an
+/// aligned seq, a multiple of the largest power of two up to half the
+/// frame: its proof then names no node below that level, so extending it
+/// costs a hash or two instead of four or five. The events after that seq
+/// go back to the job for its next frame, so no frame leaves a tail its
+/// receiver would hold for a proof that may never come.
+fn end_aligned(job: &mut Job, has: &mut RangeSet, mut items: Vec<Item>, events: u64) -> (Vec<Item>, u64) {
+    let (Some(Item::Event(a)), Some(Item::Event(b))) = (items.first(), items.last()) else {
+        return (items, events);
+    };
+    let (first, last) = (a.seq, b.seq);
+    let goes_on = job
+        .todo
+        .ranges()
+        .first()
+        .is_some_and(|&(next, _)| Some(next) == last.checked_add(1));
+    if !goes_on || job.piece.is_some() {
+        return (items, events);
+    }
+    let half = (last - first).div_ceil(2).max(1);
+    let unit = 1u64 << (63 - half.leading_zeros());
+    let q = last / unit * unit;
+    if q < first || q == last {
+        return (items, events);
+    }
+    items.truncate((q - first + 1) as usize);
+    let back = RangeSet::from_range(q + 1, last);
+    *has = has.difference(&back);
+    job.todo = job.todo.union(&back);
+    (items, q - first + 1)
 }
 
 /// The frame that ends a finished job: `End` for a want.

@@ -138,6 +138,7 @@ impl Session {
             };
             bytes.extend(turn.bytes);
             self.stats.events_sent += turn.events;
+            self.stats.auth_bytes_sent += turn.auth_bytes;
             self.stats.bytes_sent += bytes.len() as u64;
             cx.out.push_back(Action::Send {
                 conn: self.conn,

@@ -85,6 +85,8 @@ pub struct SessionStats {
     pub rounds: u64,
     /// Events refused because they did not prove (`auth`).
     pub events_unproved: u64,
+    /// Bytes of credentials, heads and proofs sent (`auth`).
+    pub auth_bytes_sent: u64,
 }
 
 impl SessionStats {
@@ -97,6 +99,7 @@ impl SessionStats {
         self.wants_sent += o.wants_sent;
         self.rounds += o.rounds;
         self.events_unproved += o.events_unproved;
+        self.auth_bytes_sent += o.auth_bytes_sent;
     }
 }
 

@@ -42,6 +42,11 @@ pub struct StandInKeys {
 
 const CREDENTIAL: &[u8] = b"stand-in certificate of ";
 
+/// A node's stand-in credential: what a handshake would show of it.
+pub fn credential(node: NodeId) -> Vec<u8> {
+    [CREDENTIAL, &node.0].concat()
+}
+
 impl StandInKeys {
     pub fn new(own: NodeId) -> Self {
         StandInKeys {
@@ -70,7 +75,7 @@ impl HeadKeys for StandInKeys {
     }
 
     fn credential(&self, node: &NodeId) -> Option<Vec<u8>> {
-        self.knows(node).then(|| [CREDENTIAL, &node.0].concat())
+        self.knows(node).then(|| credential(*node))
     }
 
     fn learn(&self, credential: &[u8]) -> Result<NodeId, String> {
