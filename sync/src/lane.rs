@@ -485,4 +485,75 @@ mod tests {
         let (enc, dec) = serve_all(3000, false);
         assert!(enc > 1 << 20 && dec > 0, "kept: {enc} and {dec} bytes");
     }
+
+    /// With authenticated logs every frame of a want but its last ends at
+    /// an aligned seq and carries a proof; the events of all of them are
+    /// the want, in order, each once.
+    #[test]
+    fn proved_frames_end_at_aligned_seqs_and_miss_nothing() {
+        let origin = Origin {
+            node: NodeId([7; 16]),
+            epoch: 1,
+        };
+        let mut store = MemStore::new(origin);
+        let key = crate::stand_in::StandInKey {
+            node: origin.node,
+            secret: crate::stand_in::HONEST,
+        };
+        let keys = crate::stand_in::StandInKeys::new(origin.node);
+        store.set_logs(crate::auth::Logs::new(
+            std::sync::Arc::new(keys),
+            Some(std::sync::Arc::new(key)),
+        ));
+        let payloads = (0..3000).map(|i| {
+            let body = format!(
+                r#"{{"type":"visit","patient":"BT-{i:06}","note":"{}"}}"#,
+                "x".repeat(i % 400)
+            );
+            ("clinic/visit".to_string(), Priority::Normal, body.into_bytes())
+        });
+        let (group, _) = store.write_local(payloads.collect(), 1_700_000_000_000);
+        store.sync(group);
+        let mut lane = Lane::new(Priority::Normal);
+        lane.serve(Want {
+            origin,
+            first: 1,
+            last: 3000,
+            priority: Priority::Normal,
+        });
+        let mut peer_has = BTreeMap::new();
+        let mut reader = crate::FrameReader::default();
+        let mut dec = StreamDecompressor::new();
+        let (mut seqs, mut ends, mut proofs) = (Vec::new(), Vec::new(), 0);
+        while let Some(turn) = lane.turn(&store, &mut peer_has, LEVEL_WAN, true).unwrap() {
+            for frame in reader.push(&turn.bytes).unwrap() {
+                match frame {
+                    Frame::Events(chunk) => {
+                        let items = dec.decompress(&chunk).unwrap();
+                        let frame_seqs: Vec<u64> = items
+                            .iter()
+                            .map(|i| match i {
+                                Item::Event(e) => e.seq,
+                                Item::Piece(_) => panic!("no event here is large"),
+                            })
+                            .collect();
+                        let (first, last) = (frame_seqs[0], *frame_seqs.last().unwrap());
+                        ends.push((first, last));
+                        seqs.extend(frame_seqs);
+                    }
+                    Frame::Proof(_) => proofs += 1,
+                    _ => {}
+                }
+            }
+        }
+        assert_eq!(seqs, (1..=3000).collect::<Vec<_>>());
+        assert_eq!(proofs, ends.len());
+        for &(first, last) in &ends[..ends.len() - 1] {
+            let half = (last - first + 1) / 2;
+            assert!(
+                last.trailing_zeros() >= (63 - half.leading_zeros()),
+                "frame {first}..={last} does not end at an aligned seq"
+            );
+        }
+    }
 }
