@@ -110,6 +110,11 @@ pub enum Mode {
     /// `[first - 1, n)`. Also what a head alone means to a receiver that
     /// holds the events up to `n` (from their writer, over mutual TLS).
     Extend,
+    /// The receiver holds every event before `first` (verified, or its
+    /// own): nodes covering `[last, n)` only; it computes the rest. What a
+    /// writer's live push needs: a few bytes instead of the whole left
+    /// cover.
+    Append,
 }
 
 /// The nodes a proof of `first..=last` under `n` carries, in order.
@@ -125,6 +130,7 @@ fn proof_nodes(mode: Mode, n: u64, first: u64, last: u64) -> Vec<Node> {
             let before = cover(first - 1, n);
             right.into_iter().filter(|x| !before.contains(x)).collect()
         }
+        Mode::Append => right,
     }
 }
 
@@ -320,6 +326,7 @@ impl RangeProof {
         out.push(match self.mode {
             Mode::Fresh => 0,
             Mode::Extend => 1,
+            Mode::Append => 2,
         });
         put_varint(&mut out, self.len);
         put_varint(&mut out, self.first);
@@ -337,6 +344,7 @@ impl RangeProof {
         let mode = match mode {
             0 => Mode::Fresh,
             1 => Mode::Extend,
+            2 => Mode::Append,
             _ => return Err(bad),
         };
         let len = get_varint(&mut b)?;
@@ -365,6 +373,7 @@ impl RangeProof {
         out.push(match self.mode {
             Mode::Fresh => 0,
             Mode::Extend => 1,
+            Mode::Append => 2,
         });
         put_varint(&mut out, frame_last.saturating_sub(self.last));
         for h in &self.hashes {
@@ -380,6 +389,7 @@ impl RangeProof {
         let mode = match mode {
             0 => Mode::Fresh,
             1 => Mode::Extend,
+            2 => Mode::Append,
             _ => return Err(bad),
         };
         let back = get_varint(&mut b)?;

@@ -133,11 +133,12 @@ fn main() -> std::process::ExitCode {
     let mut failures = 0;
     let mut first_failing = None;
     let mut virtual_secs = 0.0;
-    let (mut received, mut duplicates) = (0, 0);
+    let (mut received, mut duplicates, mut unproved) = (0, 0, 0);
     for (o, scenario) in &results {
         virtual_secs += o.virtual_secs;
         received += o.events_received;
         duplicates += o.duplicates;
+        unproved += o.events_unproved;
         if args.trace {
             for line in &o.trace {
                 println!("{line}");
@@ -167,6 +168,9 @@ fn main() -> std::process::ExitCode {
             "wall_seconds": (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
             "events_received": received,
             "duplicates": duplicates,
+            // Refused for want of a proof: forged (relay-forges), or the
+            // frame carrying them lost its proof to a broken connection.
+            "events_unproved": unproved,
         })
     );
     if failures > 0 {

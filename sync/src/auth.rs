@@ -12,7 +12,7 @@
 //! much), but no sender does that yet: see docs/architecture.md.
 
 use ferry_proto::merkle::{AuthError, HeadKeys, HeadSigner, Known, Mode, RangeProof, TreeHead, VerifiedHead};
-use ferry_proto::{Event, Frame, Origin};
+use ferry_proto::{Event, Frame, Origin, RangeSet};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -21,9 +21,9 @@ use std::sync::Arc;
 /// forgotten oldest first, by both ends alike (see `Continuations`).
 const MAX_JOBS: usize = 64;
 
-/// A proof's first byte: bit 0 the mode, bit 1 set when the job goes on in
-/// a later frame that will extend this proof.
-const CONTINUES: u8 = 2;
+/// A proof's first byte: the mode (0 fresh, 1 extend, 2 append), and this
+/// bit when the job goes on in a later frame that will extend this proof.
+const CONTINUES: u8 = 0x80;
 
 /// Jobs that go on in a later frame, keyed by origin and the seq that frame
 /// starts at. Both ends of a stream keep one and change it alike, frame by
@@ -191,6 +191,9 @@ pub struct Outbound {
     credentials: std::collections::BTreeSet<ferry_proto::NodeId>,
     /// Jobs that go on: the head their proofs are under.
     jobs: Continuations<TreeHead>,
+    /// Events this stream carried, by origin: with the peer's summary,
+    /// what it holds for certain when a later frame comes (`Mode::Append`).
+    sent: BTreeMap<Origin, RangeSet>,
 }
 
 impl Outbound {
@@ -202,9 +205,14 @@ impl Outbound {
     /// proof under the same head (a few hashes) where that head still
     /// covers it; others carry a fresh proof. `continues`: the job has more
     /// frames to come. `own`: this node wrote the log, and the peer has its
-    /// certificate from the handshake, so no credential goes. Fails if the
-    /// tree does not hold what the proof needs: the events cannot be
-    /// proved from here and must not be sent.
+    /// certificate from the handshake, so no credential goes. `held`: what
+    /// the peer's last summary said it holds of the log; with what this
+    /// stream carried, if that is every event before `first`, a frame that
+    /// does not extend carries only the nodes right of it (`Mode::Append`,
+    /// a live push's few bytes). Fails if the tree does not hold what the
+    /// proof needs: the events cannot be proved from here and must not be
+    /// sent.
+    #[allow(clippy::too_many_arguments)]
     pub fn frames(
         &mut self,
         logs: &Logs,
@@ -213,6 +221,7 @@ impl Outbound {
         last: u64,
         continues: bool,
         own: bool,
+        held: Option<&RangeSet>,
     ) -> Result<(Vec<Frame>, Frame), AuthError> {
         let origin = tree.origin();
         let key = (origin, first);
@@ -224,6 +233,11 @@ impl Outbound {
         let (head, proof) = match extended {
             Some(found) => found,
             None => {
+                let mode = if self.holds_before(origin, first, held) {
+                    Mode::Append
+                } else {
+                    Mode::Fresh
+                };
                 // The longest head may need nodes this relay lacks for a
                 // range it verified under a shorter one.
                 let mut error = AuthError::Missing {
@@ -232,7 +246,7 @@ impl Outbound {
                 };
                 let mut found = None;
                 for head in tree.heads_for(last) {
-                    match tree.prove(head.head(), Mode::Fresh, first, last) {
+                    match tree.prove(head.head(), mode, first, last) {
                         Ok(proof) => {
                             found = Some((head.head().clone(), proof));
                             break;
@@ -245,6 +259,8 @@ impl Outbound {
         };
         // Only a frame that is sent moves the continuations (see there).
         self.jobs.take(&key);
+        let sent = self.sent.entry(origin).or_default();
+        *sent = sent.union(&RangeSet::from_range(first, last));
         let mut lead = Vec::new();
         if self.heads.get(&origin) != Some(&head.len) {
             if self.credentials.insert(origin.node) && !own {
@@ -261,11 +277,24 @@ impl Outbound {
         Ok((lead, Frame::Proof(encoded)))
     }
 
+    /// Whether the peer holds every event of `origin` before `first`: what
+    /// its summary said, or this stream carried (a frame on this stream is
+    /// checked after those before it).
+    fn holds_before(&self, origin: Origin, first: u64, held: Option<&RangeSet>) -> bool {
+        let Some(before) = first.checked_sub(1).filter(|&b| b > 0) else {
+            return false;
+        };
+        let carried = self.sent.get(&origin).cloned().unwrap_or_default();
+        let known = held.map_or(carried.clone(), |h| carried.union(h));
+        RangeSet::from_range(1, before).difference(&known).is_empty()
+    }
+
     /// The connection is gone.
     pub fn clear(&mut self) {
         self.heads.clear();
         self.credentials.clear();
         self.jobs.clear();
+        self.sent.clear();
     }
 }
 
@@ -386,19 +415,21 @@ impl Inbound {
             }));
         }
         let continued = self.jobs.take(&(origin, first));
-        let Some(&flags) = bytes.first().filter(|&&b| b & !(CONTINUES | 1) == 0) else {
+        let Some(&flags) = bytes.first() else {
             return Err(fail(AuthError::Malformed { what: "range proof" }));
         };
         let continues = flags & CONTINUES != 0;
-        let (mode, back) = match flags & 1 {
+        let (mode, back) = match flags & !CONTINUES {
             0 => (Mode::Fresh, None),
-            _ => (Mode::Extend, continued),
+            1 => (Mode::Extend, continued),
+            2 => (Mode::Append, None),
+            _ => return Err(fail(AuthError::Malformed { what: "range proof" })),
         };
         let mut bytes = bytes.to_vec();
         bytes[0] &= !CONTINUES;
         let mut job = match back {
             Some(job) => job,
-            None if mode == Mode::Fresh => Job {
+            None if mode != Mode::Extend => Job {
                 head: self.heads.get(&origin).cloned().ok_or_else(|| {
                     fail(AuthError::Missing {
                         lo: first - 1,

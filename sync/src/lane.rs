@@ -12,7 +12,7 @@ use crate::auth::Outbound;
 use crate::store::{Store, StoreError};
 use ferry_proto::batch::{piece, Item, StreamCompressor};
 use ferry_proto::frame::BATCH_BYTES;
-use ferry_proto::{Event, Frame, Origin, Priority, RangeSet, Want};
+use ferry_proto::{Event, Frame, Origin, Priority, RangeSet, Summary, Want};
 use std::collections::{BTreeMap, VecDeque};
 
 /// Jobs that take turns; later ones wait.
@@ -116,13 +116,15 @@ impl Lane {
 
     /// The next frame(s) of this lane, or `None` when it has nothing to send.
     /// `peer_has`: what the peer holds or was sent; updated with what this
-    /// turn sends. `level`: zstd level for a new context. `release_idle`:
+    /// turn sends. `peer_summary`: what the peer's last summary said it
+    /// holds (for proofs). `level`: zstd level for a new context. `release_idle`:
     /// a turn that leaves the lane without work ends its zstd frame and
     /// frees the compressor's context (see `Config::release_idle_compressor`).
     pub fn turn<S: Store>(
         &mut self,
         store: &S,
         peer_has: &mut BTreeMap<Origin, RangeSet>,
+        peer_summary: Option<&Summary>,
         level: i32,
         release_idle: bool,
     ) -> Result<Option<Turn>, StoreError> {
@@ -173,7 +175,8 @@ impl Lane {
                 continue;
             }
             let finished = job.todo.is_empty() && job.piece.is_none();
-            let (lead, proof) = match self.prove(store, &job, &items, events) {
+            let held = peer_summary.and_then(|s| s.get(&job.origin));
+            let (lead, proof) = match self.prove(store, &job, &items, events, held) {
                 Ok(frames) => frames,
                 // The last piece of a large event goes anyway (its first
                 // ones are out): the peer refuses the event for want of a
@@ -255,6 +258,7 @@ impl Lane {
         job: &Job,
         items: &[Item],
         events: u64,
+        held: Option<&RangeSet>,
     ) -> Result<(Vec<Frame>, Option<Frame>), ()> {
         let Some(logs) = store.logs() else {
             return Ok((Vec::new(), None));
@@ -274,7 +278,7 @@ impl Lane {
         let own = job.origin.node == store.local_origin().node;
         let (lead, proof) = self
             .auth
-            .frames(logs, tree, first, last, continues, own)
+            .frames(logs, tree, first, last, continues, own, held)
             .map_err(|_| ())?;
         Ok((lead, Some(proof)))
     }
@@ -460,7 +464,7 @@ mod tests {
         let mut reader = crate::FrameReader::default();
         let mut dec = StreamDecompressor::new();
         let mut seqs = Vec::new();
-        while let Some(turn) = lane.turn(&store, &mut peer_has, LEVEL_WAN, release_idle).unwrap() {
+        while let Some(turn) = lane.turn(&store, &mut peer_has, None, LEVEL_WAN, release_idle).unwrap() {
             for frame in reader.push(&turn.bytes).unwrap() {
                 if let Frame::Events(chunk) = frame {
                     for item in dec.decompress(&chunk).unwrap() {
@@ -525,7 +529,7 @@ mod tests {
         let mut reader = crate::FrameReader::default();
         let mut dec = StreamDecompressor::new();
         let (mut seqs, mut ends, mut proofs) = (Vec::new(), Vec::new(), 0);
-        while let Some(turn) = lane.turn(&store, &mut peer_has, LEVEL_WAN, true).unwrap() {
+        while let Some(turn) = lane.turn(&store, &mut peer_has, None, LEVEL_WAN, true).unwrap() {
             for frame in reader.push(&turn.bytes).unwrap() {
                 match frame {
                     Frame::Events(chunk) => {
@@ -549,7 +553,7 @@ mod tests {
         assert_eq!(seqs, (1..=3000).collect::<Vec<_>>());
         assert_eq!(proofs, ends.len());
         for &(first, last) in &ends[..ends.len() - 1] {
-            let half = (last - first + 1) / 2;
+            let half = (last - first).div_ceil(2);
             assert!(
                 last.trailing_zeros() >= (63 - half.leading_zeros()),
                 "frame {first}..={last} does not end at an aligned seq"

@@ -114,15 +114,17 @@ impl Session {
                 continue;
             }
             let release = cx.cfg.release_idle_compressor;
+            let summary = self.theirs.as_ref().map(|(s, _)| s);
             let turn = if cx.cfg.bugs.on(|b| b.relay_forges) {
                 lane.turn(
                     &crate::forge::Forging(&*cx.store),
                     &mut self.peer_has,
+                    summary,
                     self.level,
                     release,
                 )
             } else {
-                lane.turn(&*cx.store, &mut self.peer_has, self.level, release)
+                lane.turn(&*cx.store, &mut self.peer_has, summary, self.level, release)
             };
             let turn = turn.map_err(|e| fault(ErrorCode::Internal, format!("could not read events to send: {e}")))?;
             let Some(turn) = turn else { continue };
