@@ -46,6 +46,10 @@ impl std::fmt::Display for Target {
     }
 }
 
+/// How long a connection must have lasted to be dialled again at once when
+/// it ends. The simulator models the same rule (`sim/src/world.rs`).
+pub const REDIAL_AT_ONCE_AFTER: Duration = Duration::from_secs(10);
+
 /// Capped, jittered exponential backoff: 1 s, 2 s, 4 s ... up to 60 s, each
 /// drawn from the upper half so a fleet of clinics does not retry in step.
 pub fn backoff(attempt: u32) -> Duration {
@@ -273,8 +277,16 @@ async fn peer_loop(node: Arc<Node>, target: Target, interval: Duration, wake: Ar
             continue;
         }
         tracing::info!(%peer, name = %link.peer.name, zero_rtt = ?opened.zero_rtt, "connected");
+        let since = std::time::Instant::now();
         let why = link.conn.closed().await;
         tracing::info!(%peer, "connection ended ({why}); dialing again");
-        retry_after(&node, backoff(0), &wake).await;
+        // A connection that served a while and then ended (the peer
+        // restarted and answered with a stateless reset, or the path
+        // failed) is dialled again at once: waiting would only delay
+        // what was written meanwhile. One that ended soon after it opened
+        // (the peer keeps refusing it) waits, so a refusal is no busy loop.
+        if since.elapsed() < REDIAL_AT_ONCE_AFTER {
+            retry_after(&node, backoff(0), &wake).await;
+        }
     }
 }

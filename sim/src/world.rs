@@ -79,6 +79,8 @@ pub struct Conn {
     pub closed: [bool; 2],
     early: [Vec<Payload>; 2],
     last_rx: [Time; 2],
+    /// When each end saw the connection open.
+    opened: [Time; 2],
     pub taps: [Tap; 2],
     idle_timeout: Time,
     keep_alive: Time,
@@ -245,6 +247,9 @@ pub struct World {
     base: Instant,
 }
 
+/// A connection that lasted this long is dialled again at once when it
+/// ends (node/src/daemon.rs, `REDIAL_AT_ONCE_AFTER`).
+const REDIAL_AT_ONCE_AFTER: Time = Time::from_secs(10);
 const CONNECT_TIMEOUT_WAN: Time = Time::from_secs(30);
 const CONNECT_TIMEOUT_LAN: Time = Time::from_secs(5);
 
@@ -738,7 +743,7 @@ impl World {
                 if let Some(c) = self.conns.get_mut(&conn.0) {
                     c.closed[e] = true;
                 }
-                self.after_close(n);
+                self.after_close(n, conn.0, e);
             }
             Action::Append {
                 conn: _,
@@ -846,12 +851,18 @@ impl World {
             r.handle_closed(now, ConnId(conn));
         }
         self.drain(n);
-        self.after_close(n);
+        self.after_close(n, conn, end);
     }
 
-    /// A connection of node `n` ended: look for peers again soon.
-    fn after_close(&mut self, n: usize) {
-        let after = Time::from_secs(1);
+    /// A connection of node `n` ended: look for peers again, at once if it
+    /// had lasted (the node's rule, `REDIAL_AT_ONCE_AFTER` in
+    /// node/src/daemon.rs), else after a second.
+    fn after_close(&mut self, n: usize, conn: u64, end: usize) {
+        let lasted = self
+            .conns
+            .get(&conn)
+            .is_some_and(|c| c.connected[end] && self.now.0.saturating_sub(c.opened[end].0) >= REDIAL_AT_ONCE_AFTER.0);
+        let after = if lasted { Time(0) } else { Time::from_secs(1) };
         self.schedule(after, Ev::Manage { node: n });
     }
 
@@ -1078,6 +1089,7 @@ impl World {
             closed: [false, false],
             early: [Vec::new(), Vec::new()],
             last_rx: [self.now, self.now],
+            opened: [self.now, self.now],
             taps: [Tap::default(), Tap::default()],
             idle_timeout: idle,
             keep_alive: keep,
@@ -1155,6 +1167,7 @@ impl World {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.connected[end] = true;
             c.last_rx[end] = self.now;
+            c.opened[end] = self.now;
         }
         if end == 0 {
             let peer_boot = self.nodes[peer].boot;
