@@ -182,6 +182,12 @@ pub enum AuthError {
     Missing { lo: u64, hi: u64 },
     #[error("events {first}..={last} do not match the signed head of {len} events: forged or altered")]
     Mismatch { first: u64, last: u64, len: u64 },
+    /// A writer signs one tree; a node of it never changes once verified.
+    /// Two different hashes for the same leaves mean altered events or
+    /// proof, or a writer that signed two logs (a node restored from an
+    /// old image that wrote before it synced).
+    #[error("leaves {lo}..{hi} hash differently from what was verified before: altered, or the writer's log forked")]
+    Forked { lo: u64, hi: u64 },
     #[error("malformed {what}")]
     Malformed { what: &'static str },
 }
@@ -459,9 +465,16 @@ impl Walk<'_> {
             level: size.trailing_zeros() as u8,
             index: lo.checked_shr(size.trailing_zeros()).unwrap_or(0),
         };
+        // What was verified before stands: a proof may not replace it.
+        let known = if full { self.known.get(&node).copied() } else { None };
         if full && !touches {
-            if let Some(h) = self.given.get(&node).or_else(|| self.known.get(&node)) {
-                let h = *h;
+            let given = self.given.get(&node).copied();
+            if let (Some(g), Some(k)) = (given, known) {
+                if g != k {
+                    return Err(AuthError::Forked { lo, hi });
+                }
+            }
+            if let Some(h) = given.or(known) {
                 self.seen.push((node, h));
                 return Ok(h);
             }
@@ -478,6 +491,9 @@ impl Walk<'_> {
             node_hash(&left, &right)
         };
         if full {
+            if known.is_some_and(|k| k != h) {
+                return Err(AuthError::Forked { lo, hi });
+            }
             self.seen.push((node, h));
         }
         Ok(h)

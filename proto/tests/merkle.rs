@@ -406,3 +406,42 @@ fn a_damaged_saved_tree_proves_less_and_accepts_nothing_more() {
     let (bare, _) = Known::restore(origin(3), None, &w.keys, held, false).unwrap();
     assert!(bare.prove(&w.head, Mode::Fresh, 20, 30).is_err());
 }
+
+#[test]
+fn a_forked_log_cannot_replace_what_was_verified() {
+    // The writer's card is restored from an old image holding 1..=4; the
+    // relay already verified 1..=8. The writer writes 5..=10 anew (other
+    // payloads, same key) and pushes 9..=10 with a fresh proof, whose left
+    // cover names its own [0, 8). The signature is the writer's, so only
+    // what the relay verified before can tell.
+    let o = origin(1);
+    let key = Key::generate();
+    let mut keys = Keys::default();
+    keys.0.insert(o.node, key.public());
+    let original = log(o, 8);
+    let mut first = Known::new(o);
+    for e in &original {
+        first.append(e).unwrap();
+    }
+    let head8 = first.sign_head(8, &key).unwrap().verify(&keys).unwrap();
+    let mut relay = Known::new(o);
+    let proof = first.prove(head8.head(), Mode::Fresh, 1, 8).unwrap();
+    relay.verify(&head8, &proof, &original).unwrap();
+
+    let mut forked_events = log(o, 10);
+    for e in &mut forked_events[4..] {
+        e.payload = format!("{{\"visit\":{},\"after_restore\":true}}", e.seq).into_bytes();
+    }
+    let mut forked = Known::new(o);
+    for e in &forked_events {
+        forked.append(e).unwrap();
+    }
+    let head10 = forked.sign_head(10, &key).unwrap().verify(&keys).unwrap();
+    let proof = forked.prove(head10.head(), Mode::Fresh, 9, 10).unwrap();
+    let got = relay.verify(&head10, &proof, &forked_events[8..]);
+    assert!(matches!(got, Err(AuthError::Forked { lo: 0, hi: 8 })), "{got:?}");
+    // The relay still proves its original events under the head it had.
+    let mut next = Known::new(o);
+    let proof = relay.prove(head8.head(), Mode::Fresh, 5, 8).unwrap();
+    next.verify(&head8, &proof, &original[4..]).unwrap();
+}

@@ -438,6 +438,37 @@ mod tests {
     use ferry_proto::batch::{StreamDecompressor, LEVEL_WAN};
     use ferry_proto::{NodeId, Origin};
 
+    /// Serves a want of `store`'s events `1..=n` until the lane has nothing
+    /// left; returns the lane and every frame it sent, in order.
+    fn serve_want(store: &MemStore, origin: Origin, n: u64, release_idle: bool) -> (Lane, Vec<Frame>) {
+        let mut lane = Lane::new(Priority::Normal);
+        lane.serve(Want {
+            origin,
+            first: 1,
+            last: n,
+            priority: Priority::Normal,
+        });
+        let mut peer_has = BTreeMap::new();
+        let mut reader = crate::FrameReader::default();
+        let mut frames = Vec::new();
+        while let Some(turn) = lane.turn(store, &mut peer_has, None, LEVEL_WAN, release_idle).unwrap() {
+            frames.extend(reader.push(&turn.bytes).unwrap());
+        }
+        (lane, frames)
+    }
+
+    /// The seqs of the events in one `Events` frame.
+    fn seqs_in(dec: &mut StreamDecompressor, chunk: &[u8]) -> Vec<u64> {
+        let items = dec.decompress(chunk).unwrap();
+        items
+            .iter()
+            .map(|i| match i {
+                Item::Event(e) => e.seq,
+                Item::Piece(_) => panic!("no event here is large"),
+            })
+            .collect()
+    }
+
     /// Serves one want of `n` events until the lane has nothing left;
     /// returns the compressor's and the receiver's context memory then,
     /// after checking every event arrived in order.
@@ -453,26 +484,12 @@ mod tests {
         });
         let (group, _) = store.write_local(payloads.collect(), 1_700_000_000_000);
         store.sync(group);
-        let mut lane = Lane::new(Priority::Normal);
-        lane.serve(Want {
-            origin,
-            first: 1,
-            last: n as u64,
-            priority: Priority::Normal,
-        });
-        let mut peer_has = BTreeMap::new();
-        let mut reader = crate::FrameReader::default();
+        let (lane, frames) = serve_want(&store, origin, n as u64, release_idle);
         let mut dec = StreamDecompressor::new();
         let mut seqs = Vec::new();
-        while let Some(turn) = lane.turn(&store, &mut peer_has, None, LEVEL_WAN, release_idle).unwrap() {
-            for frame in reader.push(&turn.bytes).unwrap() {
-                if let Frame::Events(chunk) = frame {
-                    for item in dec.decompress(&chunk).unwrap() {
-                        if let Item::Event(e) = item {
-                            seqs.push(e.seq);
-                        }
-                    }
-                }
+        for frame in frames {
+            if let Frame::Events(chunk) = frame {
+                seqs.extend(seqs_in(&mut dec, &chunk));
             }
         }
         assert_eq!(seqs, (1..=n as u64).collect::<Vec<_>>());
@@ -518,36 +535,19 @@ mod tests {
         });
         let (group, _) = store.write_local(payloads.collect(), 1_700_000_000_000);
         store.sync(group);
-        let mut lane = Lane::new(Priority::Normal);
-        lane.serve(Want {
-            origin,
-            first: 1,
-            last: 3000,
-            priority: Priority::Normal,
-        });
-        let mut peer_has = BTreeMap::new();
-        let mut reader = crate::FrameReader::default();
+        let (_, frames) = serve_want(&store, origin, 3000, true);
         let mut dec = StreamDecompressor::new();
         let (mut seqs, mut ends, mut proofs) = (Vec::new(), Vec::new(), 0);
-        while let Some(turn) = lane.turn(&store, &mut peer_has, None, LEVEL_WAN, true).unwrap() {
-            for frame in reader.push(&turn.bytes).unwrap() {
-                match frame {
-                    Frame::Events(chunk) => {
-                        let items = dec.decompress(&chunk).unwrap();
-                        let frame_seqs: Vec<u64> = items
-                            .iter()
-                            .map(|i| match i {
-                                Item::Event(e) => e.seq,
-                                Item::Piece(_) => panic!("no event here is large"),
-                            })
-                            .collect();
-                        let (first, last) = (frame_seqs[0], *frame_seqs.last().unwrap());
-                        ends.push((first, last));
-                        seqs.extend(frame_seqs);
-                    }
-                    Frame::Proof(_) => proofs += 1,
-                    _ => {}
+        for frame in frames {
+            match frame {
+                Frame::Events(chunk) => {
+                    let frame_seqs = seqs_in(&mut dec, &chunk);
+                    let (first, last) = (frame_seqs[0], *frame_seqs.last().unwrap());
+                    ends.push((first, last));
+                    seqs.extend(frame_seqs);
                 }
+                Frame::Proof(_) => proofs += 1,
+                _ => {}
             }
         }
         assert_eq!(seqs, (1..=3000).collect::<Vec<_>>());
