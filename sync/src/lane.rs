@@ -276,9 +276,11 @@ impl Lane {
         // one: that frame then extends this proof.
         let continues = job.todo.ranges().first().is_some_and(|&(next, _)| next == last + 1);
         let own = job.origin.node == store.local_origin().node;
+        // A compacted block's nodes are hashed again from its events.
+        let block_leaves = |block| crate::store::block_leaves(store, &job.origin, block);
         let (lead, proof) = self
             .auth
-            .frames(logs, tree, first, last, continues, own, held)
+            .frames(logs, tree, first, last, continues, own, held, &block_leaves)
             .map_err(|_| ())?;
         Ok((lead, Some(proof)))
     }
@@ -535,6 +537,10 @@ mod tests {
         });
         let (group, _) = store.write_local(payloads.collect(), 1_700_000_000_000);
         store.sync(group);
+        // The writer's tree keeps whole blocks compacted (one node per 64
+        // events, not two per event); the lane proves from them.
+        let nodes = store.logs().and_then(|l| l.tree(&origin)).map(|t| t.nodes());
+        assert!(nodes.is_some_and(|n| n < 3000 / 64 + 256), "{nodes:?} nodes");
         let (_, frames) = serve_want(&store, origin, 3000, true);
         let mut dec = StreamDecompressor::new();
         let (mut seqs, mut ends, mut proofs) = (Vec::new(), Vec::new(), 0);

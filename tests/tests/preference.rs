@@ -4,6 +4,7 @@
 use ferry::pki::Role;
 use ferry::transport::TransportProfile;
 use ferry_proto::Priority;
+use ferry_sync::Store;
 use ferry_tests::{all_events, eventually, init_logging, start, start_capped, workload, write_events, Deployment};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -39,7 +40,15 @@ async fn a_range_both_peers_hold_comes_from_the_lan_peer() {
         .into_iter()
         .filter(|e| (e.seq - 1) / 20 % 2 == 0)
         .collect();
-    clinic.ctx.wal.append_replicated(every_other).await.unwrap();
+    clinic.ctx.wal.append_replicated(every_other.clone()).await.unwrap();
+    // As after a sync that verified them: a node holds the hash tree of
+    // every event it stores, and a LAN peer proves the gaps against it.
+    clinic.driver.with_core(|core, _| {
+        let logs = core.store_mut().logs_mut().expect("logs are authenticated");
+        for e in &every_other {
+            assert!(logs.trusted(e).is_ok(), "event {} refused", e.seq);
+        }
+    });
     let sent_by_hub = hub.ctx.totals.events_sent.load(Relaxed);
 
     let opened = clinic.open(neighbour.local_addr().unwrap(), true).await.unwrap();
