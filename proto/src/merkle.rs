@@ -117,6 +117,27 @@ pub enum Mode {
     Append,
 }
 
+impl Mode {
+    /// The mode's byte on the wire.
+    pub fn code(self) -> u8 {
+        match self {
+            Mode::Fresh => 0,
+            Mode::Extend => 1,
+            Mode::Append => 2,
+        }
+    }
+
+    /// The mode of a byte on the wire (`code`), if it names one.
+    pub fn from_code(code: u8) -> Option<Mode> {
+        match code {
+            0 => Some(Mode::Fresh),
+            1 => Some(Mode::Extend),
+            2 => Some(Mode::Append),
+            _ => None,
+        }
+    }
+}
+
 /// The nodes a proof of `first..=last` under `n` carries, in order.
 fn proof_nodes(mode: Mode, n: u64, first: u64, last: u64) -> Vec<Node> {
     let right = cover(last, n);
@@ -329,11 +350,7 @@ impl RangeProof {
     /// the receiver knows how many from the rest.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(16 + 32 * self.hashes.len());
-        out.push(match self.mode {
-            Mode::Fresh => 0,
-            Mode::Extend => 1,
-            Mode::Append => 2,
-        });
+        out.push(self.mode.code());
         put_varint(&mut out, self.len);
         put_varint(&mut out, self.first);
         put_varint(&mut out, self.last.wrapping_sub(self.first));
@@ -344,15 +361,10 @@ impl RangeProof {
     }
 
     pub fn decode(mut b: &[u8]) -> Result<RangeProof, AuthError> {
-        let bad = AuthError::Malformed { what: "range proof" };
-        let (&mode, rest) = b.split_first().ok_or(AuthError::Malformed { what: "range proof" })?;
+        let bad = || AuthError::Malformed { what: "range proof" };
+        let (&mode, rest) = b.split_first().ok_or_else(bad)?;
         b = rest;
-        let mode = match mode {
-            0 => Mode::Fresh,
-            1 => Mode::Extend,
-            2 => Mode::Append,
-            _ => return Err(bad),
-        };
+        let mode = Mode::from_code(mode).ok_or_else(bad)?;
         let len = get_varint(&mut b)?;
         let first = get_varint(&mut b)?;
         let last = first
@@ -376,11 +388,7 @@ impl RangeProof {
     /// frame's last seq the proof ends, and the hashes travel.
     pub fn encode_in_stream(&self, frame_last: u64) -> Vec<u8> {
         let mut out = Vec::with_capacity(4 + 32 * self.hashes.len());
-        out.push(match self.mode {
-            Mode::Fresh => 0,
-            Mode::Extend => 1,
-            Mode::Append => 2,
-        });
+        out.push(self.mode.code());
         put_varint(&mut out, frame_last.saturating_sub(self.last));
         for h in &self.hashes {
             out.extend_from_slice(h);
@@ -389,15 +397,10 @@ impl RangeProof {
     }
 
     pub fn decode_in_stream(mut b: &[u8], len: u64, first: u64, frame_last: u64) -> Result<RangeProof, AuthError> {
-        let bad = AuthError::Malformed { what: "range proof" };
-        let (&mode, rest) = b.split_first().ok_or(AuthError::Malformed { what: "range proof" })?;
+        let bad = || AuthError::Malformed { what: "range proof" };
+        let (&mode, rest) = b.split_first().ok_or_else(bad)?;
         b = rest;
-        let mode = match mode {
-            0 => Mode::Fresh,
-            1 => Mode::Extend,
-            2 => Mode::Append,
-            _ => return Err(bad),
-        };
+        let mode = Mode::from_code(mode).ok_or_else(bad)?;
         let back = get_varint(&mut b)?;
         let last = frame_last
             .checked_sub(back)

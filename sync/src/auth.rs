@@ -193,6 +193,8 @@ pub struct Outbound {
     jobs: Continuations<TreeHead>,
     /// Events this stream carried, by origin: with the peer's summary,
     /// what it holds for certain when a later frame comes (`Mode::Append`).
+    /// Not the session's `peer_has`, which counts what other streams sent:
+    /// the peer may check a frame here before those.
     sent: BTreeMap<Origin, RangeSet>,
 }
 
@@ -284,9 +286,11 @@ impl Outbound {
         let Some(before) = first.checked_sub(1).filter(|&b| b > 0) else {
             return false;
         };
-        let carried = self.sent.get(&origin).cloned().unwrap_or_default();
-        let known = held.map_or(carried.clone(), |h| carried.union(h));
-        RangeSet::from_range(1, before).difference(&known).is_empty()
+        let mut missing = RangeSet::from_range(1, before);
+        for known in [self.sent.get(&origin), held].into_iter().flatten() {
+            missing = missing.difference(known);
+        }
+        missing.is_empty()
     }
 
     /// The connection is gone.
@@ -419,12 +423,9 @@ impl Inbound {
             return Err(fail(AuthError::Malformed { what: "range proof" }));
         };
         let continues = flags & CONTINUES != 0;
-        let (mode, back) = match flags & !CONTINUES {
-            0 => (Mode::Fresh, None),
-            1 => (Mode::Extend, continued),
-            2 => (Mode::Append, None),
-            _ => return Err(fail(AuthError::Malformed { what: "range proof" })),
-        };
+        let mode =
+            Mode::from_code(flags & !CONTINUES).ok_or_else(|| fail(AuthError::Malformed { what: "range proof" }))?;
+        let back = if mode == Mode::Extend { continued } else { None };
         let mut bytes = bytes.to_vec();
         bytes[0] &= !CONTINUES;
         let mut job = match back {

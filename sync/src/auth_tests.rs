@@ -370,7 +370,7 @@ fn a_push_to_a_peer_that_holds_the_log_before_it_costs_a_few_bytes() {
         }
         assert_eq!(inb.on_events(vec![e.clone()]), None);
         let Frame::Proof(p) = proof else { panic!("not a proof") };
-        assert_eq!(p[0], 2, "an append proof");
+        assert_eq!(p[0], Mode::Append.code(), "an append proof");
         biggest = biggest.max(p.len());
         assert_eq!(inb.on_proof(&mut hub, &p).map(|v| v.len()), Ok(1), "push {}", e.seq);
     }
@@ -379,7 +379,7 @@ fn a_push_to_a_peer_that_holds_the_log_before_it_costs_a_few_bytes() {
     let mut stranger = Outbound::default();
     let (_, proof) = stranger.frames(&keys, &writer, 300, 300, false, true, None).unwrap();
     let Frame::Proof(p) = proof else { panic!("not a proof") };
-    assert_eq!(p[0], 0);
+    assert_eq!(p[0], Mode::Fresh.code());
 }
 
 /// Jobs whose next frame never comes (the peer got the rest elsewhere) are
