@@ -8,6 +8,9 @@
 //! save loses only the heads and proof hashes learned in between: the
 //! events are in the WAL and their leaves are hashed again; what this node
 //! cannot prove onward until a newer head reaches it, it does not send.
+//! In memory a tree keeps about one node per 64 events: the core drops the
+//! low nodes of each block of 128 events once the WAL holds it whole, and
+//! reads the block back (`Store::read`) when a proof needs them.
 
 use anyhow::{bail, Context, Result};
 use ferry_proto::merkle::Known;

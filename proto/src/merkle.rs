@@ -24,7 +24,7 @@
 
 mod saved;
 
-use crate::{Event, NodeId, Origin};
+use crate::{Event, NodeId, Origin, RangeSet};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
@@ -65,6 +65,25 @@ fn node_hash(left: &Hash, right: &Hash) -> Hash {
     h.update(left);
     h.update(right);
     h.finalize().into()
+}
+
+/// Level of the nodes a tree keeps over events it holds: below it, the
+/// nodes of a block of `BLOCK_EVENTS` events are dropped once the block is
+/// whole and held (`Known::compact_block`) and hashed again from the
+/// events when a proof needs them (`Known::prove_from`). A block is one
+/// WAL index chunk, so that costs one short read.
+const BLOCK_LEVEL: u8 = 7;
+/// Events in a block (`BLOCK_LEVEL`).
+pub const BLOCK_EVENTS: u64 = 1 << BLOCK_LEVEL;
+
+/// Nodes of compacted blocks hashed again from the events a store holds
+/// (`Known::expand`), for one check (`Known::verify_expanded`).
+#[derive(Debug, Default)]
+pub struct Expanded(BTreeMap<Node, Hash>);
+
+/// The block of the event of `seq` (seqs start at 1).
+pub fn block_of(seq: u64) -> u64 {
+    seq.saturating_sub(1) >> BLOCK_LEVEL
 }
 
 /// A full node: leaves `index << level .. (index + 1) << level`.
@@ -443,11 +462,16 @@ pub struct Known {
     whole: u64,
     /// Leaves appended by the writer: `append` takes seq `appended + 1`.
     appended: u64,
+    /// Blocks (`block + 1`) whose nodes below `BLOCK_LEVEL` were dropped:
+    /// every leaf of them was known, and their events are held.
+    compacted: RangeSet,
 }
 
 /// Computes subtree hashes from known nodes, proof hashes and new leaves.
 struct Walk<'a> {
     known: &'a BTreeMap<Node, Hash>,
+    /// Nodes of compacted blocks hashed again from their events.
+    expanded: &'a BTreeMap<Node, Hash>,
     given: BTreeMap<Node, Hash>,
     /// Leaf hashes of `fresh_lo..fresh_lo + fresh.len()`: never taken
     /// from a stored node, always hashed up.
@@ -469,7 +493,11 @@ impl Walk<'_> {
             index: lo.checked_shr(size.trailing_zeros()).unwrap_or(0),
         };
         // What was verified before stands: a proof may not replace it.
-        let known = if full { self.known.get(&node).copied() } else { None };
+        let known = if full {
+            self.known.get(&node).or_else(|| self.expanded.get(&node)).copied()
+        } else {
+            None
+        };
         if full && !touches {
             let given = self.given.get(&node).copied();
             if let (Some(g), Some(k)) = (given, known) {
@@ -503,6 +531,26 @@ impl Walk<'_> {
     }
 }
 
+/// Every full node of `block`, from its `BLOCK_EVENTS` leaf hashes.
+fn block_nodes(block: u64, leaves: &[Hash]) -> BTreeMap<Node, Hash> {
+    let mut out = BTreeMap::new();
+    let mut level_hashes = leaves.to_vec();
+    for level in 0..=BLOCK_LEVEL {
+        let base = block << (BLOCK_LEVEL - level);
+        for (i, h) in level_hashes.iter().enumerate() {
+            out.insert(
+                Node {
+                    level,
+                    index: base + i as u64,
+                },
+                *h,
+            );
+        }
+        level_hashes = level_hashes.chunks_exact(2).map(|p| node_hash(&p[0], &p[1])).collect();
+    }
+    out
+}
+
 impl Known {
     pub fn new(origin: Origin) -> Self {
         Known {
@@ -512,6 +560,7 @@ impl Known {
             older: BTreeMap::new(),
             whole: 0,
             appended: 0,
+            compacted: RangeSet::new(),
         }
     }
 
@@ -558,6 +607,10 @@ impl Known {
         if e.seq == 0 {
             return Err(AuthError::WrongSeq { want: 1, got: 0 });
         }
+        if self.is_compacted(block_of(e.seq)) {
+            // Held already, and its block's node stands for it.
+            return Ok(());
+        }
         let mut node = Node {
             level: 0,
             index: e.seq - 1,
@@ -603,8 +656,10 @@ impl Known {
     }
 
     fn walk<'a>(&'a self, fresh: &'a [Hash], fresh_lo: u64, given: BTreeMap<Node, Hash>) -> Walk<'a> {
+        static NONE: BTreeMap<Node, Hash> = BTreeMap::new();
         Walk {
             known: &self.nodes,
+            expanded: &NONE,
             given,
             fresh_lo,
             fresh,
@@ -658,12 +713,170 @@ impl Known {
     }
 
     fn advance_whole(&mut self) {
-        while self.nodes.contains_key(&Node {
-            level: 0,
-            index: self.whole,
-        }) {
-            self.whole += 1;
+        loop {
+            if self.compacted.contains((self.whole >> BLOCK_LEVEL) + 1) {
+                self.whole = ((self.whole >> BLOCK_LEVEL) + 1) << BLOCK_LEVEL;
+            } else if self.nodes.contains_key(&Node {
+                level: 0,
+                index: self.whole,
+            }) {
+                self.whole += 1;
+            } else {
+                break;
+            }
         }
+    }
+
+    /// Drops the nodes below `BLOCK_LEVEL` of `block` (events
+    /// `block * BLOCK_EVENTS + 1 ..= (block + 1) * BLOCK_EVENTS`), keeping
+    /// the block's own node: a tree then costs about one node per 64
+    /// events instead of two per event. Only a block whose every leaf is
+    /// known is compacted, and the caller must hold all its events
+    /// durably: `prove_from` hashes them again. Returns whether it was.
+    pub fn compact_block(&mut self, block: u64) -> bool {
+        if self.compacted.contains(block + 1) {
+            return true;
+        }
+        let lo = block << BLOCK_LEVEL;
+        let leaves: Vec<Hash> = self
+            .nodes
+            .range(
+                Node { level: 0, index: lo }..Node {
+                    level: 0,
+                    index: lo + BLOCK_EVENTS,
+                },
+            )
+            .map(|(_, h)| *h)
+            .collect();
+        if leaves.len() as u64 != BLOCK_EVENTS {
+            return false;
+        }
+        let nodes = block_nodes(block, &leaves);
+        let top = Node {
+            level: BLOCK_LEVEL,
+            index: block,
+        };
+        let root = nodes.get(&top).copied();
+        // Inner nodes are computed from the leaves as they come, so they
+        // agree; a disagreement is a defect and nothing is dropped.
+        if nodes.iter().any(|(n, h)| self.nodes.get(n).is_some_and(|k| k != h)) || root.is_none() {
+            debug_assert!(false, "a block's nodes disagree with its leaves");
+            return false;
+        }
+        for level in 0..BLOCK_LEVEL {
+            let shift = BLOCK_LEVEL - level;
+            let first = Node {
+                level,
+                index: block << shift,
+            };
+            let end = Node {
+                level,
+                index: (block + 1) << shift,
+            };
+            let doomed: Vec<Node> = self.nodes.range(first..end).map(|(n, _)| *n).collect();
+            for n in doomed {
+                self.nodes.remove(&n);
+            }
+        }
+        if let Some(h) = root {
+            self.nodes.insert(top, h);
+        }
+        self.compacted.insert(block + 1);
+        true
+    }
+
+    /// Adds a compacted block's nodes, hashed from `block_leaves(block)`, to
+    /// `into`; nothing for a block that is not compacted.
+    fn expand_block(
+        &self,
+        block: u64,
+        block_leaves: &dyn Fn(u64) -> Option<Vec<Hash>>,
+        into: &mut BTreeMap<Node, Hash>,
+    ) -> Result<(), AuthError> {
+        if !self.is_compacted(block) {
+            return Ok(());
+        }
+        let top = Node {
+            level: BLOCK_LEVEL,
+            index: block,
+        };
+        let leaves = block_leaves(block).filter(|l| l.len() as u64 == BLOCK_EVENTS);
+        let Some(leaves) = leaves else {
+            return Err(AuthError::Missing {
+                lo: top.lo(),
+                hi: top.hi(),
+            });
+        };
+        let nodes = block_nodes(block, &leaves);
+        if nodes.get(&top) != self.nodes.get(&top) {
+            return Err(AuthError::Forked {
+                lo: top.lo(),
+                hi: top.hi(),
+            });
+        }
+        into.extend(nodes);
+        Ok(())
+    }
+
+    /// What a check of events `first..=last` under a head of one of
+    /// `head_lens` may need of compacted blocks, hashed again from the events
+    /// held: those around and under the range (a frame of events this node
+    /// already holds, sent again by a peer that did not know), and the one
+    /// the head ends in. A proof names no node below a block anywhere else,
+    /// and one that extends an earlier proof leaves out the nodes that
+    /// proof gave, which this tree did not keep inside a compacted block.
+    /// A block whose events cannot be read is left out (the check may then
+    /// fail as `Missing`).
+    pub fn expand(
+        &self,
+        first: u64,
+        last: u64,
+        head_lens: &[u64],
+        block_leaves: &dyn Fn(u64) -> Option<Vec<Hash>>,
+    ) -> Expanded {
+        let mut out = BTreeMap::new();
+        let around = block_of(first.saturating_sub(1).max(1))..=block_of(last);
+        let head_ends = head_lens.iter().filter(|&&n| n > 0).map(|&n| block_of(n));
+        let mut blocks: Vec<u64> = around.chain(head_ends).collect();
+        blocks.sort_unstable();
+        blocks.dedup();
+        for block in blocks {
+            let _ = self.expand_block(block, block_leaves, &mut out);
+        }
+        Expanded(out)
+    }
+
+    /// A compacted block some of whose events are no longer held (a card
+    /// lost them): its leaves come back from `held`, the block's events
+    /// still held, checked against what the tree keeps. The lost events'
+    /// leaves are gone until those events are received again.
+    pub fn reopen_block(&mut self, block: u64, held: &[Event]) -> Result<(), AuthError> {
+        if !self.is_compacted(block) {
+            return Ok(());
+        }
+        self.compacted = self.compacted.difference(&RangeSet::from_range(block + 1, block + 1));
+        let first = (block << BLOCK_LEVEL) + 1;
+        let mut next = first;
+        for e in held.iter().filter(|e| block_of(e.seq) == block) {
+            self.insert_trusted(e)?;
+            if e.seq == next {
+                next += 1;
+            }
+        }
+        // The writer's own log now ends before the first lost event, as it
+        // does for a node that rebuilds its tree from its events.
+        if self.appended >= next {
+            self.appended = next - 1;
+        }
+        // Leaves from the first lost one on are unknown again, so shorter
+        // heads are kept for what is still provable (`keep_head`).
+        self.whole = self.whole.min(next - 1);
+        Ok(())
+    }
+
+    /// Whether `block`'s low nodes were dropped (`compact_block`).
+    pub fn is_compacted(&self, block: u64) -> bool {
+        self.compacted.contains(block + 1)
     }
 
     /// Heads a range ending at `last` might be proved under: the shorter
@@ -679,17 +892,46 @@ impl Known {
         Ok(())
     }
 
-    /// Proof of events `first..=last` under `head`, from known nodes.
+    /// Proof of events `first..=last` under `head`, from known nodes, for
+    /// a tree that compacted no block the proof reaches into.
     pub fn prove(&self, head: &TreeHead, mode: Mode, first: u64, last: u64) -> Result<RangeProof, AuthError> {
+        self.prove_from(head, mode, first, last, &|_| None)
+    }
+
+    /// `prove`, hashing the nodes of compacted blocks again from their
+    /// events: `block_leaves(block)` gives the leaf hashes of the block's
+    /// `BLOCK_EVENTS` events, or `None` if they cannot be read. Leaves that
+    /// do not give the block's kept node (a damaged store) prove nothing.
+    pub fn prove_from(
+        &self,
+        head: &TreeHead,
+        mode: Mode,
+        first: u64,
+        last: u64,
+        block_leaves: &dyn Fn(u64) -> Option<Vec<Hash>>,
+    ) -> Result<RangeProof, AuthError> {
         let n = head.len;
         if first == 0 || first > last || last > n {
             return Err(AuthError::OutOfRange { first, last, len: n });
         }
+        let wanted = proof_nodes(mode, n, first, last);
+        let mut expanded = BTreeMap::new();
+        for node in &wanted {
+            let block = node.lo() >> BLOCK_LEVEL;
+            if node.level >= BLOCK_LEVEL || self.nodes.contains_key(node) || expanded.contains_key(node) {
+                continue;
+            }
+            self.expand_block(block, block_leaves, &mut expanded)?;
+        }
         let mut hashes = Vec::new();
-        for node in proof_nodes(mode, n, first, last) {
-            let h = match self.nodes.get(&node) {
+        for node in wanted {
+            let h = match self.nodes.get(&node).or_else(|| expanded.get(&node)) {
                 Some(h) => *h,
-                None => self.walk(&[], 0, BTreeMap::new()).hash(node.lo(), node.hi())?,
+                None => {
+                    let mut walk = self.walk(&[], 0, BTreeMap::new());
+                    walk.expanded = &expanded;
+                    walk.hash(node.lo(), node.hi())?
+                }
             };
             hashes.push(h);
         }
@@ -706,8 +948,19 @@ impl Known {
     /// what that verified. On error nothing is kept: the events must not be
     /// appended.
     pub fn verify(&mut self, head: &VerifiedHead, proof: &RangeProof, events: &[Event]) -> Result<(), AuthError> {
+        self.verify_expanded(head, proof, events, &Expanded::default())
+    }
+
+    /// `verify`, with nodes of compacted blocks hashed again (`expand`).
+    pub fn verify_expanded(
+        &mut self,
+        head: &VerifiedHead,
+        proof: &RangeProof,
+        events: &[Event],
+        expanded: &Expanded,
+    ) -> Result<(), AuthError> {
         let leaves = self.leaves(proof.first, events)?;
-        self.verify_leaves(head, proof, &leaves)
+        self.check_leaves(head, proof, &leaves, &expanded.0)
     }
 
     /// The leaf hashes of `events`, which must be of this origin and seqs
@@ -728,6 +981,16 @@ impl Known {
     /// `verify`, given the events' leaf hashes (those of events already
     /// held, for a head that follows events pushed by their writer).
     pub fn verify_leaves(&mut self, head: &VerifiedHead, proof: &RangeProof, leaves: &[Hash]) -> Result<(), AuthError> {
+        self.check_leaves(head, proof, leaves, &BTreeMap::new())
+    }
+
+    fn check_leaves(
+        &mut self,
+        head: &VerifiedHead,
+        proof: &RangeProof,
+        leaves: &[Hash],
+        expanded: &BTreeMap<Node, Hash>,
+    ) -> Result<(), AuthError> {
         let head_ = &head.0;
         self.check_origin(head_.origin)?;
         let n = head_.len;
@@ -750,11 +1013,15 @@ impl Known {
         }
         let given = nodes.into_iter().zip(proof.hashes.iter().copied()).collect();
         let mut walk = self.walk(leaves, first - 1, given);
+        walk.expanded = expanded;
         let root = walk.hash(0, n)?;
         if root != head_.root {
             return Err(AuthError::Mismatch { first, last, len: n });
         }
         let seen = std::mem::take(&mut walk.seen);
+        let compacted = &self.compacted;
+        let dropped = |n: &Node| n.level < BLOCK_LEVEL && compacted.contains((n.lo() >> BLOCK_LEVEL) + 1);
+        let seen: Vec<(Node, Hash)> = seen.into_iter().filter(|(n, _)| !dropped(n)).collect();
         self.nodes.extend(seen);
         self.advance_whole();
         self.keep_head(head.clone());

@@ -11,7 +11,10 @@
 //! next frame's proof (proofs ending at aligned seqs, which cost a third as
 //! much), but no sender does that yet: see docs/architecture.md.
 
-use ferry_proto::merkle::{AuthError, HeadKeys, HeadSigner, Known, Mode, RangeProof, TreeHead, VerifiedHead};
+use ferry_proto::merkle::Expanded;
+use ferry_proto::merkle::{
+    block_of, AuthError, Hash, HeadKeys, HeadSigner, Known, Mode, RangeProof, TreeHead, VerifiedHead, BLOCK_EVENTS,
+};
 use ferry_proto::{Event, Frame, Origin, RangeSet};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -146,14 +149,41 @@ impl Logs {
         let mut grown: Vec<Origin> = Vec::new();
         for e in events {
             let tree = self.trees.entry(e.origin).or_insert_with(|| Known::new(e.origin));
-            if tree.appended().checked_add(1) == Some(e.seq) && tree.append(e).is_ok() && !grown.contains(&e.origin) {
-                grown.push(e.origin);
+            if tree.appended().checked_add(1) == Some(e.seq) && tree.append(e).is_ok() {
+                if !grown.contains(&e.origin) {
+                    grown.push(e.origin);
+                }
+                // Durable here: a whole block need not keep its low nodes.
+                if e.seq % BLOCK_EVENTS == 0 {
+                    tree.compact_block(block_of(e.seq));
+                }
             }
         }
         let Some(signer) = &self.signer else { return };
         for origin in grown {
             if let Some(tree) = self.trees.get_mut(&origin) {
                 // The root of leaves just appended is always known.
+                let _ = tree.sign_head(tree.appended(), signer.as_ref());
+            }
+        }
+    }
+
+    /// Drops the low nodes of `origin`'s `block`, whose events are all
+    /// durably held (`Known::compact_block`).
+    pub fn compact(&mut self, origin: Origin, block: u64) {
+        if let Some(tree) = self.trees.get_mut(&origin) {
+            tree.compact_block(block);
+        }
+    }
+
+    /// `Known::reopen_block`, for a store whose card lost some of the
+    /// block's events (the simulator's crash).
+    pub fn reopen(&mut self, origin: Origin, block: u64, held: &[Event]) {
+        if let Some(tree) = self.trees.get_mut(&origin) {
+            let appended = tree.appended();
+            let _ = tree.reopen_block(block, held);
+            // A writer's log cut short is signed again where it now ends.
+            if let (Some(signer), true) = (&self.signer, tree.appended() < appended && tree.appended() > 0) {
                 let _ = tree.sign_head(tree.appended(), signer.as_ref());
             }
         }
@@ -213,7 +243,8 @@ impl Outbound {
     /// does not extend carries only the nodes right of it (`Mode::Append`,
     /// a live push's few bytes). Fails if the tree does not hold what the
     /// proof needs: the events cannot be proved from here and must not be
-    /// sent.
+    /// sent. `block_leaves`: the leaf hashes of a compacted block's events,
+    /// read from the store (`Known::prove_from`).
     #[allow(clippy::too_many_arguments)]
     pub fn frames(
         &mut self,
@@ -224,14 +255,14 @@ impl Outbound {
         continues: bool,
         own: bool,
         held: Option<&RangeSet>,
+        block_leaves: &dyn Fn(u64) -> Option<Vec<Hash>>,
     ) -> Result<(Vec<Frame>, Frame), AuthError> {
         let origin = tree.origin();
         let key = (origin, first);
-        let extended = self
-            .jobs
-            .get(&key)
-            .filter(|head| head.len >= last)
-            .and_then(|head| Some((head.clone(), tree.prove(head, Mode::Extend, first, last).ok()?)));
+        let extended = self.jobs.get(&key).filter(|head| head.len >= last).and_then(|head| {
+            let proof = tree.prove_from(head, Mode::Extend, first, last, block_leaves).ok()?;
+            Some((head.clone(), proof))
+        });
         let (head, proof) = match extended {
             Some(found) => found,
             None => {
@@ -248,7 +279,7 @@ impl Outbound {
                 };
                 let mut found = None;
                 for head in tree.heads_for(last) {
-                    match tree.prove(head.head(), mode, first, last) {
+                    match tree.prove_from(head.head(), mode, first, last, block_leaves) {
                         Ok(proof) => {
                             found = Some((head.head().clone(), proof));
                             break;
@@ -384,10 +415,25 @@ impl Inbound {
         )
     }
 
+    /// The events frame waiting for its proof: its origin and seqs, and
+    /// the lengths of the heads its proof may be under (that of the job it
+    /// goes on, and the stream's head of the origin).
+    pub fn waiting_range(&self) -> Option<(Origin, u64, u64, Vec<u64>)> {
+        let events = self.waiting.as_ref()?;
+        let (origin, first, last) = (events.first()?.origin, events.first()?.seq, events.last()?.seq);
+        let heads = [
+            self.jobs.get(&(origin, first)).map(|job| &job.head),
+            self.heads.get(&origin),
+        ];
+        let lens = heads.into_iter().flatten().map(|h| h.head().len).collect();
+        Some((origin, first, last, lens))
+    }
+
     /// A `Proof` frame: the events it proves, in order, which may now be
     /// appended; or why the frame's events (and any held before them) are
-    /// refused.
-    pub fn on_proof(&mut self, logs: &mut Logs, bytes: &[u8]) -> Result<Vec<Event>, Refusal> {
+    /// refused. `expanded`: nodes of compacted blocks the check may need,
+    /// hashed again from the events held (`Known::expand`).
+    pub fn on_proof(&mut self, logs: &mut Logs, bytes: &[u8], expanded: &Expanded) -> Result<Vec<Event>, Refusal> {
         let Some(events) = self.waiting.take() else {
             // Refuses nothing (an empty range), but is still worth a notice.
             return Err(Refusal {
@@ -460,7 +506,7 @@ impl Inbound {
             return Err(self.refuse(&job, &[], error));
         };
         let tree = logs.tree_mut(origin);
-        if let Err(e) = tree.verify(&job.head, &proof, &job.held[..n]) {
+        if let Err(e) = tree.verify_expanded(&job.head, &proof, &job.held[..n], expanded) {
             return Err(self.refuse(&job, &[], e));
         }
         let rest = job.held.split_off(n);

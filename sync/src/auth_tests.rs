@@ -67,7 +67,10 @@ fn send(
     let mut frame = 0;
     while let Some((at, last)) = turns.pop_front() {
         let end = (at + size - 1).min(last);
-        let (lead, proof) = match out.frames(&keys, tree, at, end, end < last, false, None).unwrap() {
+        let (lead, proof) = match out
+            .frames(&keys, tree, at, end, end < last, false, None, &|_| None)
+            .unwrap()
+        {
             (lead, Frame::Proof(p)) => (lead, p),
             other => panic!("not a proof: {other:?}"),
         };
@@ -98,7 +101,7 @@ fn receive(logs: &mut Logs, wire: Vec<Wire>) -> (Vec<Event>, Vec<Refusal>) {
         match w {
             Wire::Head(h) => refused.extend(inb.on_head(logs, h).err()),
             Wire::Events(e) => refused.extend(inb.on_events(e)),
-            Wire::Proof(p) => match inb.on_proof(logs, &p) {
+            Wire::Proof(p) => match inb.on_proof(logs, &p, &Default::default()) {
                 Ok(e) => ok.extend(e),
                 Err(r) => refused.push(r),
             },
@@ -282,7 +285,7 @@ fn frames_out_of_order_or_from_seq_zero_are_refused_not_panics() {
         let mut inb = Inbound::default();
         inb.on_head(&mut hub, writer.head().unwrap().head().clone()).unwrap();
         assert_eq!(inb.on_events(evs), None);
-        let r = inb.on_proof(&mut hub, &[0]).unwrap_err();
+        let r = inb.on_proof(&mut hub, &[0], &Default::default()).unwrap_err();
         assert!(matches!(r.error, AuthError::Malformed { .. }), "{r:?}");
     }
 }
@@ -298,7 +301,7 @@ fn one_job(tree: &Known, log: &[Event], first: u64, last: u64, size: u64, contin
     while at <= last {
         let end = (at + size - 1).min(last);
         let (lead, proof) = out
-            .frames(&keys, tree, at, end, continues && end < last, false, None)
+            .frames(&keys, tree, at, end, continues && end < last, false, None, &|_| None)
             .unwrap();
         for f in lead {
             if let Frame::Head(h) = f {
@@ -361,7 +364,7 @@ fn a_push_to_a_peer_that_holds_the_log_before_it_costs_a_few_bytes() {
         writer.append(e).unwrap();
         writer.sign_head(e.seq, &honest(a)).unwrap();
         let (lead, proof) = out
-            .frames(&keys, &writer, e.seq, e.seq, false, true, Some(&held))
+            .frames(&keys, &writer, e.seq, e.seq, false, true, Some(&held), &|_| None)
             .unwrap();
         for f in lead {
             if let Frame::Head(h) = f {
@@ -372,12 +375,19 @@ fn a_push_to_a_peer_that_holds_the_log_before_it_costs_a_few_bytes() {
         let Frame::Proof(p) = proof else { panic!("not a proof") };
         assert_eq!(p[0], Mode::Append.code(), "an append proof");
         biggest = biggest.max(p.len());
-        assert_eq!(inb.on_proof(&mut hub, &p).map(|v| v.len()), Ok(1), "push {}", e.seq);
+        assert_eq!(
+            inb.on_proof(&mut hub, &p, &Default::default()).map(|v| v.len()),
+            Ok(1),
+            "push {}",
+            e.seq
+        );
     }
     assert!(biggest <= 2, "a push's proof is {biggest} bytes");
     // A peer that does not hold what came before gets a fresh proof.
     let mut stranger = Outbound::default();
-    let (_, proof) = stranger.frames(&keys, &writer, 300, 300, false, true, None).unwrap();
+    let (_, proof) = stranger
+        .frames(&keys, &writer, 300, 300, false, true, None, &|_| None)
+        .unwrap();
     let Frame::Proof(p) = proof else { panic!("not a proof") };
     assert_eq!(p[0], Mode::Fresh.code());
 }
@@ -395,7 +405,9 @@ fn jobs_that_never_go_on_are_forgotten_alike_at_both_ends() {
     let mut out = Outbound::default();
     let mut wire = Vec::new();
     let mut frame = |out: &mut Outbound, first: u64, last: u64, continues: bool| {
-        let (lead, proof) = out.frames(&keys, &writer, first, last, continues, false, None).unwrap();
+        let (lead, proof) = out
+            .frames(&keys, &writer, first, last, continues, false, None, &|_| None)
+            .unwrap();
         for f in lead {
             if let Frame::Head(h) = f {
                 wire.push(Wire::Head(h));

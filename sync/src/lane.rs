@@ -64,6 +64,9 @@ pub(crate) struct Lane {
     auth: Outbound,
     /// A frame is with the driver; the next waits for `handle_sent`.
     pub busy: bool,
+    /// Events this lane could not prove, not sent: the session's
+    /// `not_proved` takes them after each turn.
+    unproved: BTreeMap<Origin, RangeSet>,
 }
 
 impl Lane {
@@ -74,6 +77,7 @@ impl Lane {
             jobs: VecDeque::new(),
             auth: Outbound::default(),
             busy: false,
+            unproved: BTreeMap::new(),
         }
     }
 
@@ -187,6 +191,8 @@ impl Lane {
                     // it as a want answered without them).
                     let unsent = whole_seqs(&items);
                     *has = has.difference(&unsent);
+                    let unproved = self.unproved.entry(job.origin).or_default();
+                    *unproved = unproved.union(&unsent);
                     if finished {
                         if let Some(bytes) = finish(job) {
                             break Some(Turn {
@@ -276,11 +282,18 @@ impl Lane {
         // one: that frame then extends this proof.
         let continues = job.todo.ranges().first().is_some_and(|&(next, _)| next == last + 1);
         let own = job.origin.node == store.local_origin().node;
+        // A compacted block's nodes are hashed again from its events.
+        let block_leaves = |block| crate::store::block_leaves(store, &job.origin, block);
         let (lead, proof) = self
             .auth
-            .frames(logs, tree, first, last, continues, own, held)
+            .frames(logs, tree, first, last, continues, own, held, &block_leaves)
             .map_err(|_| ())?;
         Ok((lead, Some(proof)))
+    }
+
+    /// Events not sent since the last call for want of a proof.
+    pub fn take_unproved(&mut self) -> BTreeMap<Origin, RangeSet> {
+        std::mem::take(&mut self.unproved)
     }
 
     /// The next piece of a large event in progress.
@@ -535,6 +548,10 @@ mod tests {
         });
         let (group, _) = store.write_local(payloads.collect(), 1_700_000_000_000);
         store.sync(group);
+        // The writer's tree keeps whole blocks compacted (one node per 64
+        // events, not two per event); the lane proves from them.
+        let nodes = store.logs().and_then(|l| l.tree(&origin)).map(|t| t.nodes());
+        assert!(nodes.is_some_and(|n| n < 3000 / 64 + 256), "{nodes:?} nodes");
         let (_, frames) = serve_want(&store, origin, 3000, true);
         let mut dec = StreamDecompressor::new();
         let (mut seqs, mut ends, mut proofs) = (Vec::new(), Vec::new(), 0);

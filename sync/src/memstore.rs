@@ -7,6 +7,7 @@
 
 use crate::auth::Logs;
 use crate::store::{AppendReport, Store, StoreError};
+use ferry_proto::merkle::{block_of, BLOCK_EVENTS};
 use ferry_proto::{Classes, Clock, Event, Hlc, Origin, Priority, RangeSet, Summary};
 use std::collections::{BTreeMap, VecDeque};
 
@@ -187,7 +188,7 @@ impl MemStore {
         if bugs.on(|b| b.drop_acked_append_on_crash) {
             lost.extend(self.recent_synced.pop_back().unwrap_or_default());
         }
-        for (origin, seq) in lost {
+        for &(origin, seq) in &lost {
             self.events.remove(&(origin, seq));
             if let Some(ix) = self.index.get_mut(&origin) {
                 let one = RangeSet::from_range(seq, seq);
@@ -197,9 +198,28 @@ impl MemStore {
             }
         }
         self.recent_synced.clear();
+        self.reopen_trees(&lost);
         let last = self.events.values().map(|e| e.hlc).max().unwrap_or(Hlc::default());
         self.clock = Clock::starting_after(last);
         owned_up
+    }
+
+    /// A tree compacts only blocks whose events are all held: one whose
+    /// events the card then lost gets the leaves of those still held back,
+    /// as a node rebuilding its trees at start has them (node/src/store.rs).
+    fn reopen_trees(&mut self, lost: &[(Origin, u64)]) {
+        let Some(logs) = &mut self.logs else { return };
+        let blocks: std::collections::BTreeSet<(Origin, u64)> =
+            lost.iter().map(|(o, seq)| (*o, block_of(*seq))).collect();
+        for (origin, block) in blocks {
+            let first = block * BLOCK_EVENTS + 1;
+            let held: Vec<Event> = self
+                .events
+                .range((origin, first)..(origin, first + BLOCK_EVENTS))
+                .map(|(_, e)| e.clone())
+                .collect();
+            logs.reopen(origin, block, &held);
+        }
     }
 
     /// Whether the event is held, synced or not yet (for checkers).

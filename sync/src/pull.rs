@@ -184,8 +184,21 @@ impl Session {
                 Ok(())
             }
             (Frame::Proof(bytes), Some(_)) if cx.store.logs().is_some() => {
+                // Events this node holds in compacted blocks may be sent
+                // again by a peer that did not know: their nodes are
+                // hashed again from the store for the check.
+                let tree = data
+                    .auth
+                    .waiting_range()
+                    .and_then(|(o, first, last, head)| Some((o, first, last, head, cx.store.logs()?.tree(&o)?)));
+                let expanded = match tree {
+                    Some((origin, first, last, head, tree)) => tree.expand(first, last, &head, &|b| {
+                        crate::store::block_leaves(&*cx.store, &origin, b)
+                    }),
+                    None => ferry_proto::merkle::Expanded::default(),
+                };
                 let proved = match cx.store.logs_mut() {
-                    Some(logs) => data.auth.on_proof(logs, &bytes),
+                    Some(logs) => data.auth.on_proof(logs, &bytes, &expanded),
                     None => Ok(Vec::new()),
                 };
                 match proved {

@@ -11,6 +11,7 @@ use crate::rng::Rng;
 use crate::session::{Cx, Session, SessionStats};
 use crate::store::{AppendReport, Store, StoreError};
 use crate::trust::Trust;
+use ferry_proto::merkle::{block_of, BLOCK_EVENTS};
 use ferry_proto::{Classes, ErrorCode, Hlc, NodeId, Origin, Priority, RangeSet, Role, Subscription, Summary};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -331,6 +332,7 @@ impl<S: Store> Replica<S> {
         for (origin, seq, priority) in events {
             groups.entry((*origin, *priority)).or_default().insert(*seq);
         }
+        self.compact_trees(events);
         let conns: Vec<ConnId> = self.sessions.keys().copied().collect();
         for conn in conns {
             for ((origin, priority), seqs) in &groups {
@@ -338,6 +340,30 @@ impl<S: Store> Replica<S> {
                 if let Err(f) = s.on_stored(&mut cx!(self, now), *origin, seqs, *priority) {
                     self.close(now, conn, f.code, &f.message);
                 }
+            }
+        }
+    }
+
+    /// Blocks of events now durably held whole need not keep their low
+    /// tree nodes (`Known::compact_block`): a proof hashes them again from
+    /// the events.
+    fn compact_trees(&mut self, events: &[(Origin, u64, Priority)]) {
+        if self.store.logs().is_none() {
+            return;
+        }
+        let blocks: BTreeSet<(Origin, u64)> = events.iter().map(|(o, seq, _)| (*o, block_of(*seq))).collect();
+        let mut have: BTreeMap<Origin, RangeSet> = BTreeMap::new();
+        for (origin, block) in blocks {
+            let held = have.entry(origin).or_insert_with(|| self.store.have(&origin));
+            let first = block * BLOCK_EVENTS + 1;
+            if !RangeSet::from_range(first, first + BLOCK_EVENTS - 1)
+                .difference(held)
+                .is_empty()
+            {
+                continue;
+            }
+            if let Some(logs) = self.store.logs_mut() {
+                logs.compact(origin, block);
             }
         }
     }

@@ -126,6 +126,10 @@ impl Session {
             } else {
                 lane.turn(&*cx.store, &mut self.peer_has, summary, self.level, release)
             };
+            for (origin, seqs) in lane.take_unproved() {
+                let not = self.not_proved.entry(origin).or_default();
+                *not = not.union(&seqs);
+            }
             let turn = turn.map_err(|e| fault(ErrorCode::Internal, format!("could not read events to send: {e}")))?;
             let Some(turn) = turn else { continue };
             let class = lane.class();

@@ -130,8 +130,9 @@ pub(crate) struct Session {
     pub received_in_round: u64,
     pub wants: BTreeSet<Want>,
     pub queued: VecDeque<Gap>,
-    /// What the peer offered, was asked for, and did not send (it should
-    /// not happen: a summary lists only durable events).
+    /// What the peer offered, was asked for, and did not send or sent
+    /// forged (a relay that cannot prove what it holds, or forges): not
+    /// asked of it again until its summary of that log changes.
     pub unserved: BTreeMap<Origin, RangeSet>,
     pub data_in: BTreeMap<StreamId, DataIn>,
     /// What this node asked the peer to push, and every node it ever asked
@@ -143,6 +144,10 @@ pub(crate) struct Session {
     // Serving (serve.rs).
     /// What the peer holds, by its summaries and what was sent to it.
     pub peer_has: BTreeMap<Origin, RangeSet>,
+    /// What it asked for and this node could not prove (a relay that lost
+    /// the tail of a block, events held from before log authentication):
+    /// its `Done` does not mean it holds them.
+    pub not_proved: BTreeMap<Origin, RangeSet>,
     pub our_id: u32,
     pub our_summary: Summary,
     pub peer_done: Option<u32>,
@@ -181,6 +186,7 @@ impl Session {
             ever_subscribed: Subscription::default(),
             needs_plan: false,
             peer_has: BTreeMap::new(),
+            not_proved: BTreeMap::new(),
             our_id: 0,
             our_summary: Summary::default(),
             peer_done: None,
@@ -394,8 +400,12 @@ impl Session {
                 if summary == self.our_id {
                     // The peer pulled everything that summary offered.
                     for (origin, set) in &self.our_summary.0 {
+                        let set = match self.not_proved.get(origin) {
+                            Some(not) => set.difference(not),
+                            None => set.clone(),
+                        };
                         let has = self.peer_has.entry(*origin).or_default();
-                        *has = has.union(set);
+                        *has = has.union(&set);
                     }
                 }
                 self.check_in_step(cx);
@@ -468,6 +478,12 @@ impl Session {
         classes: Classes,
     ) -> Result<(), Fault> {
         check_own_log(cx, &summary);
+        if let Some((before, _)) = &self.theirs {
+            // A peer whose holding of a log changed may now prove what it
+            // could not (a relay that lost a block's tail and got it back):
+            // what it left unserved of that log is asked of it again.
+            self.unserved.retain(|o, _| before.get(o) == summary.get(o));
+        }
         for (origin, set) in &summary.0 {
             let has = self.peer_has.entry(*origin).or_default();
             *has = has.union(set);

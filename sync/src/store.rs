@@ -6,6 +6,7 @@
 //! with `Action::Append` and hears back through `Replica::handle_appended`.
 
 use crate::auth::Logs;
+use ferry_proto::merkle::{leaf_hash, Hash, BLOCK_EVENTS};
 use ferry_proto::{Classes, Event, Origin, RangeSet, Summary};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -17,6 +18,19 @@ pub struct AppendReport {
     pub stored: u64,
     /// Events already held: idempotent no-ops.
     pub duplicates: u64,
+}
+
+/// The leaf hashes of the events of one tree block of `origin`, read from
+/// the store, for a tree that compacted it (`Known::compact_block`); `None`
+/// unless every event of the block is held.
+pub fn block_leaves<S: Store + ?Sized>(store: &S, origin: &Origin, block: u64) -> Option<Vec<Hash>> {
+    let first = block.checked_mul(BLOCK_EVENTS)?.checked_add(1)?;
+    let last = first + BLOCK_EVENTS - 1;
+    let events = store
+        .read(origin, first, last, BLOCK_EVENTS as usize, usize::MAX)
+        .ok()?;
+    let whole = events.len() as u64 == BLOCK_EVENTS && events.iter().zip(first..).all(|(e, seq)| e.seq == seq);
+    whole.then(|| events.iter().map(leaf_hash).collect())
 }
 
 pub trait Store {

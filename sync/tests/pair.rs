@@ -1,11 +1,15 @@
 //! Replicas wired together with perfect, instant links: the protocol's
 //! logic without any transport, in the manner of quinn-proto's `Pair`.
 
+use ferry_proto::merkle::Known;
 use ferry_proto::{NodeId, Origin, Priority, Role};
+use ferry_sync::auth::Logs;
+use ferry_sync::stand_in::{StandInKey, StandInKeys, HONEST};
 use ferry_sync::{
     Action, Config, ConnId, MemStore, Notice, PeerInfo, Policy, Replica, Store, StreamId, StreamKind, Time,
 };
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 
 struct Node {
     replica: Replica<MemStore>,
@@ -72,6 +76,16 @@ impl Net {
             notices: Vec::new(),
         });
         self.nodes.len() - 1
+    }
+
+    /// A node whose logs are authenticated, as every real node's are.
+    fn add_authenticated(&mut self, cfg: Config) -> usize {
+        let node = cfg.node;
+        let n = self.add(cfg);
+        let key = StandInKey { node, secret: HONEST };
+        let logs = Logs::new(Arc::new(StandInKeys::everyone()), Some(Arc::new(key)));
+        self.nodes[n].replica.store_mut().set_logs(logs);
+        n
     }
 
     fn write(&mut self, n: usize, count: usize, size: usize) {
@@ -406,4 +420,40 @@ fn a_revoked_node_keeps_what_it_wrote_before_and_nothing_after() {
         "no session with a revoked node"
     );
     assert_eq!(net.held(b), 9, "and nothing from it");
+}
+
+/// A relay that holds events it cannot prove (no head over them, or its
+/// tree lost nodes they need: a card that lost the tail of a compacted
+/// block) serves a peer none of them. Once it can (the writer's next event came with a head over them),
+/// the peer's next round on the same connection gets them: the relay's
+/// changed summary lets the peer ask again, and the peer's `Done` before
+/// did not make the relay count them as held there.
+#[test]
+fn events_a_relay_could_not_prove_are_asked_for_again_once_it_can() {
+    let mut net = Net::new();
+    let writer = net.add_authenticated(config(1, Role::Clinic, false));
+    let relay = net.add_authenticated(config(2, Role::Hub, false));
+    let peer = net.add_authenticated(config(3, Role::Hub, false));
+    let origin = Origin { node: id(1), epoch: 1 };
+    net.write(writer, 10, 50);
+    let link = net.connect(writer, relay);
+    assert_eq!(net.held(relay), 10);
+    net.cut(link);
+    // The relay keeps the events' leaves but no head over them (as for
+    // events held from before log authentication): it can prove nothing.
+    let store = net.nodes[relay].replica.store_mut();
+    let mut bare = Known::new(origin);
+    for seq in 1..=10 {
+        bare.insert_trusted(store.get(&origin, seq).unwrap()).unwrap(); // held: 10 above
+    }
+    *store.logs_mut().unwrap().tree_mut(origin) = bare; // set by add_authenticated
+
+    let served = net.connect(relay, peer);
+    assert_eq!(net.held(peer), 0, "nothing unproved is sent");
+    net.write(writer, 1, 50);
+    net.connect(writer, relay);
+    assert_eq!(net.held(relay), 11);
+    net.nodes[peer].replica.start_round(net.now, served.b.1);
+    net.run();
+    assert_eq!(net.held(peer), 11);
 }

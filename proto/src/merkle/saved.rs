@@ -41,6 +41,11 @@ impl Known {
             if n.level == 0 {
                 return held(n.index + 1);
             }
+            if n.level == super::BLOCK_LEVEL && self.is_compacted(n.index) {
+                // Its lower nodes come back from its events, if they are
+                // all still held (a card may lose a synced tail).
+                return (n.lo() + 1..=n.hi()).all(&held);
+            }
             let child = |index| Node {
                 level: n.level - 1,
                 index,
@@ -108,12 +113,26 @@ impl Known {
             }
         }
         let mut appending = own;
+        // Events passed in of the block being read: a block compacts only
+        // when every one of its events is held, not when the saved form
+        // gave leaves of events that are not.
+        let (mut block, mut passed) = (0, 0);
         for e in events {
+            let b = super::block_of(e.seq);
+            if b != block {
+                (block, passed) = (b, 0);
+            }
+            passed += 1;
             if appending && e.seq == known.appended + 1 {
                 known.append(&e)?;
             } else {
                 appending = false;
                 known.insert_trusted(&e)?;
+            }
+            // Every event passed in is held: compact as blocks fill, so a
+            // large log never stands whole in memory.
+            if e.seq % super::BLOCK_EVENTS == 0 && passed == super::BLOCK_EVENTS {
+                known.compact_block(block);
             }
         }
         known.advance_whole();
