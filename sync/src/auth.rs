@@ -15,7 +15,7 @@ use ferry_proto::merkle::Expanded;
 use ferry_proto::merkle::{
     block_of, AuthError, Hash, HeadKeys, HeadSigner, Known, Mode, RangeProof, TreeHead, VerifiedHead, BLOCK_EVENTS,
 };
-use ferry_proto::{Event, Frame, Origin, RangeSet};
+use ferry_proto::{Event, Frame, NodeId, Origin, RangeSet};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -27,6 +27,24 @@ const MAX_JOBS: usize = 64;
 /// A proof's first byte: the mode (0 fresh, 1 extend, 2 append), and this
 /// bit when the job goes on in a later frame that will extend this proof.
 const CONTINUES: u8 = 0x80;
+
+/// A proof's only byte for a writer's own events pushed without a proof:
+/// the receiver takes them on the writer's word (the connection is
+/// mutually authenticated, and a writer can fork its own log anyway) and
+/// keeps their leaves, and the writer's head follows within
+/// `HEAD_EVERY` events or `Config::head_after`. Until then a relay holds
+/// them but cannot prove them onward.
+const TRUSTED: u8 = 3;
+
+/// Whether a `Proof` frame's bytes are `TRUSTED`: its events came without
+/// a proof from their writer.
+pub fn is_trusted(bytes: &[u8]) -> bool {
+    bytes == [TRUSTED]
+}
+
+/// Own events a stream carries without a head, at most: a live push then
+/// costs its events and a byte, and a signed head (124 B) every so often.
+pub const HEAD_EVERY: u64 = 64;
 
 /// Jobs that go on in a later frame, keyed by origin and the seq that frame
 /// starts at. Both ends of a stream keep one and change it alike, frame by
@@ -226,6 +244,11 @@ pub struct Outbound {
     /// Not the session's `peer_has`, which counts what other streams sent:
     /// the peer may check a frame here before those.
     sent: BTreeMap<Origin, RangeSet>,
+    /// Own logs pushed without a head (`TRUSTED`): how many events, and
+    /// the last seq a head must cover.
+    unheaded: BTreeMap<Origin, (u64, u64)>,
+    /// `trust_own_pushes` was called.
+    trusting: bool,
 }
 
 impl Outbound {
@@ -259,6 +282,17 @@ impl Outbound {
     ) -> Result<(Vec<Frame>, Frame), AuthError> {
         let origin = tree.origin();
         let key = (origin, first);
+        if own && self.trusting && !continues && self.jobs.get(&key).is_none() && self.holds_before(origin, first, held)
+        {
+            let (count, through) = self.unheaded.get(&origin).copied().unwrap_or((0, 0));
+            let n = last - first + 1;
+            if count + n <= HEAD_EVERY {
+                self.unheaded.insert(origin, (count + n, through.max(last)));
+                let sent = self.sent.entry(origin).or_default();
+                *sent = sent.union(&RangeSet::from_range(first, last));
+                return Ok((Vec::new(), Frame::Proof(vec![TRUSTED])));
+            }
+        }
         let extended = self.jobs.get(&key).filter(|head| head.len >= last).and_then(|head| {
             let proof = tree.prove_from(head, Mode::Extend, first, last, block_leaves).ok()?;
             Some((head.clone(), proof))
@@ -302,6 +336,13 @@ impl Outbound {
             self.heads.insert(origin, head.len);
             lead.push(Frame::Head(head.clone()));
         }
+        if self
+            .unheaded
+            .get(&origin)
+            .is_some_and(|&(_, through)| through <= head.len)
+        {
+            self.unheaded.remove(&origin);
+        }
         let mut encoded = proof.encode_in_stream(last);
         if continues {
             encoded[0] |= CONTINUES;
@@ -324,12 +365,52 @@ impl Outbound {
         missing.is_empty()
     }
 
+    /// Own events may go without a proof (`TRUSTED`) from now on: a slow
+    /// link, where a signed head per live push would double its bytes.
+    pub fn trust_own_pushes(&mut self) {
+        self.trusting = true;
+    }
+
+    /// Whether a head is owed for own events sent without one.
+    pub fn owes_heads(&self) -> bool {
+        !self.unheaded.is_empty()
+    }
+
+    /// The peer is to get the head of own log `origin` up to `len` at
+    /// least (it holds some of the log, and may hold the rest without a
+    /// head: a connection that ended before the head it was owed, or a log
+    /// signed again shorter after its card lost a tail).
+    pub fn owe_head(&mut self, origin: Origin, len: u64) {
+        let entry = self.unheaded.entry(origin).or_insert((0, 0));
+        entry.1 = entry.1.max(len);
+        // Sent even if this stream carried that length before.
+        self.heads.remove(&origin);
+    }
+
+    /// The heads owed: for each such log, the shortest head that covers
+    /// what went without one.
+    pub fn owed_heads(&mut self, logs: &Logs) -> Vec<Frame> {
+        let mut out = Vec::new();
+        for (origin, (_, through)) in std::mem::take(&mut self.unheaded) {
+            let Some(head) = logs.tree(&origin).and_then(|t| t.heads_for(through).next()) else {
+                continue;
+            };
+            let head = head.head();
+            if self.heads.get(&origin) != Some(&head.len) {
+                self.heads.insert(origin, head.len);
+                out.push(Frame::Head(head.clone()));
+            }
+        }
+        out
+    }
+
     /// The connection is gone.
     pub fn clear(&mut self) {
         self.heads.clear();
         self.credentials.clear();
         self.jobs.clear();
         self.sent.clear();
+        self.unheaded.clear();
     }
 }
 
@@ -433,7 +514,15 @@ impl Inbound {
     /// appended; or why the frame's events (and any held before them) are
     /// refused. `expanded`: nodes of compacted blocks the check may need,
     /// hashed again from the events held (`Known::expand`).
-    pub fn on_proof(&mut self, logs: &mut Logs, bytes: &[u8], expanded: &Expanded) -> Result<Vec<Event>, Refusal> {
+    /// `peer`: the node at the other end of the connection (mutually
+    /// authenticated), whose own events may come without a proof.
+    pub fn on_proof(
+        &mut self,
+        logs: &mut Logs,
+        bytes: &[u8],
+        expanded: &Expanded,
+        peer: NodeId,
+    ) -> Result<Vec<Event>, Refusal> {
         let Some(events) = self.waiting.take() else {
             // Refuses nothing (an empty range), but is still worth a notice.
             return Err(Refusal {
@@ -465,6 +554,18 @@ impl Inbound {
             }));
         }
         let continued = self.jobs.take(&(origin, first));
+        if bytes == [TRUSTED] {
+            if origin.node != peer {
+                return Err(fail(AuthError::Malformed {
+                    what: "events without a proof, from a node that did not write them",
+                }));
+            }
+            for e in &events {
+                // A contradiction of what was verified refuses the frame.
+                logs.trusted(e).map_err(|r| fail(r.error))?;
+            }
+            return Ok(events);
+        }
         let Some(&flags) = bytes.first() else {
             return Err(fail(AuthError::Malformed { what: "range proof" }));
         };

@@ -43,6 +43,13 @@ pub struct Config {
     /// context is megabytes); off elsewhere, where a live event compresses
     /// to about half its size against the stream's history (docs/memory.md).
     pub release_idle_compressor: bool,
+    /// On a slow link (a `Hello` answered in `mid_link_rtt` or more) this
+    /// node's own live pushes go without a proof, and the head over them
+    /// follows within `auth::HEAD_EVERY` events or this long: a live push
+    /// then costs its events and a byte instead of a signed head, and a
+    /// relay passes them on once the head came. `None`: every push is
+    /// proved.
+    pub head_after: Option<Time>,
     /// Deliberate faults, for the simulator to prove it catches them.
     pub bugs: Bugs,
 }
@@ -67,6 +74,7 @@ impl Config {
             mid_link_rtt: Time::from_millis(200),
             level_mid: ferry_proto::batch::LEVEL_MID,
             release_idle_compressor: role == Role::Hub,
+            head_after: Some(Time::from_secs(30)),
             bugs: Bugs::default(),
         }
     }

@@ -67,6 +67,8 @@ pub(crate) struct Lane {
     /// Events this lane could not prove, not sent: the session's
     /// `not_proved` takes them after each turn.
     unproved: BTreeMap<Origin, RangeSet>,
+    /// Heads owed for own events sent without one go at the next turn.
+    heads_due: bool,
 }
 
 impl Lane {
@@ -78,6 +80,7 @@ impl Lane {
             auth: Outbound::default(),
             busy: false,
             unproved: BTreeMap::new(),
+            heads_due: false,
         }
     }
 
@@ -86,7 +89,29 @@ impl Lane {
     }
 
     pub fn has_work(&self) -> bool {
-        !self.jobs.is_empty()
+        !self.jobs.is_empty() || (self.heads_due && self.auth.owes_heads())
+    }
+
+    /// Own events may go without a proof, their head following
+    /// (`auth::Outbound::trust_own_pushes`).
+    pub fn trust_own_pushes(&mut self) {
+        self.auth.trust_own_pushes();
+    }
+
+    /// Whether own events went without the head that covers them.
+    pub fn owes_heads(&self) -> bool {
+        self.auth.owes_heads()
+    }
+
+    /// Sends the heads owed at the next turn.
+    pub fn flush_heads(&mut self) {
+        self.heads_due = true;
+    }
+
+    /// The peer is to get the head of own log `origin` over `len` events.
+    pub fn owe_head(&mut self, origin: Origin, len: u64) {
+        self.auth.owe_head(origin, len);
+        self.heads_due = true;
     }
 
     pub fn serve(&mut self, want: Want) {
@@ -132,6 +157,19 @@ impl Lane {
         level: i32,
         release_idle: bool,
     ) -> Result<Option<Turn>, StoreError> {
+        if std::mem::take(&mut self.heads_due) && self.auth.owes_heads() {
+            if let Some(logs) = store.logs() {
+                let bytes: Vec<u8> = self.auth.owed_heads(logs).iter().flat_map(Frame::encode).collect();
+                if !bytes.is_empty() {
+                    let auth_bytes = bytes.len() as u64;
+                    return Ok(Some(Turn {
+                        bytes,
+                        events: 0,
+                        auth_bytes,
+                    }));
+                }
+            }
+        }
         // Jobs whose next event is large while another large event is in
         // pieces on this stream: the receiver puts one together at a time.
         let mut parked = Vec::new();

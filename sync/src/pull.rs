@@ -198,11 +198,19 @@ impl Session {
                     None => ferry_proto::merkle::Expanded::default(),
                 };
                 let proved = match cx.store.logs_mut() {
-                    Some(logs) => data.auth.on_proof(logs, &bytes, &expanded),
+                    Some(logs) => data.auth.on_proof(logs, &bytes, &expanded, self.peer.node),
                     None => Ok(Vec::new()),
                 };
                 match proved {
-                    Ok(events) => self.receive(cx, events),
+                    Ok(events) => {
+                        if crate::auth::is_trusted(&bytes) {
+                            // Held without a head until the writer's comes.
+                            for e in &events {
+                                cx.unheaded.entry(e.origin).or_default().insert(e.seq);
+                            }
+                        }
+                        self.receive(cx, events)
+                    }
                     Err(r) => {
                         self.unproved(cx, r);
                         Ok(())

@@ -32,6 +32,8 @@ pub struct Replica<S: Store> {
     trust: Trust,
     /// Set through `Cx::replan_all`.
     replan_all: bool,
+    /// See `Cx::unheaded`.
+    unheaded: BTreeMap<Origin, RangeSet>,
 }
 
 /// What one open session looks like from outside.
@@ -61,6 +63,7 @@ macro_rules! cx {
             now: $now,
             trust: &mut $self.trust,
             replan_all: &mut $self.replan_all,
+            unheaded: &mut $self.unheaded,
         }
     };
 }
@@ -84,6 +87,7 @@ impl<S: Store> Replica<S> {
             ended: SessionStats::default(),
             trust: Trust::default(),
             replan_all: false,
+            unheaded: BTreeMap::new(),
         }
     }
 
@@ -129,7 +133,11 @@ impl<S: Store> Replica<S> {
 
     /// When `handle_timeout` is next due.
     pub fn poll_timeout(&self) -> Option<Time> {
-        self.sessions.values().filter_map(|s| s.next_round_at).min()
+        self.sessions
+            .values()
+            .flat_map(|s| [s.next_round_at, s.head_due])
+            .flatten()
+            .min()
     }
 
     /// A connection to a verified peer is up. A dialer opens the session at
@@ -220,7 +228,43 @@ impl<S: Store> Replica<S> {
         if let Err(f) = result {
             self.close(now, conn, f.code, &f.message);
         }
+        self.offer_headed(now);
         self.follow_up(now);
+    }
+
+    /// Events held without a head that one verified since covers: offered
+    /// to subscribed peers now, as if just stored (their pushes could not
+    /// be proved before).
+    fn offer_headed(&mut self, now: Time) {
+        if self.unheaded.is_empty() {
+            return;
+        }
+        let Some(logs) = self.store.logs() else { return };
+        let mut headed = Vec::new();
+        for (origin, seqs) in &mut self.unheaded {
+            let len = logs.tree(origin).and_then(|t| t.head()).map_or(0, |h| h.head().len);
+            if len == 0 {
+                continue;
+            }
+            let covered = seqs.intersection(&RangeSet::from_range(1, len));
+            if !covered.is_empty() {
+                *seqs = seqs.difference(&covered);
+                headed.push((*origin, covered));
+            }
+        }
+        self.unheaded.retain(|_, seqs| !seqs.is_empty());
+        let classes = self.store.classes();
+        let mut events = Vec::new();
+        for (origin, covered) in headed {
+            for (priority, seqs) in classes.split(&origin, &covered) {
+                for &(a, b) in seqs.ranges() {
+                    events.extend((a..=b).map(|seq| (origin, seq, priority)));
+                }
+            }
+        }
+        if !events.is_empty() {
+            self.stored(now, &events);
+        }
     }
 
     /// The peer finished or reset a stream.
@@ -296,6 +340,21 @@ impl<S: Store> Replica<S> {
         for conn in due {
             self.start_round(now, conn);
         }
+        let heads_due: Vec<ConnId> = self
+            .sessions
+            .values()
+            .filter(|s| s.head_due.is_some_and(|t| t <= now))
+            .map(|s| s.conn)
+            .collect();
+        for conn in heads_due {
+            let Some(s) = self.sessions.get_mut(&conn) else {
+                continue;
+            };
+            if let Err(f) = s.flush_heads(&mut cx!(self, now)) {
+                self.close(now, conn, f.code, &f.message);
+            }
+        }
+        self.follow_up(now);
     }
 
     /// Asks the peer for a fresh summary (and sends this node's).

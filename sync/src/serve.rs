@@ -45,6 +45,20 @@ impl Session {
         self.pump(cx)
     }
 
+    /// The peer holds events of this node's log `origin` without a head
+    /// over them: it gets the head of everything written there.
+    pub fn on_head_wanted<S: Store>(&mut self, cx: &mut Cx<'_, S>, origin: Origin) {
+        if origin.node != cx.cfg.node {
+            return;
+        }
+        let Some(len) = cx.store.logs().and_then(|l| l.tree(&origin)).map(|t| t.appended()) else {
+            return;
+        };
+        if len > 0 {
+            self.lanes[lane_index(Priority::Normal)].owe_head(origin, len);
+        }
+    }
+
     /// Events newly held here: queue those the peer subscribed to and may
     /// have, and does not hold.
     pub fn on_stored<S: Store>(
@@ -103,6 +117,16 @@ impl Session {
         self.pump(cx)
     }
 
+    /// `Config::head_after` has passed since own events went without a
+    /// head: the heads owed go out now.
+    pub fn flush_heads<S: Store>(&mut self, cx: &mut Cx<'_, S>) -> Result<(), Fault> {
+        self.head_due = None;
+        for lane in &mut self.lanes {
+            lane.flush_heads();
+        }
+        self.pump(cx)
+    }
+
     /// Gives every idle lane with work its next turn.
     pub fn pump<S: Store>(&mut self, cx: &mut Cx<'_, S>) -> Result<(), Fault> {
         if self.closed {
@@ -132,6 +156,11 @@ impl Session {
             }
             let turn = turn.map_err(|e| fault(ErrorCode::Internal, format!("could not read events to send: {e}")))?;
             let Some(turn) = turn else { continue };
+            if lane.owes_heads() && self.head_due.is_none() {
+                if let Some(after) = cx.cfg.head_after {
+                    self.head_due = Some(cx.now.saturating_add(after));
+                }
+            }
             let class = lane.class();
             lane.busy = true;
             let (stream, mut bytes) = match self.lane_streams[i] {

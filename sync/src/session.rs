@@ -41,6 +41,9 @@ pub(crate) struct Cx<'a, S> {
     /// A LAN peer did not serve what it offered: every session plans
     /// again, as the WAN may now be asked for it.
     pub replan_all: &'a mut bool,
+    /// Events taken from their writer without a proof and not yet under a
+    /// head verified here: once one covers them they are offered onward.
+    pub unheaded: &'a mut BTreeMap<Origin, RangeSet>,
 }
 
 impl<S: Store> Cx<'_, S> {
@@ -130,9 +133,8 @@ pub(crate) struct Session {
     pub received_in_round: u64,
     pub wants: BTreeSet<Want>,
     pub queued: VecDeque<Gap>,
-    /// What the peer offered, was asked for, and did not send or sent
-    /// forged (a relay that cannot prove what it holds, or forges): not
-    /// asked of it again until its summary of that log changes.
+    /// What the peer offered, was asked for, and did not send (it should
+    /// not happen: a summary lists only durable events).
     pub unserved: BTreeMap<Origin, RangeSet>,
     pub data_in: BTreeMap<StreamId, DataIn>,
     /// What this node asked the peer to push, and every node it ever asked
@@ -155,6 +157,9 @@ pub(crate) struct Session {
     pub lanes: [Lane; 3],
     pub lane_streams: [Option<StreamId>; 3],
     pub level: i32,
+    /// When the heads owed for own events pushed without one go out
+    /// (`Config::head_after` after the first such push).
+    pub head_due: Option<Time>,
     /// When the dialer sent its `Hello`: the peer's answer times the link.
     hello_sent_at: Option<Time>,
     // Both.
@@ -187,6 +192,7 @@ impl Session {
             needs_plan: false,
             peer_has: BTreeMap::new(),
             not_proved: BTreeMap::new(),
+            head_due: None,
             our_id: 0,
             our_summary: Summary::default(),
             peer_done: None,
@@ -419,6 +425,10 @@ impl Session {
                 ErrorCode::from_u64(code as u64).unwrap_or(ErrorCode::Protocol),
                 format!("peer reported error {code}: {message}"),
             )),
+            Frame::HeadWanted(origin) => {
+                self.on_head_wanted(cx, origin);
+                self.pump(cx)
+            }
             Frame::Open { .. }
             | Frame::Events(_)
             | Frame::End(_)
@@ -464,9 +474,39 @@ impl Session {
                 self.level = self.level.min(cx.cfg.level_lan);
             } else if rtt < cx.cfg.mid_link_rtt {
                 self.level = self.level.min(cx.cfg.level_mid);
+            } else if cx.cfg.head_after.is_some() {
+                // A slow link: a signed head per live push would double
+                // its bytes, so own pushes go on this node's word.
+                for lane in &mut self.lanes {
+                    lane.trust_own_pushes();
+                }
             }
         }
+        self.want_heads(cx);
         Ok(())
+    }
+
+    /// Asks the peer for the head of each of its logs held here beyond
+    /// every head of it verified here: events it pushed without a proof on
+    /// a connection that ended before their head came. Until that head
+    /// comes, this node cannot prove them onward.
+    fn want_heads<S: Store>(&mut self, cx: &mut Cx<'_, S>) {
+        let Some(logs) = cx.store.logs() else { return };
+        let summary = cx.store.summary();
+        let peer = self.peer.node;
+        let wanted: Vec<Origin> = summary
+            .0
+            .iter()
+            .filter(|(o, _)| o.node == peer)
+            .filter(|(o, held)| {
+                let headed = logs.tree(o).and_then(|t| t.head()).map_or(0, |h| h.head().len);
+                held.ranges().last().is_some_and(|&(_, last)| last > headed)
+            })
+            .map(|(o, _)| *o)
+            .collect();
+        for origin in wanted {
+            self.send_control(cx, &Frame::HeadWanted(origin));
+        }
     }
 
     fn on_summary<S: Store>(
