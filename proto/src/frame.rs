@@ -6,9 +6,10 @@
 //! before memory is committed to it.
 //!
 //! A connection has one control stream, opened by the dialer, carrying
-//! `Hello`, `Summary`, `Want`, `Subscribe`, `Done`, `Refused` and `Error`
-//! both ways; and per direction up to three data streams, one per priority
-//! class, opened by the sender with `Open` and carrying `Events` and `End`.
+//! `Hello`, `Summary`, `Want`, `Subscribe`, `Done`, `Refused`, `HeadWanted`
+//! and `Error` both ways; and per direction up to three data streams, one
+//! per priority class, opened by the sender with `Open` and carrying
+//! `Events`, `Head`, `Proof`, `Credential` and `End`.
 
 use crate::merkle::{TreeHead, MAX_CREDENTIAL_LEN, MAX_PROOF_LEN};
 use crate::{Classes, NodeId, Origin, Priority, Role, Summary};
@@ -147,6 +148,12 @@ pub enum Frame {
     /// On a data stream, before the first `Head` of a writer: what lets the
     /// receiver learn the writer's key (its certificate; `HeadKeys::learn`).
     Credential(Vec<u8>),
+    /// On the control stream: the sender holds events of `origin`, a log
+    /// the receiver writes, that it cannot prove under any head it holds
+    /// (held from before log authentication, or its card lost nodes they
+    /// need); the receiver answers with its head of that log on a data
+    /// stream.
+    HeadWanted(Origin),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -183,6 +190,7 @@ const T_END: u8 = 10;
 const T_HEAD: u8 = 11;
 const T_PROOF: u8 = 12;
 const T_CREDENTIAL: u8 = 13;
+const T_HEAD_WANTED: u8 = 14;
 
 fn cbor<T: Serialize>(v: &T, out: &mut Vec<u8>) {
     // Serialising into a Vec cannot fail: the writer is infallible and our
@@ -269,6 +277,10 @@ impl Frame {
                 out.push(T_CREDENTIAL);
                 out.extend_from_slice(bytes);
             }
+            Frame::HeadWanted(origin) => {
+                out.push(T_HEAD_WANTED);
+                cbor(origin, &mut out);
+            }
         }
         let len = (out.len() - 4) as u32;
         out[..4].copy_from_slice(&len.to_be_bytes());
@@ -342,6 +354,7 @@ impl Frame {
                 })
             }
             T_CREDENTIAL => Frame::Credential(rest.to_vec()),
+            T_HEAD_WANTED => Frame::HeadWanted(uncbor("head wanted", rest)?),
             other => return Err(FrameError::UnknownType(other)),
         })
     }
@@ -374,6 +387,7 @@ impl Frame {
             Frame::Head(_) => "Head",
             Frame::Proof(_) => "Proof",
             Frame::Credential(_) => "Credential",
+            Frame::HeadWanted(_) => "HeadWanted",
         }
     }
 }
@@ -472,6 +486,7 @@ mod tests {
                 })),
             proptest::collection::vec(any::<u8>(), 0..200).prop_map(Frame::Proof),
             proptest::collection::vec(any::<u8>(), 0..600).prop_map(Frame::Credential),
+            arb_origin().prop_map(Frame::HeadWanted),
         ]
     }
 

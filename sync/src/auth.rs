@@ -226,6 +226,9 @@ pub struct Outbound {
     /// Not the session's `peer_has`, which counts what other streams sent:
     /// the peer may check a frame here before those.
     sent: BTreeMap<Origin, RangeSet>,
+    /// Own logs whose head the peer asked for (`Frame::HeadWanted`), and
+    /// the length it must cover at least.
+    owed: BTreeMap<Origin, u64>,
 }
 
 impl Outbound {
@@ -324,12 +327,43 @@ impl Outbound {
         missing.is_empty()
     }
 
+    /// The peer is to get this node's head of its own log `origin` over
+    /// `len` events at least, even if this stream carried it before.
+    pub fn owe_head(&mut self, origin: Origin, len: u64) {
+        let at_least = self.owed.entry(origin).or_default();
+        *at_least = (*at_least).max(len);
+        self.heads.remove(&origin);
+    }
+
+    /// Whether a head is owed (`owe_head`).
+    pub fn owes_heads(&self) -> bool {
+        !self.owed.is_empty()
+    }
+
+    /// The heads owed: for each log, the shortest head held that covers
+    /// the length asked, which a peer holding just that much can adopt.
+    pub fn owed_heads(&mut self, logs: &Logs) -> Vec<Frame> {
+        let mut out = Vec::new();
+        for (origin, len) in std::mem::take(&mut self.owed) {
+            let Some(head) = logs.tree(&origin).and_then(|t| t.heads_for(len).next()) else {
+                continue;
+            };
+            let head = head.head();
+            if self.heads.get(&origin) != Some(&head.len) {
+                self.heads.insert(origin, head.len);
+                out.push(Frame::Head(head.clone()));
+            }
+        }
+        out
+    }
+
     /// The connection is gone.
     pub fn clear(&mut self) {
         self.heads.clear();
         self.credentials.clear();
         self.jobs.clear();
         self.sent.clear();
+        self.owed.clear();
     }
 }
 

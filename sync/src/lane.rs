@@ -86,7 +86,13 @@ impl Lane {
     }
 
     pub fn has_work(&self) -> bool {
-        !self.jobs.is_empty()
+        !self.jobs.is_empty() || self.auth.owes_heads()
+    }
+
+    /// The peer is to get this node's head of own log `origin` over `len`
+    /// events at least, at the lane's next turn (`Frame::HeadWanted`).
+    pub fn owe_head(&mut self, origin: Origin, len: u64) {
+        self.auth.owe_head(origin, len);
     }
 
     pub fn serve(&mut self, want: Want) {
@@ -132,6 +138,19 @@ impl Lane {
         level: i32,
         release_idle: bool,
     ) -> Result<Option<Turn>, StoreError> {
+        if self.auth.owes_heads() {
+            if let Some(logs) = store.logs() {
+                let bytes: Vec<u8> = self.auth.owed_heads(logs).iter().flat_map(Frame::encode).collect();
+                if !bytes.is_empty() {
+                    let auth_bytes = bytes.len() as u64;
+                    return Ok(Some(Turn {
+                        bytes,
+                        events: 0,
+                        auth_bytes,
+                    }));
+                }
+            }
+        }
         // Jobs whose next event is large while another large event is in
         // pieces on this stream: the receiver puts one together at a time.
         let mut parked = Vec::new();

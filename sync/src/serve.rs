@@ -45,6 +45,25 @@ impl Session {
         self.pump(cx)
     }
 
+    /// The peer cannot prove events of this node's own log `origin` that
+    /// it holds: it gets the head over everything written there (a log
+    /// signed again shorter after a card lost its tail is signed where it
+    /// now ends).
+    pub fn on_head_wanted<S: Store>(&mut self, cx: &mut Cx<'_, S>, origin: Origin) -> Result<(), Fault> {
+        if origin.node != cx.cfg.node {
+            return Ok(());
+        }
+        let len = cx
+            .store
+            .logs()
+            .and_then(|l| l.tree(&origin))
+            .map_or(0, |t| t.appended());
+        if len > 0 {
+            self.lanes[lane_index(Priority::Normal)].owe_head(origin, len);
+        }
+        self.pump(cx)
+    }
+
     /// Events newly held here: queue those the peer subscribed to and may
     /// have, and does not hold.
     pub fn on_stored<S: Store>(

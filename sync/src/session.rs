@@ -18,6 +18,7 @@ use crate::reader::FrameReader;
 use crate::rng::Rng;
 use crate::store::Store;
 use ferry_proto::batch::{Assembly, StreamDecompressor};
+use ferry_proto::merkle::Mode;
 use ferry_proto::{
     Classes, ErrorCode, Frame, Gap, Hello, NodeId, Origin, Priority, RangeSet, Subscription, Summary, Want,
     PROTOCOL_VERSION,
@@ -419,6 +420,7 @@ impl Session {
                 ErrorCode::from_u64(code as u64).unwrap_or(ErrorCode::Protocol),
                 format!("peer reported error {code}: {message}"),
             )),
+            Frame::HeadWanted(origin) => self.on_head_wanted(cx, origin),
             Frame::Open { .. }
             | Frame::Events(_)
             | Frame::End(_)
@@ -466,7 +468,39 @@ impl Session {
                 self.level = self.level.min(cx.cfg.level_mid);
             }
         }
+        self.want_heads(cx);
         Ok(())
+    }
+
+    /// Asks the peer for its head of each of its logs whose last event
+    /// held here this node cannot prove under any head it holds: events
+    /// held from before log authentication, or a card that lost the tail
+    /// of a log and the tree nodes its heads need (when the writer lost the
+    /// same tail it signed its log again shorter, and sends that head only
+    /// with events, of which this node needs none).
+    fn want_heads<S: Store>(&mut self, cx: &mut Cx<'_, S>) {
+        let Some(logs) = cx.store.logs() else { return };
+        let peer = self.peer.node;
+        let mut wanted = Vec::new();
+        for (origin, held) in &cx.store.summary().0 {
+            let Some(&(_, last)) = held.ranges().last() else {
+                continue;
+            };
+            if origin.node != peer {
+                continue;
+            }
+            let provable = logs.tree(origin).is_some_and(|tree| {
+                let leaves = |b| crate::store::block_leaves(&*cx.store, origin, b);
+                tree.heads_for(last)
+                    .any(|h| tree.prove_from(h.head(), Mode::Fresh, last, last, &leaves).is_ok())
+            });
+            if !provable {
+                wanted.push(*origin);
+            }
+        }
+        for origin in wanted {
+            self.send_control(cx, &Frame::HeadWanted(origin));
+        }
     }
 
     fn on_summary<S: Store>(

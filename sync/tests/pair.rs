@@ -457,3 +457,36 @@ fn events_a_relay_could_not_prove_are_asked_for_again_once_it_can() {
     net.run();
     assert_eq!(net.held(peer), 11);
 }
+
+/// A relay holding events of a writer it cannot prove under any head (held
+/// from before log authentication, or its card lost the tree nodes their
+/// head needs) asks the writer for its head when they meet, and can then
+/// serve them: the writer has nothing new to send it, so no head would
+/// come with events.
+#[test]
+fn a_relay_that_cannot_prove_a_writers_events_gets_its_head_when_they_meet() {
+    let mut net = Net::new();
+    let writer = net.add_authenticated(config(1, Role::Clinic, false));
+    let relay = net.add_authenticated(config(2, Role::Hub, false));
+    let peer = net.add_authenticated(config(3, Role::Hub, false));
+    let origin = Origin { node: id(1), epoch: 1 };
+    net.write(writer, 10, 50);
+    let link = net.connect(writer, relay);
+    net.cut(link);
+    let store = net.nodes[relay].replica.store_mut();
+    let mut bare = Known::new(origin);
+    for seq in 1..=10 {
+        bare.insert_trusted(store.get(&origin, seq).unwrap()).unwrap(); // held: 10 synced
+    }
+    *store.logs_mut().unwrap().tree_mut(origin) = bare; // set by add_authenticated
+
+    let link = net.connect(relay, writer);
+    let head = |net: &Net| {
+        let logs = net.nodes[relay].replica.store().logs().unwrap();
+        logs.tree(&origin).and_then(|t| t.head()).map(|h| h.head().len)
+    };
+    assert_eq!(head(&net), Some(10), "the writer's head arrived");
+    net.cut(link);
+    net.connect(relay, peer);
+    assert_eq!(net.held(peer), 10);
+}
