@@ -521,6 +521,27 @@ fn a_tree_keeps_about_one_node_per_64_events_it_holds() {
     assert!(matches!(got, Err(AuthError::Missing { .. })), "{got:?}");
 }
 
+/// A writer's key and the keys that verify it.
+fn keyed(o: Origin) -> (Key, Keys) {
+    let key = Key::generate();
+    let mut keys = Keys::default();
+    keys.0.insert(o.node, key.public());
+    (key, keys)
+}
+
+/// The leaf hashes of block `b` of `events` (a log from seq 1), as a store
+/// holding them reads them.
+fn leaves_of(events: &[Event], b: u64) -> Option<Vec<Hash>> {
+    let lo = (b * BLOCK_EVENTS) as usize;
+    Some(
+        events
+            .get(lo..lo + BLOCK_EVENTS as usize)?
+            .iter()
+            .map(leaf_hash)
+            .collect(),
+    )
+}
+
 /// A receiver that already holds a whole block past the end of a job's
 /// head (it got those events first, under a longer head) keeps only that
 /// block's node, not the nodes inside it that the job's first proof gave.
@@ -530,9 +551,7 @@ fn a_tree_keeps_about_one_node_per_64_events_it_holds() {
 #[test]
 fn an_extension_under_a_head_ending_in_a_compacted_block_verifies() {
     let o = origin(1);
-    let key = Key::generate();
-    let mut keys = Keys::default();
-    keys.0.insert(o.node, key.public());
+    let (key, keys) = keyed(o);
     let events = log(o, 400);
     let mut writer = Known::new(o);
     let mut short = None;
@@ -547,16 +566,7 @@ fn an_extension_under_a_head_ending_in_a_compacted_block_verifies() {
     }
     let long = writer.sign_head(400, &key).unwrap();
     let short = short.unwrap();
-    let leaves = |b: u64| {
-        let lo = (b * BLOCK_EVENTS) as usize;
-        Some(
-            events
-                .get(lo..lo + BLOCK_EVENTS as usize)?
-                .iter()
-                .map(leaf_hash)
-                .collect(),
-        )
-    };
+    let leaves = |b: u64| leaves_of(&events, b);
     let range = |first: u64, last: u64| &events[(first - 1) as usize..last as usize];
 
     // The receiver gets block 2 (seqs 257..=384) first and compacts it.
@@ -590,9 +600,7 @@ fn an_extension_under_a_head_ending_in_a_compacted_block_verifies() {
 #[test]
 fn a_writer_that_lost_a_blocks_tail_proves_the_rest_under_a_shorter_head() {
     let o = origin(4);
-    let key = Key::generate();
-    let mut keys = Keys::default();
-    keys.0.insert(o.node, key.public());
+    let (key, keys) = keyed(o);
     let events = log(o, 418);
     let mut writer = Known::new(o);
     for e in &events {
@@ -608,16 +616,7 @@ fn a_writer_that_lost_a_blocks_tail_proves_the_rest_under_a_shorter_head() {
     let short = writer.sign_head(382, &key).unwrap();
     let lens: Vec<u64> = writer.heads_for(382).map(|h| h.head().len).collect();
     assert!(lens.contains(&382), "heads kept: {lens:?}");
-    let leaves = |b: u64| {
-        let lo = (b * BLOCK_EVENTS) as usize;
-        Some(
-            events
-                .get(lo..lo + BLOCK_EVENTS as usize)?
-                .iter()
-                .map(leaf_hash)
-                .collect(),
-        )
-    };
+    let leaves = |b: u64| leaves_of(&events, b);
     let proof = writer.prove_from(&short, Mode::Fresh, 256, 382, &leaves).unwrap();
     let mut receiver = Known::new(o);
     receiver

@@ -428,8 +428,10 @@ fn a_revoked_node_keeps_what_it_wrote_before_and_nothing_after() {
 /// the peer's next round on the same connection gets them: the relay's
 /// changed summary lets the peer ask again, and the peer's `Done` before
 /// did not make the relay count them as held there.
-#[test]
-fn events_a_relay_could_not_prove_are_asked_for_again_once_it_can() {
+/// Three authenticated nodes: a writer of 10 events, a relay that holds
+/// them with their leaves but no head over them (as for events held from
+/// before log authentication: it can prove none of them), and a peer.
+fn relay_without_head() -> (Net, [usize; 3], Origin) {
     let mut net = Net::new();
     let writer = net.add_authenticated(config(1, Role::Clinic, false));
     let relay = net.add_authenticated(config(2, Role::Hub, false));
@@ -439,15 +441,18 @@ fn events_a_relay_could_not_prove_are_asked_for_again_once_it_can() {
     let link = net.connect(writer, relay);
     assert_eq!(net.held(relay), 10);
     net.cut(link);
-    // The relay keeps the events' leaves but no head over them (as for
-    // events held from before log authentication): it can prove nothing.
     let store = net.nodes[relay].replica.store_mut();
     let mut bare = Known::new(origin);
     for seq in 1..=10 {
-        bare.insert_trusted(store.get(&origin, seq).unwrap()).unwrap(); // held: 10 above
+        bare.insert_trusted(store.get(&origin, seq).unwrap()).unwrap(); // held: asserted above
     }
     *store.logs_mut().unwrap().tree_mut(origin) = bare; // set by add_authenticated
+    (net, [writer, relay, peer], origin)
+}
 
+#[test]
+fn events_a_relay_could_not_prove_are_asked_for_again_once_it_can() {
+    let (mut net, [writer, relay, peer], _) = relay_without_head();
     let served = net.connect(relay, peer);
     assert_eq!(net.held(peer), 0, "nothing unproved is sent");
     net.write(writer, 1, 50);
@@ -465,21 +470,7 @@ fn events_a_relay_could_not_prove_are_asked_for_again_once_it_can() {
 /// come with events.
 #[test]
 fn a_relay_that_cannot_prove_a_writers_events_gets_its_head_when_they_meet() {
-    let mut net = Net::new();
-    let writer = net.add_authenticated(config(1, Role::Clinic, false));
-    let relay = net.add_authenticated(config(2, Role::Hub, false));
-    let peer = net.add_authenticated(config(3, Role::Hub, false));
-    let origin = Origin { node: id(1), epoch: 1 };
-    net.write(writer, 10, 50);
-    let link = net.connect(writer, relay);
-    net.cut(link);
-    let store = net.nodes[relay].replica.store_mut();
-    let mut bare = Known::new(origin);
-    for seq in 1..=10 {
-        bare.insert_trusted(store.get(&origin, seq).unwrap()).unwrap(); // held: 10 synced
-    }
-    *store.logs_mut().unwrap().tree_mut(origin) = bare; // set by add_authenticated
-
+    let (mut net, [writer, relay, peer], origin) = relay_without_head();
     let link = net.connect(relay, writer);
     let head = |net: &Net| {
         let logs = net.nodes[relay].replica.store().logs().unwrap();
