@@ -984,6 +984,41 @@ impl Known {
         self.check_leaves(head, proof, leaves, &BTreeMap::new())
     }
 
+    /// The root over `proof.len` leaves that `proof` and the events it
+    /// proves give with what this tree knows: for a head that travels as
+    /// its signature alone (the writer's push that ends its log), the root
+    /// the writer must have signed. Keeps nothing.
+    pub fn root_from(&self, proof: &RangeProof, events: &[Event], expanded: &Expanded) -> Result<Hash, AuthError> {
+        let leaves = self.leaves(proof.first, events)?;
+        self.walk_root(proof, &leaves, &expanded.0).map(|(root, _)| root)
+    }
+
+    /// The root `proof` and `leaves` give, and every node hashed or read on
+    /// the way.
+    fn walk_root(
+        &self,
+        proof: &RangeProof,
+        leaves: &[Hash],
+        expanded: &BTreeMap<Node, Hash>,
+    ) -> Result<(Hash, Vec<(Node, Hash)>), AuthError> {
+        let (first, last, n) = (proof.first, proof.last, proof.len);
+        if first == 0 || first > last || last > n || (last - first).checked_add(1) != Some(leaves.len() as u64) {
+            return Err(AuthError::OutOfRange { first, last, len: n });
+        }
+        let nodes = proof_nodes(proof.mode, n, first, last);
+        if nodes.len() != proof.hashes.len() {
+            return Err(AuthError::ProofLength {
+                want: nodes.len(),
+                got: proof.hashes.len(),
+            });
+        }
+        let given = nodes.into_iter().zip(proof.hashes.iter().copied()).collect();
+        let mut walk = self.walk(leaves, first - 1, given);
+        walk.expanded = expanded;
+        let root = walk.hash(0, n)?;
+        Ok((root, walk.seen))
+    }
+
     fn check_leaves(
         &mut self,
         head: &VerifiedHead,
@@ -1000,25 +1035,14 @@ impl Known {
                 head: n,
             });
         }
-        let (first, last) = (proof.first, proof.last);
-        if first == 0 || first > last || last > n || (last - first).checked_add(1) != Some(leaves.len() as u64) {
-            return Err(AuthError::OutOfRange { first, last, len: n });
-        }
-        let nodes = proof_nodes(proof.mode, n, first, last);
-        if nodes.len() != proof.hashes.len() {
-            return Err(AuthError::ProofLength {
-                want: nodes.len(),
-                got: proof.hashes.len(),
+        let (root, seen) = self.walk_root(proof, leaves, expanded)?;
+        if root != head_.root {
+            return Err(AuthError::Mismatch {
+                first: proof.first,
+                last: proof.last,
+                len: n,
             });
         }
-        let given = nodes.into_iter().zip(proof.hashes.iter().copied()).collect();
-        let mut walk = self.walk(leaves, first - 1, given);
-        walk.expanded = expanded;
-        let root = walk.hash(0, n)?;
-        if root != head_.root {
-            return Err(AuthError::Mismatch { first, last, len: n });
-        }
-        let seen = std::mem::take(&mut walk.seen);
         let compacted = &self.compacted;
         let dropped = |n: &Node| n.level < BLOCK_LEVEL && compacted.contains((n.lo() >> BLOCK_LEVEL) + 1);
         let seen: Vec<(Node, Hash)> = seen.into_iter().filter(|(n, _)| !dropped(n)).collect();

@@ -28,6 +28,16 @@ const MAX_JOBS: usize = 64;
 /// bit when the job goes on in a later frame that will extend this proof.
 const CONTINUES: u8 = 0x80;
 
+/// A proof's first byte when the head it is under travels inside it as
+/// its signature alone: the writer's push that ends its log, under the
+/// head of exactly its events so far. The receiver computes the root from
+/// the events and what it holds and checks the signature over it; origin
+/// (the events'), length (the frame's last seq) and root need not travel,
+/// which saves 64 of a `Head` frame's 129 bytes on every live push. Then
+/// the signature's length (one byte), the signature, and the proof in its
+/// stream form (`RangeProof::encode_in_stream`).
+const SIGNED: u8 = 3;
+
 /// Jobs that go on in a later frame, keyed by origin and the seq that frame
 /// starts at. Both ends of a stream keep one and change it alike, frame by
 /// frame and in stream order: an entry is added for a frame the sender
@@ -297,6 +307,19 @@ impl Outbound {
         self.jobs.take(&key);
         let sent = self.sent.entry(origin).or_default();
         *sent = sent.union(&RangeSet::from_range(first, last));
+        let signed = own
+            && !continues
+            && proof.mode != Mode::Extend
+            && head.len == last
+            && self.heads.get(&origin) != Some(&head.len)
+            && head.signature.len() <= usize::from(u8::MAX);
+        if signed {
+            self.heads.insert(origin, head.len);
+            let mut encoded = vec![SIGNED, head.signature.len() as u8];
+            encoded.extend_from_slice(&head.signature);
+            encoded.extend(proof.encode_in_stream(last));
+            return Ok((Vec::new(), Frame::Proof(encoded)));
+        }
         let mut lead = Vec::new();
         if self.heads.get(&origin) != Some(&head.len) {
             if self.credentials.insert(origin.node) && !own {
@@ -381,6 +404,39 @@ pub struct Inbound {
     jobs: Continuations<Job>,
     /// The last `Events` frame, until its `Proof` arrives.
     waiting: Option<Vec<Event>>,
+}
+
+/// The head a `SIGNED` proof is under, checked, and the proof within it:
+/// `b` is what follows the `SIGNED` byte, `events` the frame's (one
+/// origin, consecutive seqs, not empty).
+fn signed_head(
+    logs: &mut Logs,
+    events: &[Event],
+    b: &[u8],
+    expanded: &Expanded,
+) -> Result<(VerifiedHead, Vec<u8>), AuthError> {
+    let bad = || AuthError::Malformed {
+        what: "signed range proof",
+    };
+    let (first, last) = match (events.first(), events.last()) {
+        (Some(a), Some(z)) => (a, z),
+        _ => return Err(bad()),
+    };
+    let (&sig_len, rest) = b.split_first().ok_or_else(bad)?;
+    let (signature, inner) = rest.split_at_checked(usize::from(sig_len)).ok_or_else(bad)?;
+    let proof = RangeProof::decode_in_stream(inner, last.seq, first.seq, last.seq)?;
+    if proof.mode == Mode::Extend || proof.last != last.seq || inner.first().is_some_and(|f| f & CONTINUES != 0) {
+        return Err(bad());
+    }
+    let root = logs.tree_mut(first.origin).root_from(&proof, events, expanded)?;
+    let head = TreeHead {
+        origin: first.origin,
+        len: last.seq,
+        root,
+        signature: signature.to_vec(),
+    }
+    .verify(logs.keys.as_ref())?;
+    Ok((head, inner.to_vec()))
 }
 
 fn refusal(events: &[Event], error: AuthError) -> Option<Refusal> {
@@ -499,6 +555,13 @@ impl Inbound {
             }));
         }
         let continued = self.jobs.take(&(origin, first));
+        let mut bytes = bytes.to_vec();
+        if bytes.first() == Some(&SIGNED) {
+            let (head, inner) = signed_head(logs, &events, &bytes[1..], expanded).map_err(fail)?;
+            // The stream's head of the origin from now on, as a `Head`.
+            self.heads.insert(origin, head);
+            bytes = inner;
+        }
         let Some(&flags) = bytes.first() else {
             return Err(fail(AuthError::Malformed { what: "range proof" }));
         };
@@ -506,7 +569,6 @@ impl Inbound {
         let mode =
             Mode::from_code(flags & !CONTINUES).ok_or_else(|| fail(AuthError::Malformed { what: "range proof" }))?;
         let back = if mode == Mode::Extend { continued } else { None };
-        let mut bytes = bytes.to_vec();
         bytes[0] &= !CONTINUES;
         let mut job = match back {
             Some(job) => job,

@@ -342,8 +342,11 @@ fn a_jobs_later_frames_extend_its_proof_for_a_few_hashes() {
 }
 
 /// A writer pushing one event at a time to a peer that holds the rest of
-/// its log sends a proof of a few bytes (`Mode::Append`), however long the
-/// log; the receiver checks it against the leaves it holds.
+/// its log sends no `Head`: the head over exactly its events so far rides
+/// in the proof as its signature alone (`SIGNED`), the proof itself is a
+/// few bytes (`Mode::Append`), however long the log, and the receiver
+/// computes the root from the leaves it holds and checks the signature.
+/// An altered event then fails the signature.
 #[test]
 fn a_push_to_a_peer_that_holds_the_log_before_it_costs_a_few_bytes() {
     let a = origin(1);
@@ -362,19 +365,23 @@ fn a_push_to_a_peer_that_holds_the_log_before_it_costs_a_few_bytes() {
     let mut biggest = 0;
     for e in &log[200..] {
         writer.append(e).unwrap();
-        writer.sign_head(e.seq, &honest(a)).unwrap();
+        let head = writer.sign_head(e.seq, &honest(a)).unwrap();
         let (lead, proof) = out
             .frames(&keys, &writer, e.seq, e.seq, false, true, Some(&held), &|_| None)
             .unwrap();
-        for f in lead {
-            if let Frame::Head(h) = f {
-                assert_eq!(inb.on_head(&mut hub, h), Ok(()));
-            }
+        assert_eq!(lead, vec![], "no Head frame");
+        let Frame::Proof(p) = proof else { panic!("not a proof") };
+        assert_eq!(p[0], SIGNED, "the head rides in the proof");
+        let proof_bytes = p.len() - 2 - head.signature.len();
+        biggest = biggest.max(proof_bytes);
+        if e.seq == 250 {
+            let mut altered = e.clone();
+            altered.payload = b"{}".to_vec();
+            assert_eq!(inb.on_events(vec![altered]), None);
+            let r = inb.on_proof(&mut hub, &p, &Default::default()).unwrap_err();
+            assert!(matches!(r.error, AuthError::BadSignature { .. }), "{r:?}");
         }
         assert_eq!(inb.on_events(vec![e.clone()]), None);
-        let Frame::Proof(p) = proof else { panic!("not a proof") };
-        assert_eq!(p[0], Mode::Append.code(), "an append proof");
-        biggest = biggest.max(p.len());
         assert_eq!(
             inb.on_proof(&mut hub, &p, &Default::default()).map(|v| v.len()),
             Ok(1),
@@ -382,14 +389,17 @@ fn a_push_to_a_peer_that_holds_the_log_before_it_costs_a_few_bytes() {
             e.seq
         );
     }
-    assert!(biggest <= 2, "a push's proof is {biggest} bytes");
+    assert!(biggest <= 2, "a push's proof is {biggest} bytes besides its signature");
+    let head = hub.tree(&a).and_then(|t| t.head()).map(|h| h.head().len);
+    assert_eq!(head, Some(300), "the receiver holds the writer's head");
     // A peer that does not hold what came before gets a fresh proof.
     let mut stranger = Outbound::default();
     let (_, proof) = stranger
         .frames(&keys, &writer, 300, 300, false, true, None, &|_| None)
         .unwrap();
     let Frame::Proof(p) = proof else { panic!("not a proof") };
-    assert_eq!(p[0], Mode::Fresh.code());
+    let inner = &p[2 + usize::from(p[1])..];
+    assert_eq!((p[0], inner[0]), (SIGNED, Mode::Fresh.code()));
 }
 
 /// Jobs whose next frame never comes (the peer got the rest elsewhere) are
