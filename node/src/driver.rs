@@ -160,6 +160,10 @@ impl Driver {
                     tracing::warn!("could not keep the peer's certificate as a writer's key: {e}");
                 }
             }
+            // A resumed session shows no certificate; the key is kept
+            // from the connection that first showed it.
+            None if ferry_proto::merkle::HeadKeys::credential(self.ctx.writer_keys.as_ref(), &link.peer.node_id)
+                .is_some() => {}
             None => tracing::warn!("the peer's certificate is not at hand; its own events will not prove"),
         }
         let info = PeerInfo {
