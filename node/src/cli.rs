@@ -6,6 +6,9 @@ use crate::pki::Role;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::io::IsTerminal;
 use std::path::PathBuf;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// The commit this binary was built from (`unknown` when built without git).
 pub const COMMIT: &str = env!("FERRY_COMMIT");
@@ -423,14 +426,22 @@ pub fn colour_allowed() -> bool {
 
 /// Logs to stderr, warnings only unless `--log` / `FERRY_LOG` says more.
 pub fn init_logging(cli: &Cli) {
-    let filter = cli.log.clone().unwrap_or_else(|| "warn".into());
-    let filter =
-        tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    // Directives of targets and levels (`info`, `ferry=debug,quinn=warn`):
+    // `Targets`, not `EnvFilter`, whose span and field matching brings a
+    // regex engine into the binary.
+    let filter = cli.log.as_deref().unwrap_or("warn");
+    let filter: Targets = filter
+        .parse()
+        .unwrap_or_else(|_| Targets::new().with_default(tracing::Level::WARN));
+    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr);
     let _ = match cli.log_format {
-        LogFormat::Text => builder.with_ansi(colour_allowed()).try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+        LogFormat::Text => builder.with_ansi(colour_allowed()).finish().with(filter).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .finish()
+            .with(filter)
+            .try_init(),
     };
 }

@@ -3,7 +3,10 @@
 //! that binary and an empty /data, as the image's unprivileged user.
 //!
 //! deploy/check-container.sh builds the binary the same way and runs this
-//! test with FERRY_STATIC_BIN pointing at it (.ci/run does).
+//! test with FERRY_STATIC_BIN pointing at it (.ci/run does). Besides the
+//! node, the demo runs there, and a second node syncs with the first by a
+//! name that only the root's /etc/hosts knows: a static glibc binary has
+//! no NSS modules to load, and must still read the hosts file.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -61,6 +64,14 @@ fn the_static_binary_runs_a_node_from_an_empty_root() {
         std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
     }
 
+    // A peer's name, as a static peer would be configured.
+    std::fs::create_dir(root.join("etc")).unwrap();
+    std::fs::write(root.join("etc/hosts"), "127.0.0.1 hub.example.org\n").unwrap();
+    for d in ["tmp", "demo", "clinic"] {
+        std::fs::create_dir(root.join(d)).unwrap();
+        own(&root.join(d));
+    }
+
     let in_root = |args: &[&str]| {
         let mut c = Command::new("chroot");
         c.arg(format!("--userspec={USER}"))
@@ -100,14 +111,18 @@ fn the_static_binary_runs_a_node_from_an_empty_root() {
     .unwrap();
     let mut stderr = std::io::BufReader::new(daemon.stderr.take().unwrap());
     let mut seen = String::new();
-    let api = loop {
+    let (port, api) = loop {
         let mut line = String::new();
         if std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() == 0 {
             panic!("the daemon did not start ({:?}): {seen:?}", daemon.wait());
         }
         seen.push_str(&line);
         if let Some(rest) = line.split("local API ").nth(1) {
-            break rest.split([',', ' ']).next().unwrap().to_string();
+            let api = rest.split([',', ' ']).next().unwrap().to_string();
+            // "listening on 127.0.0.1:PORT (udp)"
+            let at = line.split("listening on ").nth(1).unwrap().split(' ').next().unwrap();
+            let port = at.rsplit(':').next().unwrap().to_string();
+            break (port, api);
         }
     };
     let pushed: serde_json::Value = ureq::post(&format!("{api}/v1/events"))
@@ -120,6 +135,21 @@ fn the_static_binary_runs_a_node_from_an_empty_root() {
     let status: serde_json::Value = serde_json::from_str(&ok_in_root(&["status", "--json"])).unwrap();
     assert_eq!(status["events"], 2);
     assert_eq!(status["name"], "in-a-container");
+
+    // A clinic finds the hub by the name in /etc/hosts.
+    let clinic = |args: &[&str]| {
+        let mut all = vec!["--data-dir", "/clinic"];
+        all.extend_from_slice(args);
+        ok_in_root(&all)
+    };
+    clinic(&["init", "--name", "clinic-in-the-root"]);
+    clinic(&["ca", "enroll", "--ca-dir", "/ca", "--role", "clinic"]);
+    clinic(&["sync", "--peer", &format!("hub.example.org:{port}")]);
+    let status: serde_json::Value = serde_json::from_str(&clinic(&["status", "--json"])).unwrap();
+    assert_eq!(status["events"], 2, "the hub's events came by its name");
+
+    let demo = ok_in_root(&["demo", "--dir", "/demo/run"]);
+    assert!(demo.contains("all three nodes hold the same 300 events"), "{demo}");
     unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
     assert!(daemon.wait().unwrap().success());
 }
