@@ -314,7 +314,9 @@ impl Outbound {
             && self.heads.get(&origin) != Some(&head.len)
             && head.signature.len() <= usize::from(u8::MAX);
         if signed {
-            self.heads.insert(origin, head.len);
+            // Not marked as carried: a receiver that cannot compute the
+            // root (it lacks nodes the summary said it held) keeps no head,
+            // so a later frame under it brings a `Head` frame.
             let mut encoded = vec![SIGNED, head.signature.len() as u8];
             encoded.extend_from_slice(&head.signature);
             encoded.extend(proof.encode_in_stream(last));

@@ -441,3 +441,37 @@ fn jobs_that_never_go_on_are_forgotten_alike_at_both_ends() {
     assert_eq!(refused, vec![]);
     assert_eq!(got.len(), 70 * 5 + 10);
 }
+
+/// A receiver that cannot compute the root a `SIGNED` proof needs (its
+/// summary said it held the log before the frame, its tree does not) keeps
+/// no head; a later job under the same head then brings a `Head` frame
+/// and verifies.
+#[test]
+fn a_signed_proof_the_receiver_could_not_check_is_not_counted_as_carried() {
+    let a = origin(1);
+    let log = events(a, 20);
+    let keys = Logs::new(Arc::new(Keys::everyone()), None);
+    let writer = writer_tree(&log, &honest(a));
+    let mut out = Outbound::default();
+    let mut hub = Logs::new(Arc::new(Keys::everyone()), None);
+    let mut inb = Inbound::default();
+    let claimed = RangeSet::from_range(1, 19);
+    let (lead, proof) = out
+        .frames(&keys, &writer, 20, 20, false, true, Some(&claimed), &|_| None)
+        .unwrap();
+    assert_eq!(lead, vec![]);
+    let Frame::Proof(p) = proof else { panic!("not a proof") };
+    assert_eq!(inb.on_events(vec![log[19].clone()]), None);
+    assert!(inb.on_proof(&mut hub, &p, &Default::default()).is_err());
+
+    let (lead, proof) = out.frames(&keys, &writer, 1, 19, false, true, None, &|_| None).unwrap();
+    for f in lead {
+        if let Frame::Head(h) = f {
+            assert_eq!(inb.on_head(&mut hub, h), Ok(()));
+        }
+    }
+    let Frame::Proof(p) = proof else { panic!("not a proof") };
+    assert_eq!(inb.on_events(log[..19].to_vec()), None);
+    let got = inb.on_proof(&mut hub, &p, &Default::default()).map(|v| v.len());
+    assert_eq!(got, Ok(19));
+}
