@@ -144,8 +144,33 @@ impl Driver {
         ConnId(self.next_conn.fetch_add(1, Relaxed))
     }
 
+    /// Folds this node's own events that are durable in the WAL and not
+    /// yet in its log tree into the tree. The `local_appends` task does it
+    /// when it hears of the write; a connection that starts before then
+    /// (a sync right after a write) could not prove that write, and its
+    /// peer would give up on it for the rest of the session.
+    fn fold_own_writes(self: &Arc<Self>) {
+        let wal = &self.ctx.wal;
+        let local = wal.local_origin();
+        let have = wal.have(&local);
+        let mut core = self.core.lock().unwrap_or_else(|p| p.into_inner());
+        let appended = ferry_sync::Store::logs(core.store())
+            .and_then(|l| l.tree(&local))
+            .map_or(0, |t| t.appended());
+        let Some(&(first, last)) = have.ranges().iter().find(|&&(a, b)| a <= appended + 1 && appended < b) else {
+            return;
+        };
+        match wal.read_range(&local, first.max(appended + 1), last, usize::MAX) {
+            Ok(written) => core.store_mut().wrote(&written),
+            Err(e) => tracing::warn!("could not read this node's new events: {e}"),
+        }
+        drop(core);
+        self.logs_changed();
+    }
+
     /// A connection to a verified peer is up: the core takes it over.
     pub fn connect(self: &Arc<Self>, link: &Arc<Link>, remembered: bool) {
+        self.fold_own_writes();
         let id = link.id();
         self.links
             .lock()
