@@ -95,6 +95,9 @@ impl Driver {
     pub fn with_core<R>(self: &Arc<Self>, f: impl FnOnce(&mut Replica<WalStore>, Time) -> R) -> R {
         let (result, actions) = {
             let mut core = self.core.lock().unwrap_or_else(|p| p.into_inner());
+            if self.fold_own_writes(&mut core) {
+                self.logs_changed();
+            }
             let result = f(&mut core, self.now());
             let mut actions = Vec::new();
             while let Some(a) = core.poll_action() {
@@ -145,32 +148,28 @@ impl Driver {
     }
 
     /// Folds this node's own events that are durable in the WAL and not
-    /// yet in its log tree into the tree. The `local_appends` task does it
-    /// when it hears of the write; a connection that starts before then
-    /// (a sync right after a write) could not prove that write, and its
-    /// peer would give up on it for the rest of the session.
-    fn fold_own_writes(self: &Arc<Self>) {
+    /// yet in its log tree into the tree, before the core does anything.
+    /// The `local_appends` task does it when it hears of the write; a
+    /// connection or a want served before then (a sync right after a
+    /// write) could not prove that write, and its peer would give up on it
+    /// for the rest of the session. Returns whether the tree grew.
+    fn fold_own_writes(&self, core: &mut Replica<WalStore>) -> bool {
         let wal = &self.ctx.wal;
         let local = wal.local_origin();
-        let have = wal.have(&local);
-        let mut core = self.core.lock().unwrap_or_else(|p| p.into_inner());
         let appended = ferry_sync::Store::logs(core.store())
             .and_then(|l| l.tree(&local))
             .map_or(0, |t| t.appended());
-        let Some(&(first, last)) = have.ranges().iter().find(|&&(a, b)| a <= appended + 1 && appended < b) else {
-            return;
-        };
-        match wal.read_range(&local, first.max(appended + 1), last, usize::MAX) {
-            Ok(written) => core.store_mut().wrote(&written),
-            Err(e) => tracing::warn!("could not read this node's new events: {e}"),
+        if !wal.holds(&local, appended + 1) {
+            return false;
         }
-        drop(core);
-        self.logs_changed();
+        let next = RangeSet::from_range(appended + 1, u64::MAX);
+        let written = read_own(wal, local, &wal.have(&local).intersection(&next));
+        core.store_mut().wrote(&written);
+        true
     }
 
     /// A connection to a verified peer is up: the core takes it over.
     pub fn connect(self: &Arc<Self>, link: &Arc<Link>, remembered: bool) {
-        self.fold_own_writes();
         let id = link.id();
         self.links
             .lock()
@@ -517,13 +516,7 @@ async fn local_appends(driver: Arc<Driver>) {
             .collect();
         // Read back to grow and sign this node's trees before the core
         // pushes them: a push is proved like any range.
-        let mut written = Vec::new();
-        for &(first, last) in new.ranges() {
-            match wal.read_range(&local, first, last, usize::MAX) {
-                Ok(e) => written.extend(e),
-                Err(e) => tracing::warn!("could not read this node's new events: {e}"),
-            }
-        }
+        let written = read_own(&wal, local, &new);
         driver.logs_changed();
         driver.with_core(|core, now| {
             core.store_mut().wrote(&written);
@@ -547,6 +540,18 @@ async fn local_appends(driver: Arc<Driver>) {
             }
         }
     }
+}
+
+/// This node's own events `seqs` of its log `local`, read back from the WAL.
+fn read_own(wal: &ferry_wal::Wal, local: Origin, seqs: &RangeSet) -> Vec<ferry_proto::Event> {
+    let mut written = Vec::new();
+    for &(first, last) in seqs.ranges() {
+        match wal.read_range(&local, first, last, usize::MAX) {
+            Ok(e) => written.extend(e),
+            Err(e) => tracing::warn!("could not read this node's new events: {e}"),
+        }
+    }
+    written
 }
 
 /// Writes every connected peer's counts and lag to peers.json every few

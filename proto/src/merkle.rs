@@ -734,7 +734,7 @@ impl Known {
     /// known is compacted, and the caller must hold all its events
     /// durably: `prove_from` hashes them again. Returns whether it was.
     pub fn compact_block(&mut self, block: u64) -> bool {
-        if self.compacted.contains(block + 1) {
+        if self.is_compacted(block) {
             return true;
         }
         let lo = block << BLOCK_LEVEL;
