@@ -112,9 +112,11 @@ fn stream_held(
         let proof = RangeProof::decode(&proof.encode())?;
         let proof = RangeProof::decode_in_stream(&proof.encode_in_stream(last), w.head.len, at, last)?;
         to.verify(&head, &proof, w.range(at, end))?;
-        // The receiver now holds these events: its whole blocks compact.
+        // The receiver now holds these events: the blocks it holds whole
+        // compact (`compact_block` asks its caller to hold every event of
+        // the block; a leaf known from a proof is not an event held).
         for b in block_of(at)..=block_of(end.min(durable)) {
-            if (b + 1) * BLOCK_EVENTS <= durable {
+            if b * BLOCK_EVENTS + 1 >= first && (b + 1) * BLOCK_EVENTS <= durable {
                 to.compact_block(b);
             }
         }
