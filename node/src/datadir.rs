@@ -247,13 +247,18 @@ impl DataDir {
         let epoch = u32::from_str_radix(text.trim(), 16)
             .with_context(|| format!("{} must hold 8 hex digits", path.display()))?;
         let recorded = std::fs::read_to_string(self.path("log-epoch.id")).unwrap_or_default();
-        if may_renew && recorded.trim() != file_identity(&path)? {
+        let identity = file_identity(&path)?;
+        if may_renew && recorded_before_change_times(recorded.trim(), &identity) {
+            atomic_write(&self.path("log-epoch.id"), identity.as_bytes())?;
+            return Ok(epoch);
+        }
+        if may_renew && recorded.trim() != identity {
             let renewed = rand::random();
             tracing::warn!(
                 old = format!("{epoch:08x}"),
                 new = format!("{renewed:08x}"),
-                "this data directory was copied or restored from a backup; \
-                 starting a new log epoch so no sequence number is reused"
+                "this data directory was copied, restored from a backup, or had its epoch file's owner \
+                 or mode changed; starting a new log epoch so no sequence number is reused"
             );
             self.set_log_epoch(renewed)?;
             return Ok(renewed);
@@ -470,10 +475,20 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Device and inode: what a restore from a file-level backup changes.
+/// Whether `recorded` is an identity from a ferry that kept only device and
+/// inode, naming the same file: kept, in the current form, without a new log.
+fn recorded_before_change_times(recorded: &str, identity: &str) -> bool {
+    recorded.split(' ').count() == 2 && identity.starts_with(&format!("{recorded} "))
+}
+
+/// Which file this is: device and inode, and its change time. A restore
+/// may write into the same inode (a copy over the live files) or get the
+/// freed inode back from the file system, but it cannot keep the change
+/// time, which the kernel sets on every write and no tool can set back.
 fn file_identity(path: &Path) -> Result<String> {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(path).with_context(|| format!("could not stat {}", path.display()))?;
-    Ok(format!("{} {}", m.dev(), m.ino()))
+    Ok(format!("{} {} {}.{:09}", m.dev(), m.ino(), m.ctime(), m.ctime_nsec()))
 }
 
 pub fn unix_now() -> u64 {
@@ -496,5 +511,39 @@ mod port_tests {
         assert_eq!(with_default_port("::1"), "[::1]:7700");
         assert_eq!(with_default_port("fe80::1:2"), "[fe80::1:2]:7700");
         assert_eq!(with_default_port("[::1]:7800"), "[::1]:7800");
+    }
+}
+
+#[cfg(test)]
+mod epoch_tests {
+    use super::{atomic_write, file_identity, DataDir};
+
+    fn node_dir() -> (tempfile::TempDir, DataDir) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::new(tmp.path().join("node"));
+        dir.init("clinic", false).unwrap();
+        (tmp, dir)
+    }
+
+    #[test]
+    fn an_identity_recorded_without_a_change_time_is_upgraded_not_renewed() {
+        let (_tmp, dir) = node_dir();
+        let epoch = dir.log_epoch(false).unwrap();
+        let full = file_identity(&dir.path("log-epoch")).unwrap();
+        let old_form: Vec<&str> = full.split(' ').take(2).collect();
+        atomic_write(&dir.path("log-epoch.id"), old_form.join(" ").as_bytes()).unwrap();
+        assert_eq!(dir.log_epoch(true).unwrap(), epoch);
+        assert_eq!(std::fs::read_to_string(dir.path("log-epoch.id")).unwrap(), full);
+    }
+
+    #[test]
+    fn an_epoch_file_rewritten_in_place_gets_a_new_epoch() {
+        let (_tmp, dir) = node_dir();
+        let epoch = dir.log_epoch(true).unwrap();
+        let text = std::fs::read(dir.path("log-epoch")).unwrap();
+        // Change times have a coarse clock on some file systems.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(dir.path("log-epoch"), text).unwrap();
+        assert_ne!(dir.log_epoch(true).unwrap(), epoch);
     }
 }

@@ -92,6 +92,26 @@ async fn file_level_restore_starts_a_new_epoch_at_open_before_any_write() {
     .await;
 }
 
+/// A restore that copies the backup over the live files (`cp -r backup/. dir`)
+/// writes into the same inodes, so a file's place on disk alone cannot tell
+/// a restored data directory from the one the node left. This is also what
+/// a file-level restore looks like when the file system hands the freed
+/// inodes out again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_written_over_the_live_files_starts_a_new_epoch() {
+    restore_scenario(
+        |backup, dir| {
+            let epoch_file = dir.join("log-epoch");
+            let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
+            let before = inode(&epoch_file);
+            copy_dir(backup, dir);
+            assert_eq!(inode(&epoch_file), before, "the restore must reuse the inode");
+        },
+        false,
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn image_restore_is_caught_by_the_first_peer_that_knows_more() {
     // Only the WAL goes back in time; the epoch files keep their identity, as
