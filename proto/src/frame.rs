@@ -1,4 +1,4 @@
-//! Messages of `ferry/2` and their framing.
+//! Messages of `ferry/3` and their framing.
 //!
 //! A frame is `u32 length (big endian) | u8 type | body`, where length
 //! counts the type byte and the body. Bodies are CBOR, except event chunks,

@@ -35,14 +35,17 @@ pub struct Config {
     pub fast_link_rtt: Time,
     pub mid_link_rtt: Time,
     pub level_mid: i32,
-    /// A lane whose work runs out ends its zstd frame and frees its
-    /// compression context (the receiver frees its own at the frame's
-    /// end); the next work starts a new frame without the old history.
-    /// `false`: a lane keeps its context for the connection's life.
-    /// On by default at a hub, which holds a connection per clinic (a
-    /// context is megabytes); off elsewhere, where a live event compresses
-    /// to about half its size against the stream's history (docs/memory.md).
-    pub release_idle_compressor: bool,
+    /// A lane whose work ran out this long ago ends its zstd frame and
+    /// frees its compression context (the receiver frees its own at the
+    /// frame's end); the next work starts a new frame that compresses
+    /// against the stream's last `PREFIX_BYTES` (`ferry_proto::batch`).
+    /// `None`: a lane keeps its frame open for the connection's life.
+    /// A context is megabytes at the WAN level, and a peer holds a
+    /// decompression context for every open frame. A hub, which holds a
+    /// connection per clinic, ends frames at once; elsewhere a frame stays
+    /// open through a burst of live events a few seconds apart, where an
+    /// event costs about 42 B against 56 B in a new frame (docs/memory.md).
+    pub end_idle_frame_after: Option<Time>,
     /// Deliberate faults, for the simulator to prove it catches them.
     pub bugs: Bugs,
 }
@@ -66,7 +69,11 @@ impl Config {
             fast_link_rtt: Time::from_millis(20),
             mid_link_rtt: Time::from_millis(200),
             level_mid: ferry_proto::batch::LEVEL_MID,
-            release_idle_compressor: role == Role::Hub,
+            end_idle_frame_after: Some(if role == Role::Hub {
+                Time::default()
+            } else {
+                Time::from_secs(5)
+            }),
             bugs: Bugs::default(),
         }
     }

@@ -9,6 +9,7 @@
 //! Nothing the peer holds or was already sent on this connection is sent.
 
 use crate::auth::Outbound;
+use crate::io::Time;
 use crate::store::{Store, StoreError};
 use ferry_proto::batch::{piece, Item, StreamCompressor};
 use ferry_proto::frame::BATCH_BYTES;
@@ -67,6 +68,8 @@ pub(crate) struct Lane {
     /// Events this lane could not prove, not sent: the session's
     /// `not_proved` takes them after each turn.
     unproved: BTreeMap<Origin, RangeSet>,
+    /// Since when the lane has had no work with its zstd frame open.
+    idle_since: Option<Time>,
 }
 
 impl Lane {
@@ -78,6 +81,7 @@ impl Lane {
             auth: Outbound::default(),
             busy: false,
             unproved: BTreeMap::new(),
+            idle_since: None,
         }
     }
 
@@ -124,13 +128,54 @@ impl Lane {
         });
     }
 
+    /// When this lane's open frame is to end (`Config::end_idle_frame_after`).
+    pub fn frame_ends_at(&self, end_after: Option<Time>) -> Option<Time> {
+        let after = end_after?;
+        self.idle_since
+            .filter(|_| !self.has_work())
+            .map(|t| t.saturating_add(after))
+    }
+
     /// The next frame(s) of this lane, or `None` when it has nothing to send.
     /// `peer_has`: what the peer holds or was sent; updated with what this
     /// turn sends. `peer_summary`: what the peer's last summary said it
-    /// holds (for proofs). `level`: zstd level for a new context. `release_idle`:
-    /// a turn that leaves the lane without work ends its zstd frame and
-    /// frees the compressor's context (see `Config::release_idle_compressor`).
+    /// holds (for proofs). `level`: zstd level for a new context.
+    /// `end_after`: how long an idle lane keeps its zstd frame open (see
+    /// `Config::end_idle_frame_after`); past that, the turn ends the frame.
     pub fn turn<S: Store>(
+        &mut self,
+        store: &S,
+        peer_has: &mut BTreeMap<Origin, RangeSet>,
+        peer_summary: Option<&Summary>,
+        level: i32,
+        now: Time,
+        end_after: Option<Time>,
+    ) -> Result<Option<Turn>, StoreError> {
+        let at_once = end_after == Some(Time::default());
+        let turn = self.next_turn(store, peer_has, peer_summary, level, at_once)?;
+        let in_frame = self.enc.as_ref().is_some_and(StreamCompressor::in_frame);
+        if !in_frame || self.has_work() {
+            self.idle_since = None;
+        } else if turn.is_some() || self.idle_since.is_none() {
+            self.idle_since = Some(now);
+        }
+        if turn.is_some() {
+            return Ok(turn);
+        }
+        match (self.frame_ends_at(end_after), self.enc.as_mut()) {
+            (Some(at), Some(enc)) if at <= now => {
+                self.idle_since = None;
+                Ok(Some(Turn {
+                    bytes: Frame::Events(enc.compress_last(&[])).encode(),
+                    events: 0,
+                    auth_bytes: 0,
+                }))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn next_turn<S: Store>(
         &mut self,
         store: &S,
         peer_has: &mut BTreeMap<Origin, RangeSet>,
@@ -467,12 +512,12 @@ fn next_events(
 mod tests {
     use super::*;
     use crate::MemStore;
-    use ferry_proto::batch::{StreamDecompressor, LEVEL_WAN};
+    use ferry_proto::batch::{StreamDecompressor, LEVEL_WAN, PREFIX_BYTES};
     use ferry_proto::{NodeId, Origin};
 
     /// Serves a want of `store`'s events `1..=n` until the lane has nothing
     /// left; returns the lane and every frame it sent, in order.
-    fn serve_want(store: &MemStore, origin: Origin, n: u64, release_idle: bool) -> (Lane, Vec<Frame>) {
+    fn serve_want(store: &MemStore, origin: Origin, n: u64, end_after: Option<Time>) -> (Lane, Vec<Frame>) {
         let mut lane = Lane::new(Priority::Normal);
         lane.serve(Want {
             origin,
@@ -483,7 +528,11 @@ mod tests {
         let mut peer_has = BTreeMap::new();
         let mut reader = crate::FrameReader::default();
         let mut frames = Vec::new();
-        while let Some(turn) = lane.turn(store, &mut peer_has, None, LEVEL_WAN, release_idle).unwrap() {
+        let now = Time::default();
+        while let Some(turn) = lane
+            .turn(store, &mut peer_has, None, LEVEL_WAN, now, end_after)
+            .unwrap()
+        {
             frames.extend(reader.push(&turn.bytes).unwrap());
         }
         (lane, frames)
@@ -504,7 +553,7 @@ mod tests {
     /// Serves one want of `n` events until the lane has nothing left;
     /// returns the compressor's and the receiver's context memory then,
     /// after checking every event arrived in order.
-    fn serve_all(n: usize, release_idle: bool) -> (usize, usize) {
+    fn serve_all(n: usize, end_after: Option<Time>) -> (usize, usize) {
         let origin = Origin {
             node: NodeId([7; 16]),
             epoch: 1,
@@ -516,7 +565,7 @@ mod tests {
         });
         let (group, _) = store.write_local(payloads.collect(), 1_700_000_000_000);
         store.sync(group);
-        let (lane, frames) = serve_want(&store, origin, n as u64, release_idle);
+        let (lane, frames) = serve_want(&store, origin, n as u64, end_after);
         let mut dec = StreamDecompressor::new();
         let mut seqs = Vec::new();
         for frame in frames {
@@ -532,11 +581,58 @@ mod tests {
     #[test]
     fn a_lane_out_of_work_frees_both_ends_compression_contexts() {
         // Several chunks' worth, so the frame spans turns.
-        let (enc, dec) = serve_all(3000, true);
-        assert_eq!((enc, dec), (0, 0), "contexts held by an idle lane");
+        let (enc, dec) = serve_all(3000, Some(Time::default()));
+        assert!(
+            enc <= PREFIX_BYTES && dec <= PREFIX_BYTES,
+            "an idle lane holds {enc} and {dec} bytes"
+        );
         // Configured to keep them, both ends hold megabytes.
-        let (enc, dec) = serve_all(3000, false);
-        assert!(enc > 1 << 20 && dec > 0, "kept: {enc} and {dec} bytes");
+        let (enc, dec) = serve_all(3000, None);
+        assert!(enc > 1 << 20 && dec > PREFIX_BYTES, "kept: {enc} and {dec} bytes");
+    }
+
+    #[test]
+    fn an_idle_lane_ends_its_frame_when_its_time_is_up() {
+        let origin = Origin {
+            node: NodeId([7; 16]),
+            epoch: 1,
+        };
+        let mut store = MemStore::new(origin);
+        let payloads = (0..50).map(|i| {
+            (
+                "clinic/visit".to_string(),
+                Priority::Normal,
+                format!("visit {i}").into_bytes(),
+            )
+        });
+        let (group, _) = store.write_local(payloads.collect(), 1_700_000_000_000);
+        store.sync(group);
+        let five = Some(Time::from_secs(5));
+        let (mut lane, frames) = serve_want(&store, origin, 50, five);
+        let mut dec = StreamDecompressor::new();
+        for frame in frames {
+            if let Frame::Events(chunk) = frame {
+                dec.decompress(&chunk).unwrap();
+            }
+        }
+        assert!(lane.enc.as_ref().is_some_and(StreamCompressor::in_frame));
+        assert_eq!(lane.frame_ends_at(five), Some(Time::from_secs(5)));
+        let mut peer_has = BTreeMap::new();
+        let mut turn = |lane: &mut Lane, at| lane.turn(&store, &mut peer_has, None, LEVEL_WAN, at, five).unwrap();
+        assert!(turn(&mut lane, Time::from_millis(4_999)).is_none(), "too early");
+        let end = turn(&mut lane, Time::from_secs(5)).expect("the frame's end");
+        let frames = crate::FrameReader::default().push(&end.bytes).unwrap();
+        let [Frame::Events(chunk)] = &frames[..] else {
+            panic!("{frames:?}")
+        };
+        assert!(dec.decompress(chunk).unwrap().is_empty());
+        assert!(lane
+            .enc
+            .as_ref()
+            .is_some_and(|e| !e.in_frame() && e.memory() <= PREFIX_BYTES));
+        assert!(dec.memory() <= PREFIX_BYTES);
+        assert_eq!(lane.frame_ends_at(five), None);
+        assert!(turn(&mut lane, Time::from_secs(60)).is_none(), "nothing more to send");
     }
 
     /// With authenticated logs every frame of a want but its last ends at
@@ -571,7 +667,7 @@ mod tests {
         // events, not two per event); the lane proves from them.
         let nodes = store.logs().and_then(|l| l.tree(&origin)).map(|t| t.nodes());
         assert!(nodes.is_some_and(|n| n < 3000 / 64 + 256), "{nodes:?} nodes");
-        let (_, frames) = serve_want(&store, origin, 3000, true);
+        let (_, frames) = serve_want(&store, origin, 3000, Some(Time::default()));
         let mut dec = StreamDecompressor::new();
         let (mut seqs, mut ends, mut proofs) = (Vec::new(), Vec::new(), 0);
         for frame in frames {

@@ -129,7 +129,12 @@ impl<S: Store> Replica<S> {
 
     /// When `handle_timeout` is next due.
     pub fn poll_timeout(&self) -> Option<Time> {
-        self.sessions.values().filter_map(|s| s.next_round_at).min()
+        let end_after = self.cfg.end_idle_frame_after;
+        self.sessions
+            .values()
+            .flat_map(|s| [s.next_round_at, s.next_frame_end(end_after)])
+            .flatten()
+            .min()
     }
 
     /// A connection to a verified peer is up. A dialer opens the session at
@@ -296,6 +301,22 @@ impl<S: Store> Replica<S> {
         for conn in due {
             self.start_round(now, conn);
         }
+        let end_after = self.cfg.end_idle_frame_after;
+        let frames_due: Vec<ConnId> = self
+            .sessions
+            .values()
+            .filter(|s| s.next_frame_end(end_after).is_some_and(|t| t <= now))
+            .map(|s| s.conn)
+            .collect();
+        for conn in frames_due {
+            let Some(s) = self.sessions.get_mut(&conn) else {
+                continue;
+            };
+            if let Err(f) = s.pump(&mut cx!(self, now)) {
+                self.close(now, conn, f.code, &f.message);
+            }
+        }
+        self.follow_up(now);
     }
 
     /// Asks the peer for a fresh summary (and sends this node's).

@@ -1,7 +1,7 @@
 //! The sending half of a session: answering wants and pushing new events
 //! the peer subscribed to, through the lanes.
 
-use crate::io::{Action, StreamKind};
+use crate::io::{Action, StreamKind, Time};
 use crate::lane::Lane;
 use crate::session::{fault, Cx, Fault, Session};
 use crate::store::Store;
@@ -122,6 +122,19 @@ impl Session {
         self.pump(cx)
     }
 
+    /// When the first of this connection's idle lanes is to end its zstd
+    /// frame (a lane with a frame on its way ends it after `handle_sent`).
+    pub fn next_frame_end(&self, end_after: Option<Time>) -> Option<Time> {
+        if self.closed {
+            return None;
+        }
+        self.lanes
+            .iter()
+            .filter(|l| !l.busy)
+            .filter_map(|l| l.frame_ends_at(end_after))
+            .min()
+    }
+
     /// Gives every idle lane with work its next turn.
     pub fn pump<S: Store>(&mut self, cx: &mut Cx<'_, S>) -> Result<(), Fault> {
         if self.closed {
@@ -129,10 +142,11 @@ impl Session {
         }
         for i in 0..self.lanes.len() {
             let lane: &mut Lane = &mut self.lanes[i];
-            if lane.busy || !lane.has_work() {
+            let end_after = cx.cfg.end_idle_frame_after;
+            let frame_due = lane.frame_ends_at(end_after).is_some_and(|t| t <= cx.now);
+            if lane.busy || !(lane.has_work() || frame_due) {
                 continue;
             }
-            let release = cx.cfg.release_idle_compressor;
             let summary = self.theirs.as_ref().map(|(s, _)| s);
             let turn = if cx.cfg.bugs.on(|b| b.relay_forges) {
                 lane.turn(
@@ -140,10 +154,11 @@ impl Session {
                     &mut self.peer_has,
                     summary,
                     self.level,
-                    release,
+                    cx.now,
+                    end_after,
                 )
             } else {
-                lane.turn(&*cx.store, &mut self.peer_has, summary, self.level, release)
+                lane.turn(&*cx.store, &mut self.peer_has, summary, self.level, cx.now, end_after)
             };
             for (origin, seqs) in lane.take_unproved() {
                 let not = self.not_proved.entry(origin).or_default();
