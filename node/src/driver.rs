@@ -39,6 +39,8 @@ pub struct Driver {
     logs_dirty: AtomicBool,
     /// Wakes the task that saves them.
     logs_changed: Notify,
+    /// Received events being appended, not yet reported to the core.
+    appends_in_flight: AtomicU64,
 }
 const LOG_TREES_FILE: &str = "log-trees";
 
@@ -80,11 +82,22 @@ impl Driver {
             remembered: Mutex::new(BTreeMap::new()),
             logs_dirty: AtomicBool::new(false),
             logs_changed: Notify::new(),
+            appends_in_flight: AtomicU64::new(0),
         });
         ctx.tasks.spawn(timer_task(driver.clone()));
         ctx.tasks.spawn(save_logs_task(driver.clone()));
         ctx.tasks.spawn(local_appends(driver.clone()));
         driver
+    }
+
+    /// Waits, up to `limit`, until every append started is reported to the
+    /// core, so that what is recorded at shutdown counts events already
+    /// durable.
+    pub async fn settle_appends(&self, limit: std::time::Duration) {
+        let deadline = Instant::now() + limit;
+        while self.appends_in_flight.load(Relaxed) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
     }
 
     pub fn now(&self) -> Time {
@@ -286,6 +299,7 @@ impl Driver {
                     .filter(|e| e.topic == crate::revocation::TOPIC || e.topic == crate::renewal::TOPIC)
                     .cloned()
                     .collect();
+                self.appends_in_flight.fetch_add(1, Relaxed);
                 self.ctx.tasks.spawn(async move {
                     let _slot = match &link {
                         Some(l) => Some(l.append_slot().await),
@@ -309,6 +323,7 @@ impl Driver {
                     }
                     let stored = result.is_ok();
                     driver.with_core(|core, now| core.handle_appended(now, ticket, result));
+                    driver.appends_in_flight.fetch_sub(1, Relaxed);
                     // The heads and hashes that proved them are kept next.
                     driver.logs_changed();
                     if stored {

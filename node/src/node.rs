@@ -459,7 +459,9 @@ impl Node {
     pub async fn shutdown(&self) {
         // What each connection knew last, taken while its session exists:
         // the periodic refresh may be seconds old (a pull that finished
-        // since would be left recorded as lacking).
+        // since would be left recorded as lacking). Appends already durable
+        // are counted first.
+        self.driver.settle_appends(std::time::Duration::from_secs(2)).await;
         crate::driver::record_peers(&self.driver);
         let endpoints: Vec<&quinn::Endpoint> = std::iter::once(&self.endpoint).chain(self.dialer.get()).collect();
         for ep in &endpoints {
