@@ -337,24 +337,22 @@ impl Default for Tuning {
 struct Tail(Vec<u8>);
 
 impl Tail {
+    /// Keeps the last `PREFIX_BYTES` of what it held and `raw`, in one
+    /// allocation of that size (a hub keeps one per idle stream).
     fn extend(&mut self, raw: &[u8]) {
-        self.0.extend_from_slice(raw);
-        // Trimmed at twice the size, so trimming stays linear.
-        if self.0.len() > 2 * PREFIX_BYTES {
-            self.trim();
+        let raw = &raw[raw.len().saturating_sub(PREFIX_BYTES)..];
+        let over = (self.0.len() + raw.len()).saturating_sub(PREFIX_BYTES);
+        self.0.drain(..over);
+        let need = self.0.len() + raw.len();
+        if self.0.capacity() < need {
+            let grown = (2 * self.0.capacity()).clamp(need, PREFIX_BYTES);
+            self.0.reserve_exact(grown - self.0.len());
         }
-    }
-
-    /// Down to the prefix, and no more memory than that: the stream falls
-    /// idle and this is all it keeps.
-    fn trim(&mut self) {
-        let extra = self.0.len().saturating_sub(PREFIX_BYTES);
-        self.0.drain(..extra);
-        self.0.shrink_to_fit();
+        self.0.extend_from_slice(raw);
     }
 
     fn prefix(&self) -> Vec<u8> {
-        self.0[self.0.len().saturating_sub(PREFIX_BYTES)..].to_vec()
+        self.0.clone()
     }
 }
 
@@ -518,8 +516,9 @@ impl StreamCompressor {
         self.tail.extend(raw);
         if last {
             self.frame = None;
-            self.tail.trim();
         }
+        // Sized for the worst case; the frame waits in queues until sent.
+        out.shrink_to_fit();
         out
     }
 }
@@ -578,7 +577,6 @@ impl StreamDecompressor {
                 self.tail.extend(&raw[kept..]);
                 kept = raw.len();
                 if input.pos() == chunk.len() {
-                    self.tail.trim();
                     return Ok(raw);
                 }
                 // A frame may start mid-chunk: its prefix ends with what
@@ -890,6 +888,21 @@ mod tests {
         let mut stranger = StreamDecompressor::new();
         stranger.codec = d.codec.clone();
         assert!(stranger.decompress(&z).is_err());
+    }
+
+    #[test]
+    fn a_tail_keeps_the_last_prefix_bytes_in_one_allocation_of_that_size() {
+        let stream: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let mut tail = Tail::default();
+        tail.extend(&stream[..10]);
+        assert_eq!(tail.prefix(), &stream[..10]);
+        let mut at = 10;
+        for len in [5_000, 70_000, 1, 30_000, 40_000, 3] {
+            tail.extend(&stream[at..at + len]);
+            at += len;
+            assert_eq!(tail.prefix(), &stream[at.saturating_sub(PREFIX_BYTES)..at]);
+            assert!(tail.0.capacity() <= PREFIX_BYTES, "{} bytes", tail.0.capacity());
+        }
     }
 
     #[test]
