@@ -40,11 +40,10 @@ pub struct Config {
     /// frame's end); the next work starts a new frame that compresses
     /// against the stream's last `PREFIX_BYTES` (`ferry_proto::batch`).
     /// `None`: a lane keeps its frame open for the connection's life.
-    /// A context is megabytes at the WAN level, and a peer holds a
-    /// decompression context for every open frame. A hub, which holds a
-    /// connection per clinic, ends frames at once; elsewhere a frame stays
-    /// open through a burst of live events a few seconds apart, where an
-    /// event costs about 42 B against 56 B in a new frame (docs/memory.md).
+    /// At once by default: an open frame costs the peer a decompression
+    /// context (0.5 MiB) and this node a compression context (3.6 MiB at
+    /// the WAN level), while a live event in a new frame costs about 8 B
+    /// more than in an open one (docs/memory.md).
     pub end_idle_frame_after: Option<Time>,
     /// Deliberate faults, for the simulator to prove it catches them.
     pub bugs: Bugs,
@@ -69,11 +68,7 @@ impl Config {
             fast_link_rtt: Time::from_millis(20),
             mid_link_rtt: Time::from_millis(200),
             level_mid: ferry_proto::batch::LEVEL_MID,
-            end_idle_frame_after: Some(if role == Role::Hub {
-                Time::default()
-            } else {
-                Time::from_secs(5)
-            }),
+            end_idle_frame_after: Some(Time::default()),
             bugs: Bugs::default(),
         }
     }
