@@ -328,12 +328,26 @@ pub(crate) fn lock_dir(dir: &Path) -> Result<File, WalError> {
         .write(true)
         .open(&path)
         .map_err(|e| WalError::io("open lock file", &path, e))?;
-    match f.try_lock() {
-        Ok(()) => Ok(f),
-        Err(std::fs::TryLockError::WouldBlock) => Err(WalError::Locked {
-            path: dir.to_path_buf(),
-        }),
-        Err(std::fs::TryLockError::Error(e)) => Err(WalError::io("lock", &path, e)),
+    // A lock may be held for a moment by a process that is not a writer: a
+    // child between fork and exec holds every descriptor its parent had
+    // open (a test node failed to start right after `ferry init` had
+    // closed its WAL, while other tests spawned processes); a CLI command
+    // opening the WAL holds it while a daemon starts. A writer holds it
+    // for longer than this.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        match f.try_lock() {
+            Ok(()) => return Ok(f),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(WalError::Locked {
+                    path: dir.to_path_buf(),
+                })
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(WalError::io("lock", &path, e)),
+        }
     }
 }
 

@@ -278,6 +278,27 @@ fn wrong_key_is_a_clear_error_and_changes_nothing() {
     assert_eq!(snapshot(dir.path()), before);
 }
 
+/// A lock held for a moment (a child process between fork and exec holds
+/// every descriptor its parent had open) does not fail the open.
+#[test]
+fn a_lock_held_for_a_moment_is_waited_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = WalKey::generate();
+    drop(open(dir.path(), &key));
+    let holder = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.path().join("LOCK"))
+        .unwrap();
+    holder.lock().unwrap();
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        drop(holder);
+    });
+    let wal = Wal::open(opts(dir.path(), Keyring::single(key)));
+    release.join().unwrap();
+    assert!(wal.is_ok(), "{:?}", wal.err());
+}
+
 #[test]
 fn second_opener_is_refused() {
     let dir = tempfile::tempdir().unwrap();

@@ -64,6 +64,11 @@ struct Args {
     /// build), then `heaptrack_interpret < /tmp/hub.raw`.
     #[arg(long, value_parser = parse_env)]
     hub_env: Vec<(String, String)>,
+    /// Run the hub from this `ferry` binary (e.g. the size-tuned `dist`
+    /// build) instead of this benchmark re-executed, so the hub's resident
+    /// code is what a deployment maps; clinics still run this binary.
+    #[arg(long)]
+    hub_bin: Option<PathBuf>,
 }
 
 fn parse_env(s: &str) -> Result<(String, String), String> {
@@ -134,7 +139,13 @@ struct Daemon {
 }
 
 /// Starts `ferry run`; does not wait for it.
-fn spawn_daemon(dir: &Path, name: &str, extra: &[&str], env: &[(String, String)]) -> Result<Daemon> {
+fn spawn_daemon(
+    dir: &Path,
+    name: &str,
+    extra: &[&str],
+    env: &[(String, String)],
+    bin: Option<&Path>,
+) -> Result<Daemon> {
     let mut args = vec![
         "run",
         "--data-dir",
@@ -146,7 +157,14 @@ fn spawn_daemon(dir: &Path, name: &str, extra: &[&str], env: &[(String, String)]
         "--no-mdns",
     ];
     args.extend_from_slice(extra);
-    let mut cmd = ferry(&args)?;
+    let mut cmd = match bin {
+        Some(bin) => {
+            let mut c = Command::new(bin);
+            c.args(&args);
+            c
+        }
+        None => ferry(&args)?,
+    };
     cmd.stderr(Stdio::piped()).envs(env.iter().map(|(k, v)| (k, v)));
     Ok(Daemon {
         proc: Proc::spawn(cmd)?,
@@ -291,7 +309,13 @@ fn run(args: &Args) -> Result<Value> {
         &load("BHU-NEW", args.seed * 100_000 + 99_999)?,
     )?;
 
-    let mut hub = spawn_daemon(&hub_dir, "hub", &["--policy", &args.hub_policy], &args.hub_env)?;
+    let mut hub = spawn_daemon(
+        &hub_dir,
+        "hub",
+        &["--policy", &args.hub_policy],
+        &args.hub_env,
+        args.hub_bin.as_deref(),
+    )?;
     let hub_addr = hub.listening()?;
     let hub_api = hub.api()?;
     let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(30)).build();
@@ -311,7 +335,7 @@ fn run(args: &Args) -> Result<Value> {
     let mut clinics = Vec::new();
     for ((name, dir), sim) in clinic_dirs.iter().zip(&links) {
         let peer = sim.local_addr().to_string();
-        clinics.push(spawn_daemon(dir, name, &["--peer", &peer], &[])?);
+        clinics.push(spawn_daemon(dir, name, &["--peer", &peer], &[], None)?);
     }
     let mut apis = Vec::new();
     let mut origins = Vec::new();
@@ -413,7 +437,7 @@ fn run(args: &Args) -> Result<Value> {
         let (name, dir) = &clinic_dirs[0];
         clinics[0].proc.stop();
         let peer = links[0].local_addr().to_string();
-        let mut idle = spawn_daemon(dir, name, &["--peer", &peer], &[])?;
+        let mut idle = spawn_daemon(dir, name, &["--peer", &peer], &[], None)?;
         idle.listening()?;
         wait_connected(name, dir)?;
         std::thread::sleep(Duration::from_secs(args.idle_secs));
@@ -456,6 +480,7 @@ fn run(args: &Args) -> Result<Value> {
         "profile": args.profile,
         "hub_policy": args.hub_policy,
         "nodes_as_processes": true,
+        "hub_binary": args.hub_bin.as_ref().map_or("this benchmark".to_string(), |p| p.display().to_string()),
         "seconds_to_converge": round(converged, 2),
         "slowest_clinic_seconds": round(times.last().copied().unwrap_or(f64::NAN), 2),
         "median_clinic_seconds": round(percentile(&times, 50), 2),
