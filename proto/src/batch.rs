@@ -32,9 +32,11 @@ pub const WINDOW_LOG: u32 = 17;
 /// `examples/prefix-frames.rs` on the workload, a live event after 1,000
 /// others at level 19: 42 B in a frame kept open, 207 B in a frame of its
 /// own, 79 / 61 / 56 / 53 B with a prefix of 4 / 16 / 32 / 64 KiB, for
-/// 0.1 / 0.5 / 1.3 / 3.1 ms of CPU to load it. 32 KiB kept at each end of
-/// an idle stream is an eighth of a decompression context.
-pub const PREFIX_BYTES: usize = 32 << 10;
+/// 0.1 / 0.5 / 1.3 / 3.1 ms of CPU to load it. Both ends of every idle
+/// stream keep it, so a hub keeps two per connected clinic and loads one
+/// for every event it relays to one: 16 KiB costs a live event 5 B more
+/// than 32 KiB and a hub of 100 clinics 3.2 MB less (docs/memory.md).
+pub const PREFIX_BYTES: usize = 16 << 10;
 /// Chain and hash table logs for levels above 9, whose defaults assume
 /// windows of megabytes.
 pub const WAN_TABLES_LOG: u32 = 18;
