@@ -515,6 +515,13 @@ mod tests {
     use ferry_proto::batch::{StreamDecompressor, LEVEL_WAN, PREFIX_BYTES};
     use ferry_proto::{NodeId, Origin};
 
+    fn test_origin() -> Origin {
+        Origin {
+            node: NodeId([7; 16]),
+            epoch: 1,
+        }
+    }
+
     /// Serves a want of `store`'s events `1..=n` until the lane has nothing
     /// left; returns the lane and every frame it sent, in order.
     fn serve_want(store: &MemStore, origin: Origin, n: u64, end_after: Option<Time>) -> (Lane, Vec<Frame>) {
@@ -554,10 +561,7 @@ mod tests {
     /// returns the compressor's and the receiver's context memory then,
     /// after checking every event arrived in order.
     fn serve_all(n: usize, end_after: Option<Time>) -> (usize, usize) {
-        let origin = Origin {
-            node: NodeId([7; 16]),
-            epoch: 1,
-        };
+        let origin = test_origin();
         let mut store = MemStore::new(origin);
         let payloads = (0..n).map(|i| {
             let body = format!(r#"{{"type":"visit","patient":"BT-{i:06}","pulse":{}}}"#, 50 + i % 40);
@@ -593,10 +597,7 @@ mod tests {
 
     #[test]
     fn an_idle_lane_ends_its_frame_when_its_time_is_up() {
-        let origin = Origin {
-            node: NodeId([7; 16]),
-            epoch: 1,
-        };
+        let origin = test_origin();
         let mut store = MemStore::new(origin);
         let payloads = (0..50).map(|i| {
             (
@@ -640,10 +641,7 @@ mod tests {
     /// the want, in order, each once.
     #[test]
     fn proved_frames_end_at_aligned_seqs_and_miss_nothing() {
-        let origin = Origin {
-            node: NodeId([7; 16]),
-            epoch: 1,
-        };
+        let origin = test_origin();
         let mut store = MemStore::new(origin);
         let key = crate::stand_in::StandInKey {
             node: origin.node,
