@@ -358,6 +358,12 @@ impl Tail {
     }
 }
 
+/// What an end of a stream holds: its open frame's context and prefix, if
+/// any, and the stream's tail.
+fn held(frame: Option<(usize, &Vec<u8>)>, tail: &Tail) -> usize {
+    frame.map_or(0, |(context, prefix)| context + prefix.capacity()) + tail.0.capacity()
+}
+
 type CompressContext<'a> = zstd::zstd_safe::CCtx<'a>;
 type DecompressContext<'a> = zstd::zstd_safe::DCtx<'a>;
 
@@ -446,11 +452,11 @@ impl StreamCompressor {
     /// Memory the compressor holds, in bytes: its context and prefix while
     /// a frame is open, and the stream's tail.
     pub fn memory(&self) -> usize {
-        let frame = self
-            .frame
-            .as_ref()
-            .map_or(0, |f| f.borrow_dependent().sizeof() + f.borrow_owner().capacity());
-        frame + self.tail.0.capacity()
+        let frame = self.frame.as_ref();
+        held(
+            frame.map(|f| (f.borrow_dependent().sizeof(), f.borrow_owner())),
+            &self.tail,
+        )
     }
 
     /// The next chunk of the stream, carrying `items`.
@@ -547,11 +553,11 @@ impl StreamDecompressor {
 
     /// Memory the decompressor holds, in bytes.
     pub fn memory(&self) -> usize {
-        let frame = self
-            .frame
-            .as_ref()
-            .map_or(0, |f| f.borrow_dependent().sizeof() + f.borrow_owner().capacity());
-        frame + self.tail.0.capacity()
+        let frame = self.frame.as_ref();
+        held(
+            frame.map(|f| (f.borrow_dependent().sizeof(), f.borrow_owner())),
+            &self.tail,
+        )
     }
 
     fn context(prefix: &[u8]) -> DecompressContext<'_> {

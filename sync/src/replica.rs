@@ -308,6 +308,9 @@ impl<S: Store> Replica<S> {
             .filter(|s| s.next_frame_end(end_after).is_some_and(|t| t <= now))
             .map(|s| s.conn)
             .collect();
+        if frames_due.is_empty() {
+            return;
+        }
         for conn in frames_due {
             let Some(s) = self.sessions.get_mut(&conn) else {
                 continue;
