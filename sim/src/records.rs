@@ -41,9 +41,9 @@ pub fn rebuild(store: &MemStore) -> State {
 pub fn check(nodes: &[(&str, &State, &MemStore)]) -> Result<(), String> {
     for (name, state, store) in nodes {
         let full = rebuild(store);
-        if full.view() != state.view() {
+        if full != **state {
             return Err(format!(
-                "{name}'s records depend on the order events arrived in: {:?} against {:?} from its log",
+                "{name}'s records, applied as events arrived, differ from those of its log: {:?} against {:?}",
                 state.view(),
                 full.view()
             ));
