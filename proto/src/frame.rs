@@ -1,4 +1,4 @@
-//! Messages of `ferry/3` and their framing.
+//! Messages of `ferry/4` and their framing.
 //!
 //! A frame is `u32 length (big endian) | u8 type | body`, where length
 //! counts the type byte and the body. Bodies are CBOR, except event chunks,
@@ -6,8 +6,8 @@
 //! before memory is committed to it.
 //!
 //! A connection has one control stream, opened by the dialer, carrying
-//! `Hello`, `Summary`, `Want`, `Subscribe`, `Done`, `Refused`, `HeadWanted`
-//! and `Error` both ways; and per direction up to three data streams, one
+//! `Hello`, `Summary`, `Want`, `Subscribe`, `SubscribeChange`, `Done`,
+//! `Refused`, `HeadWanted` and `Error` both ways; and per direction up to three data streams, one
 //! per priority class, opened by the sender with `Open` and carrying
 //! `Events`, `Head`, `Proof`, `Credential` and `End`.
 
@@ -112,6 +112,15 @@ pub enum Frame {
     },
     Want(Want),
     Subscribe(Subscription),
+    /// A change to the sender's last `Subscribe` on this connection: its
+    /// `nodes` gain `add` and lose `remove`; `all` stays. A hub's
+    /// subscription with a clinic names every other clinic connected to it
+    /// (their news comes from them), so sending it whole on every connect
+    /// and disconnect cost each clinic bytes in proportion to the clinics.
+    SubscribeChange {
+        add: Vec<NodeId>,
+        remove: Vec<NodeId>,
+    },
     /// The sender has pulled everything the receiver's summary `summary`
     /// offered; `received` events arrived for it.
     Done {
@@ -191,6 +200,7 @@ const T_HEAD: u8 = 11;
 const T_PROOF: u8 = 12;
 const T_CREDENTIAL: u8 = 13;
 const T_HEAD_WANTED: u8 = 14;
+const T_SUBSCRIBE_CHANGE: u8 = 15;
 
 fn cbor<T: Serialize>(v: &T, out: &mut Vec<u8>) {
     // Serialising into a Vec cannot fail: the writer is infallible and our
@@ -240,6 +250,10 @@ impl Frame {
             Frame::Subscribe(s) => {
                 out.push(T_SUBSCRIBE);
                 cbor(s, &mut out);
+            }
+            Frame::SubscribeChange { add, remove } => {
+                out.push(T_SUBSCRIBE_CHANGE);
+                cbor(&(add, remove), &mut out);
             }
             Frame::Done { summary, received } => {
                 out.push(T_DONE);
@@ -315,6 +329,10 @@ impl Frame {
             }
             T_WANT => Frame::Want(check_want(uncbor("want", rest)?, "want")?),
             T_SUBSCRIBE => Frame::Subscribe(uncbor("subscribe", rest)?),
+            T_SUBSCRIBE_CHANGE => {
+                let (add, remove) = uncbor("subscribe change", rest)?;
+                Frame::SubscribeChange { add, remove }
+            }
             T_DONE => {
                 let (summary, received) = uncbor("done", rest)?;
                 Frame::Done { summary, received }
@@ -378,6 +396,7 @@ impl Frame {
             Frame::Summary { .. } => "Summary",
             Frame::Want(_) => "Want",
             Frame::Subscribe(_) => "Subscribe",
+            Frame::SubscribeChange { .. } => "SubscribeChange",
             Frame::Done { .. } => "Done",
             Frame::Refused { .. } => "Refused",
             Frame::Error { .. } => "Error",
@@ -461,6 +480,14 @@ mod tests {
                     nodes: nodes.into_iter().map(NodeId).collect(),
                 })
             }),
+            (
+                proptest::collection::vec(any::<[u8; 16]>(), 0..4),
+                proptest::collection::vec(any::<[u8; 16]>(), 0..4)
+            )
+                .prop_map(|(add, remove)| Frame::SubscribeChange {
+                    add: add.into_iter().map(NodeId).collect(),
+                    remove: remove.into_iter().map(NodeId).collect(),
+                }),
             (any::<u32>(), any::<u64>()).prop_map(|(summary, received)| Frame::Done { summary, received }),
             (arb_want(), any::<u16>(), "[ -~]{0,40}").prop_map(|(want, code, message)| Frame::Refused {
                 want,

@@ -23,5 +23,5 @@ pub use role::{ParseRoleError, Role};
 pub use summary::{Classes, Gap, Summary};
 
 /// ALPN protocol id and the version carried in `Hello`.
-pub const ALPN: &[u8] = b"ferry/3";
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const ALPN: &[u8] = b"ferry/4";
+pub const PROTOCOL_VERSION: u32 = 4;

@@ -484,11 +484,12 @@ impl<S: Store> Replica<S> {
             let Some(s) = self.sessions.get_mut(&conn) else {
                 continue;
             };
-            let widened = s.subscribe(&mut cx!(self, now), sub);
-            if widened && s.their_id.is_some() {
-                // What no one pushed while another connection had it.
-                s.start_round(&mut cx!(self, now));
-            }
+            // A subscription that now covers a node is not followed by a
+            // round: the peer pushes what it stored since its last summary
+            // (`Session::on_subscribe`), and what that summary offered is
+            // wanted from it once the node's own connection no longer
+            // claims it.
+            s.subscribe(&mut cx!(self, now), sub);
         }
     }
 

@@ -396,6 +396,22 @@ impl Session {
             } => self.on_summary(cx, id, ask, summary, classes),
             Frame::Want(w) => self.on_want(cx, w),
             Frame::Subscribe(s) => self.on_subscribe(cx, s),
+            Frame::SubscribeChange { add, remove } => {
+                let Some(sub) = self.peer_sub.as_ref() else {
+                    return Err(fault(ErrorCode::Protocol, "SubscribeChange before any Subscribe"));
+                };
+                let sub = changed(sub, &add, &remove);
+                if sub.nodes.len() > MAX_SUBSCRIBED_NODES {
+                    return Err(fault(
+                        ErrorCode::TooLarge,
+                        format!(
+                            "a subscription of {} nodes exceeds the limit of {MAX_SUBSCRIBED_NODES}",
+                            sub.nodes.len()
+                        ),
+                    ));
+                }
+                self.on_subscribe(cx, sub)
+            }
             Frame::Done { summary, received: _ } => {
                 self.peer_done = Some(summary);
                 if summary == self.our_id {
@@ -564,20 +580,12 @@ impl Session {
         self.send_summary(cx, true);
     }
 
-    /// Sets what this node asks the peer to push; true when it now covers
-    /// a node it did not before (what nobody pushed meanwhile needs a round).
-    pub fn subscribe<S>(&mut self, cx: &mut Cx<'_, S>, sub: Subscription) -> bool {
+    /// Sets what this node asks the peer to push: the whole subscription,
+    /// or the change from the last one where that is shorter.
+    pub fn subscribe<S>(&mut self, cx: &mut Cx<'_, S>, sub: Subscription) {
         if self.subscribed.as_ref() == Some(&sub) {
-            return false;
+            return;
         }
-        let widened = match &self.subscribed {
-            None => false,
-            Some(old) => {
-                (sub.all && !old.all)
-                    || sub.nodes.iter().any(|n| sub.covers(n) && !old.covers(n))
-                    || old.nodes.iter().any(|n| sub.covers(n) && !old.covers(n))
-            }
-        };
         let ever = &mut self.ever_subscribed;
         if sub.all {
             if !ever.all {
@@ -596,9 +604,21 @@ impl Session {
                 }
             }
         }
-        self.send_control(cx, &Frame::Subscribe(sub.clone()));
+        let frame = match &self.subscribed {
+            Some(old) if old.all == sub.all => {
+                let add: Vec<NodeId> = sub.nodes.iter().filter(|n| !old.nodes.contains(n)).copied().collect();
+                let remove: Vec<NodeId> = old.nodes.iter().filter(|n| !sub.nodes.contains(n)).copied().collect();
+                debug_assert_eq!(changed(old, &add, &remove).nodes.len(), sub.nodes.len());
+                if add.len() + remove.len() < sub.nodes.len() {
+                    Frame::SubscribeChange { add, remove }
+                } else {
+                    Frame::Subscribe(sub.clone())
+                }
+            }
+            _ => Frame::Subscribe(sub.clone()),
+        };
+        self.send_control(cx, &frame);
         self.subscribed = Some(sub);
-        widened
     }
 
     /// The connection is gone: release what it claimed (but appends still
@@ -663,4 +683,19 @@ fn check_own_log<S: Store>(cx: &mut Cx<'_, S>, theirs: &Summary) {
         cx.store.set_local_origin(origin);
         cx.out.push_back(Action::NewEpoch(origin));
     }
+}
+
+/// Most nodes a subscription may name: as many as fit a whole `Subscribe`
+/// frame, so that changes cannot grow it past what one frame could say.
+const MAX_SUBSCRIBED_NODES: usize = ferry_proto::frame::MAX_FRAME_LEN / 17;
+
+/// `sub` after a `SubscribeChange`.
+fn changed(sub: &Subscription, add: &[NodeId], remove: &[NodeId]) -> Subscription {
+    let mut nodes: Vec<NodeId> = sub.nodes.iter().filter(|n| !remove.contains(n)).copied().collect();
+    for n in add {
+        if !nodes.contains(n) {
+            nodes.push(*n);
+        }
+    }
+    Subscription { all: sub.all, nodes }
 }

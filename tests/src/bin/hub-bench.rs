@@ -248,6 +248,30 @@ fn holds(status: &Value, origin: &str, n: u64) -> bool {
     })
 }
 
+/// Packets offered to the clinics' downlinks, and those dropped by a full
+/// queue and by loss: where the downlink's bytes went.
+fn downlink_breakdown(links: &[Netsim]) -> (u64, u64, u64) {
+    links.iter().map(Netsim::stats).fold((0, 0, 0), |(p, q, l), s| {
+        (
+            p + s.down.offered_packets,
+            q + s.down.dropped_queue,
+            l + s.down.dropped_loss,
+        )
+    })
+}
+
+/// Events the hub says it sent, summed over the peers it has recorded
+/// (`/metrics`): more than the clinics lack means some went twice.
+fn hub_events_sent(agent: &ureq::Agent, api: &str) -> Result<u64> {
+    let text = agent.get(&format!("{api}/metrics")).call()?.into_string()?;
+    let family = "ferry_peer_events_sent_total{";
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with(family))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum())
+}
+
 fn proc_field(pid: u32, key: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with(key))?;
@@ -384,6 +408,8 @@ fn run(args: &Args) -> Result<Value> {
     let wire = links.iter().map(Netsim::stats).fold((0, 0), |(up, down), s| {
         (up + s.up.offered_bytes, down + s.down.offered_bytes)
     });
+    let down = downlink_breakdown(&links);
+    let hub_events_sent = hub_events_sent(&agent, &hub_api)?;
     let hub_cpu_converged = cpu_seconds(hub.pid()).unwrap_or(f64::NAN);
     for c in &mut clinics {
         if let Ok(Some(status)) = c.proc.child.try_wait() {
@@ -491,6 +517,10 @@ fn run(args: &Args) -> Result<Value> {
         "hub_cpu_seconds": round(hub_cpu, 2),
         "wire_bytes_up": wire.0,
         "wire_bytes_down": wire.1,
+        "wire_down_packets": down.0,
+        "wire_down_dropped_queue": down.1,
+        "wire_down_dropped_loss": down.2,
+        "hub_events_sent": hub_events_sent,
         "clinics_converged": times.len(),
         "clinics_connected_to_hub": connected,
         "hub_api_status_answers": api_ms.len(),
