@@ -213,6 +213,10 @@ async fn write<E: LinkEvents>(
             _ = link.conn.closed() => None,
         };
         let Some(out) = out else { return };
+        let (out, then_finish) = match (out, kind) {
+            (Out::Bytes(bytes), StreamKind::Bidi) => gather(bytes, &mut rx),
+            (out, _) => (out, false),
+        };
         match out {
             Out::Bytes(bytes) => {
                 if kind == StreamKind::Uni {
@@ -232,7 +236,26 @@ async fn write<E: LinkEvents>(
                 let _ = send.finish();
             }
         }
+        if then_finish {
+            let _ = send.finish();
+        }
     }
+}
+
+/// The control frames the core queued together, as one write: written one
+/// by one, each could leave in a datagram of its own (a reconnect's
+/// `Hello`, `Summary` and `Want` went in three 0-RTT datagrams, 38 bytes
+/// of QUIC each and the `Want` last). Data streams are not gathered: each
+/// of their frames is reported sent on its own (`LinkEvents::sent`).
+/// Returns the bytes and whether the stream is then to be finished.
+fn gather(mut bytes: Vec<u8>, rx: &mut mpsc::UnboundedReceiver<Out>) -> (Out, bool) {
+    while let Ok(next) = rx.try_recv() {
+        match next {
+            Out::Bytes(more) => bytes.extend_from_slice(&more),
+            Out::Finish => return (Out::Bytes(bytes), true),
+        }
+    }
+    (Out::Bytes(bytes), false)
 }
 
 async fn read<E: LinkEvents>(
