@@ -50,6 +50,22 @@ struct Args {
     /// Passed to both daemons as `--keep-alive` (seconds), if given.
     #[arg(long)]
     keep_alive: Option<u64>,
+    /// Run the nodes from this `ferry` binary (e.g. the `dist` build a
+    /// deployment ships) instead of this benchmark re-executed: their
+    /// resident set then holds that binary's code, not the benchmark's.
+    #[arg(long)]
+    ferry_bin: Option<std::path::PathBuf>,
+}
+
+/// `Args::ferry_bin`, set once at start.
+static FERRY_BIN: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+
+/// What the nodes run, for the report.
+fn node_binary() -> String {
+    match FERRY_BIN.get().and_then(Option::as_ref) {
+        Some(p) => p.display().to_string(),
+        None => "this benchmark".to_string(),
+    }
 }
 
 /// Peak RSS in KiB of a running process. `VmHWM` belongs to the process's
@@ -207,9 +223,18 @@ async fn reconnect_costs(
 }
 
 fn node(args: &[&str]) -> Command {
-    let mut c = Command::new(std::env::current_exe().expect("own path"));
-    c.arg("__ferry").args(args);
-    c
+    match FERRY_BIN.get().and_then(Option::as_ref) {
+        Some(bin) => {
+            let mut c = Command::new(bin);
+            c.args(args);
+            c
+        }
+        None => {
+            let mut c = Command::new(std::env::current_exe().expect("own path"));
+            c.arg("__ferry").args(args);
+            c
+        }
+    }
 }
 
 fn run(profile_name: &str, events: usize, seed: u64) -> Result<serde_json::Value> {
@@ -277,6 +302,7 @@ fn run(profile_name: &str, events: usize, seed: u64) -> Result<serde_json::Value
         "efficiency": ((ideal / seconds) * 1000.0).round() / 1000.0,
         "events_per_s": (events as f64 / seconds).round(),
         "rss_peak_kib": { "hub": hub_rss, "clinic": clinic_rss },
+        "node_binary": node_binary(),
         "events_sent": report["events_sent"],
         // Log authentication's share of the bulk bytes (issue: < 2 %).
         "auth_bytes_up": report["auth_bytes_sent"],
@@ -290,6 +316,7 @@ fn main() -> std::process::ExitCode {
         return code;
     }
     let args = Args::parse();
+    FERRY_BIN.get_or_init(|| args.ferry_bin.clone());
     if let Some(n) = args.trickle {
         return match trickle::run(&args.profile, n, args.interval, args.idle, args.seed, args.keep_alive) {
             Ok(r) => {

@@ -66,9 +66,14 @@ struct Args {
     hub_env: Vec<(String, String)>,
     /// Run the hub from this `ferry` binary (e.g. the size-tuned `dist`
     /// build) instead of this benchmark re-executed, so the hub's resident
-    /// code is what a deployment maps; clinics still run this binary.
+    /// code is what a deployment maps.
     #[arg(long)]
     hub_bin: Option<PathBuf>,
+    /// Run the clinic daemons from this `ferry` binary (as `--hub-bin`
+    /// does the hub), so that their resident sets hold the code a clinic
+    /// ships with.
+    #[arg(long)]
+    clinic_bin: Option<PathBuf>,
 }
 
 fn parse_env(s: &str) -> Result<(String, String), String> {
@@ -359,7 +364,13 @@ fn run(args: &Args) -> Result<Value> {
     let mut clinics = Vec::new();
     for ((name, dir), sim) in clinic_dirs.iter().zip(&links) {
         let peer = sim.local_addr().to_string();
-        clinics.push(spawn_daemon(dir, name, &["--peer", &peer], &[], None)?);
+        clinics.push(spawn_daemon(
+            dir,
+            name,
+            &["--peer", &peer],
+            &[],
+            args.clinic_bin.as_deref(),
+        )?);
     }
     let mut apis = Vec::new();
     let mut origins = Vec::new();
@@ -463,7 +474,7 @@ fn run(args: &Args) -> Result<Value> {
         let (name, dir) = &clinic_dirs[0];
         clinics[0].proc.stop();
         let peer = links[0].local_addr().to_string();
-        let mut idle = spawn_daemon(dir, name, &["--peer", &peer], &[], None)?;
+        let mut idle = spawn_daemon(dir, name, &["--peer", &peer], &[], args.clinic_bin.as_deref())?;
         idle.listening()?;
         wait_connected(name, dir)?;
         std::thread::sleep(Duration::from_secs(args.idle_secs));
@@ -507,6 +518,7 @@ fn run(args: &Args) -> Result<Value> {
         "hub_policy": args.hub_policy,
         "nodes_as_processes": true,
         "hub_binary": args.hub_bin.as_ref().map_or("this benchmark".to_string(), |p| p.display().to_string()),
+        "clinic_binary": args.clinic_bin.as_ref().map_or("this benchmark".to_string(), |p| p.display().to_string()),
         "seconds_to_converge": round(converged, 2),
         "slowest_clinic_seconds": round(times.last().copied().unwrap_or(f64::NAN), 2),
         "median_clinic_seconds": round(percentile(&times, 50), 2),

@@ -168,5 +168,6 @@ pub fn run(
             "bytes_per_hour_total": (per_sec(iu + id) * 3600.0).round(),
         },
         "rss_peak_kib": { "hub": hub_rss, "clinic": clinic_rss },
+        "node_binary": super::node_binary(),
     }))
 }
