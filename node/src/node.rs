@@ -356,7 +356,7 @@ impl Node {
         let conn = tokio::time::timeout(self.connect_timeout(lan), connecting)
             .await
             .map_err(|_| self.unreachable(addr, lan))?
-            .map_err(|source| SyncError::Connection { addr, source })?;
+            .map_err(|source| SyncError::connection(addr, source))?;
         let peer = tls::peer_cert(&conn)?;
         let link = self.adopt(conn, peer, addr, lan, started);
         Ok(Opened {
@@ -377,7 +377,7 @@ impl Node {
         let link = self.adopt(conn.clone(), peer.clone(), addr, lan, started);
         let accepted = accepted.await;
         if let Some(why) = conn.close_reason() {
-            return Err(SyncError::Connection { addr, source: why });
+            return Err(SyncError::connection(addr, why));
         }
         let actual = tls::peer_cert(&conn)?;
         if actual.node_id != peer.node_id {
@@ -540,7 +540,18 @@ async fn accept_loop(driver: Arc<Driver>, endpoint: quinn::Endpoint) {
             let (conn, peer) = match accept_peer(incoming).await {
                 Ok(p) => p,
                 Err(e) => {
-                    tracing::warn!(%addr, "refused a connection: {e:#}");
+                    let version = e
+                        .downcast_ref::<quinn::ConnectionError>()
+                        .is_some_and(crate::sync_error::is_version_mismatch);
+                    if version {
+                        tracing::warn!(
+                            %addr,
+                            "refused a connection: the peer speaks another version of the ferry protocol than this node ({}); run the same ferry release on both",
+                            String::from_utf8_lossy(ferry_proto::ALPN)
+                        );
+                    } else {
+                        tracing::warn!(%addr, "refused a connection: {e:#}");
+                    }
                     return;
                 }
             };

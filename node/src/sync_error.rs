@@ -18,6 +18,13 @@ pub enum SyncError {
         #[source]
         source: quinn::ConnectionError,
     },
+    /// The peer runs a release that speaks another protocol version: the
+    /// TLS handshake found no ALPN both sides speak.
+    #[error(
+        "{addr} speaks another version of the ferry protocol than this node ({}): run the same ferry release on both",
+        String::from_utf8_lossy(ferry_proto::ALPN)
+    )]
+    Version { addr: SocketAddr },
     #[error("could not start a connection to {addr}: {source}")]
     Dial {
         addr: SocketAddr,
@@ -35,4 +42,29 @@ pub enum SyncError {
     /// Something on this node: its socket, its certificate, the peer's.
     #[error(transparent)]
     Local(#[from] anyhow::Error),
+}
+
+/// TLS alert 120, `no_application_protocol`, as a QUIC close code.
+const NO_APPLICATION_PROTOCOL: u8 = 120;
+
+/// Whether a handshake failed because the two ends share no ALPN, that is,
+/// no version of the ferry protocol: sent by this end or the peer.
+pub fn is_version_mismatch(e: &quinn::ConnectionError) -> bool {
+    let alpn = quinn::TransportErrorCode::crypto(NO_APPLICATION_PROTOCOL);
+    match e {
+        quinn::ConnectionError::ConnectionClosed(c) => c.error_code == alpn,
+        quinn::ConnectionError::TransportError(t) => t.code == alpn,
+        _ => false,
+    }
+}
+
+impl SyncError {
+    /// A failed handshake or a broken connection to `addr`.
+    pub fn connection(addr: SocketAddr, source: quinn::ConnectionError) -> SyncError {
+        if is_version_mismatch(&source) {
+            SyncError::Version { addr }
+        } else {
+            SyncError::Connection { addr, source }
+        }
+    }
 }

@@ -257,3 +257,56 @@ async fn malformed_frames_close_the_connection_and_the_node_keeps_serving() {
         n.shutdown().await;
     }
 }
+
+/// A node of another release (another ALPN, another protocol version) is
+/// named as such, with what to do, whichever end dials; not a bare TLS
+/// alert.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_of_another_protocol_version_is_named_as_such() {
+    use ferry::sync_error::{is_version_mismatch, SyncError};
+    use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+    use std::sync::Arc;
+    init_logging();
+    let dep = Deployment::new("ours").unwrap();
+    let node = start(&dep.enroll("hub", Role::Hub).unwrap(), None).await.unwrap();
+    let old_dir = dep.enroll("old", Role::Clinic).unwrap();
+    let tls = TlsIdentity::from_identity(&old_dir.identity().unwrap()).unwrap();
+    let old_alpn = b"ferry/3".to_vec();
+    assert_ne!(old_alpn, ferry_proto::ALPN);
+
+    // An older release listening: the same deployment, another ALPN.
+    let mut server = tls.server_config().unwrap();
+    server.alpn_protocols = vec![old_alpn.clone()];
+    let server = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(server).unwrap()));
+    let old = quinn::Endpoint::server(server, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let accepting = old.clone();
+    let handshakes = tokio::spawn(async move {
+        while let Some(incoming) = accepting.accept().await {
+            if let Ok(connecting) = incoming.accept() {
+                let _ = connecting.await;
+            }
+        }
+    });
+    let err = node
+        .sync_once(old.local_addr().unwrap())
+        .await
+        .expect_err("no version in common");
+    assert!(matches!(err, SyncError::Version { .. }), "{err:?}");
+    assert!(format!("{err}").contains("run the same ferry release"), "{err}");
+
+    // The older release dialing this node.
+    let mut client = tls.client_config().unwrap();
+    client.alpn_protocols = vec![old_alpn];
+    let client = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(client).unwrap()));
+    let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let err = ep
+        .connect_with(client, node.local_addr().unwrap(), SERVER_NAME)
+        .unwrap()
+        .await
+        .expect_err("no version in common");
+    assert!(is_version_mismatch(&err), "{err}");
+
+    old.close(0u32.into(), b"done");
+    handshakes.abort();
+    node.shutdown().await;
+}
