@@ -1,7 +1,8 @@
 //! Messages of `ferry/4` and their framing.
 //!
-//! A frame is `u32 length (big endian) | u8 type | body`, where length
-//! counts the type byte and the body. Bodies are CBOR, except event chunks,
+//! A frame is `length | u8 type | body`, where length counts the type
+//! byte and the body, in seven-bit groups, low first (LEB128: one byte up
+//! to 127, three at most). Bodies are CBOR, except event chunks,
 //! which are a piece of a zstd stream (see `batch`). Every size is bounded
 //! before memory is committed to it.
 //!
@@ -19,6 +20,10 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 /// events or one piece of a large event, so this only needs room for a
 /// summary of a hub with many holey logs.
 pub const MAX_FRAME_LEN: usize = 1 << 20;
+
+/// Bytes of the longest length prefix: seven bits each (LEB128), so three
+/// hold `MAX_FRAME_LEN`.
+pub const MAX_PREFIX_LEN: usize = 3;
 /// Largest decompressed event chunk accepted (guards against zip bombs).
 pub const MAX_BATCH_DECOMPRESSED: usize = 256 << 10;
 /// A chunk stops taking events once their payloads reach this many bytes;
@@ -228,7 +233,7 @@ fn check_want(w: Want, kind: &'static str) -> Result<Want, FrameError> {
 impl Frame {
     /// The whole frame including its length prefix.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![0u8; 4];
+        let mut out = Vec::new();
         match self {
             Frame::Hello(h) => {
                 out.push(T_HELLO);
@@ -296,21 +301,39 @@ impl Frame {
                 cbor(origin, &mut out);
             }
         }
-        let len = (out.len() - 4) as u32;
-        out[..4].copy_from_slice(&len.to_be_bytes());
-        out
+        let mut framed = Vec::with_capacity(MAX_PREFIX_LEN + out.len());
+        let mut len = out.len();
+        while len >= 0x80 {
+            framed.push((len as u8 & 0x7f) | 0x80);
+            len >>= 7;
+        }
+        framed.push(len as u8);
+        framed.extend_from_slice(&out);
+        framed
     }
 
-    /// Reads the length prefix; the caller then reads that many bytes.
-    pub fn body_len(prefix: [u8; 4]) -> Result<usize, FrameError> {
-        let len = u32::from_be_bytes(prefix) as usize;
-        if len == 0 {
-            return Err(FrameError::Empty);
+    /// Reads the length prefix from the front of `buf`: the body's length
+    /// and the prefix's, or `Ok(None)` while the prefix is incomplete. The
+    /// caller then reads that many bytes.
+    pub fn body_len(buf: &[u8]) -> Result<Option<(usize, usize)>, FrameError> {
+        let mut len = 0usize;
+        for (i, &b) in buf.iter().take(MAX_PREFIX_LEN).enumerate() {
+            len |= usize::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                if len == 0 {
+                    return Err(FrameError::Empty);
+                }
+                if len > MAX_FRAME_LEN {
+                    return Err(FrameError::TooLarge(len));
+                }
+                return Ok(Some((len, i + 1)));
+            }
         }
-        if len > MAX_FRAME_LEN {
-            return Err(FrameError::TooLarge(len));
+        if buf.len() >= MAX_PREFIX_LEN {
+            // A fourth length byte: at least 2^21, over the limit.
+            return Err(FrameError::TooLarge(len.max(1 << (7 * MAX_PREFIX_LEN))));
         }
-        Ok(len)
+        Ok(None)
     }
 
     /// Decodes a frame body (type byte and CBOR, without the length prefix).
@@ -379,14 +402,13 @@ impl Frame {
 
     /// Decodes one frame from the front of `buf`: `Ok(None)` if incomplete.
     pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
-        let Some(prefix) = buf.get(..4) else {
+        let Some((len, at)) = Self::body_len(buf)? else {
             return Ok(None);
         };
-        let len = Self::body_len([prefix[0], prefix[1], prefix[2], prefix[3]])?;
-        let Some(body) = buf.get(4..4 + len) else {
+        let Some(body) = buf.get(at..at + len) else {
             return Ok(None);
         };
-        Ok(Some((Self::decode_body(body)?, 4 + len)))
+        Ok(Some((Self::decode_body(body)?, at + len)))
     }
 
     /// The frame's name, for messages.
@@ -547,8 +569,37 @@ mod tests {
 
     #[test]
     fn oversized_frames_are_refused_before_reading() {
-        let prefix = ((MAX_FRAME_LEN + 1) as u32).to_be_bytes();
-        assert_eq!(Frame::body_len(prefix), Err(FrameError::TooLarge(MAX_FRAME_LEN + 1)));
+        let mut prefix = Vec::new();
+        let mut n = MAX_FRAME_LEN + 1;
+        while n >= 0x80 {
+            prefix.push((n as u8 & 0x7f) | 0x80);
+            n >>= 7;
+        }
+        prefix.push(n as u8);
+        assert_eq!(Frame::body_len(&prefix), Err(FrameError::TooLarge(MAX_FRAME_LEN + 1)));
+        assert!(matches!(
+            Frame::body_len(&[0xff, 0xff, 0xff, 0x01]),
+            Err(FrameError::TooLarge(_))
+        ));
+        assert_eq!(Frame::body_len(&[0xff, 0xff]), Ok(None), "incomplete");
+        assert_eq!(Frame::body_len(&[0x00]), Err(FrameError::Empty));
+    }
+
+    /// A frame's length costs one byte up to 127 bytes of body (a live
+    /// event's frames, and most control frames), three at the limit.
+    #[test]
+    fn the_length_prefix_is_as_short_as_the_frame() {
+        let done = Frame::Done {
+            summary: 1,
+            received: 2,
+        }
+        .encode();
+        assert_eq!(usize::from(done[0]) + 1, done.len());
+        let big = Frame::Events(vec![7; MAX_FRAME_LEN - 1]).encode();
+        assert_eq!(big.len(), MAX_FRAME_LEN + MAX_PREFIX_LEN);
+        assert!(
+            matches!(Frame::decode(&big), Ok(Some((Frame::Events(b), n))) if b.len() == MAX_FRAME_LEN - 1 && n == big.len())
+        );
     }
 
     #[test]

@@ -283,7 +283,7 @@ impl Lane {
             // A chunk holds at most PROVED_FRAME_BYTES of events before
             // compression.
             assert!(
-                events_frame.len() <= ferry_proto::frame::MAX_FRAME_LEN + 4,
+                events_frame.len() <= ferry_proto::frame::MAX_FRAME_LEN + ferry_proto::frame::MAX_PREFIX_LEN,
                 "an events frame within its limit"
             );
             let mut bytes: Vec<u8> = lead.iter().flat_map(Frame::encode).collect();

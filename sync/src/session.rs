@@ -222,7 +222,7 @@ impl Session {
         let Some(stream) = self.control else { return };
         let bytes = frame.encode();
         assert!(
-            bytes.len() <= ferry_proto::frame::MAX_FRAME_LEN + 4,
+            bytes.len() <= ferry_proto::frame::MAX_FRAME_LEN + ferry_proto::frame::MAX_PREFIX_LEN,
             "a frame within its limit"
         );
         self.stats.bytes_sent += bytes.len() as u64;

@@ -124,10 +124,12 @@ async fn malformed_frames_close_the_connection_and_the_node_keeps_serving() {
 
     let mut rng_bytes = vec![0u8; 64];
     rand::Rng::fill(&mut rand::thread_rng(), &mut rng_bytes[..]);
-    rng_bytes[0] = 0; // a plausible length so the body is parsed, not just refused
-    rng_bytes[1] = 0;
-    rng_bytes[2] = 0;
-    rng_bytes[3] = 60;
+    rng_bytes[0] = 60; // a plausible length so the body is parsed, not just refused
+                       // A type whose body is CBOR, so the random bytes reach the decoder: a
+                       // random type byte was an `Events`, `Proof` or `Credential` frame (raw
+                       // bodies that decode) one time in 85, which the node closes with
+                       // `Protocol` before a Hello, not `Malformed`.
+    rng_bytes[1] = 2;
     let cases: Vec<(&str, Vec<Frame>, Vec<u8>, ErrorCode)> = vec![
         ("random body", vec![], rng_bytes, ErrorCode::Malformed),
         (
@@ -136,12 +138,7 @@ async fn malformed_frames_close_the_connection_and_the_node_keeps_serving() {
             vec![0xff, 0xff, 0xff, 0xff, 1, 2, 3],
             ErrorCode::TooLarge,
         ),
-        (
-            "unknown frame type",
-            vec![],
-            vec![0, 0, 0, 3, 99, 0, 0],
-            ErrorCode::Malformed,
-        ),
+        ("unknown frame type", vec![], vec![3, 99, 0, 0], ErrorCode::Malformed),
         (
             "events before Hello",
             vec![],
@@ -151,13 +148,13 @@ async fn malformed_frames_close_the_connection_and_the_node_keeps_serving() {
         (
             "want with bad CBOR after Hello",
             vec![hello.clone()],
-            vec![0, 0, 0, 4, 3, 0xa1, 0xff, 0x00],
+            vec![4, 3, 0xa1, 0xff, 0x00],
             ErrorCode::Malformed,
         ),
         (
             "summary garbage after Hello",
             vec![hello.clone()],
-            vec![0, 0, 0, 5, 2, 0xff, 0xff, 0xff, 0xff],
+            vec![5, 2, 0xff, 0xff, 0xff, 0xff],
             ErrorCode::Malformed,
         ),
         (
