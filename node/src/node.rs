@@ -544,11 +544,7 @@ async fn accept_loop(driver: Arc<Driver>, endpoint: quinn::Endpoint) {
                         .downcast_ref::<quinn::ConnectionError>()
                         .is_some_and(crate::sync_error::is_version_mismatch);
                     if version {
-                        tracing::warn!(
-                            %addr,
-                            "refused a connection: the peer speaks another version of the ferry protocol than this node ({}); run the same ferry release on both",
-                            String::from_utf8_lossy(ferry_proto::ALPN)
-                        );
+                        tracing::warn!("refused a connection: {}", SyncError::Version { addr });
                     } else {
                         tracing::warn!(%addr, "refused a connection: {e:#}");
                     }

@@ -108,14 +108,6 @@ struct Codec {
     priority: Priority,
 }
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push(v as u8 | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
 struct Cursor<'a>(&'a [u8]);
 
 impl<'a> Cursor<'a> {
@@ -179,19 +171,19 @@ impl Codec {
         out.push(flags);
         if new_origin {
             out.extend_from_slice(&origin.node.0);
-            put_varint(out, origin.epoch.into());
+            crate::varint::put(out, origin.epoch.into());
         }
         if flags & SEQ_GIVEN != 0 {
-            put_varint(out, seq);
+            crate::varint::put(out, seq);
         }
         match known {
             Some(i) if i == self.topic => {}
             Some(i) => {
-                put_varint(out, i as u64);
+                crate::varint::put(out, i as u64);
                 self.topic = i;
             }
             None => {
-                put_varint(out, topic.len() as u64);
+                crate::varint::put(out, topic.len() as u64);
                 out.extend_from_slice(topic.as_bytes());
                 if self.topics.len() < TOPICS {
                     self.topics.push(topic.clone());
@@ -203,12 +195,12 @@ impl Codec {
             out.push(priority.into());
         }
         let delta = hlc.0.wrapping_sub(self.hlc) as i64;
-        put_varint(out, ((delta << 1) ^ (delta >> 63)) as u64);
+        crate::varint::put(out, ((delta << 1) ^ (delta >> 63)) as u64);
         if let Some((total, offset)) = piece {
-            put_varint(out, total.into());
-            put_varint(out, offset.into());
+            crate::varint::put(out, total.into());
+            crate::varint::put(out, offset.into());
         }
-        put_varint(out, bytes.len() as u64);
+        crate::varint::put(out, bytes.len() as u64);
         out.extend_from_slice(bytes);
         self.origin = Some(origin);
         self.seq = seq;

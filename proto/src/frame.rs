@@ -302,12 +302,7 @@ impl Frame {
             }
         }
         let mut framed = Vec::with_capacity(MAX_PREFIX_LEN + out.len());
-        let mut len = out.len();
-        while len >= 0x80 {
-            framed.push((len as u8 & 0x7f) | 0x80);
-            len >>= 7;
-        }
-        framed.push(len as u8);
+        crate::varint::put(&mut framed, out.len() as u64);
         framed.extend_from_slice(&out);
         framed
     }
@@ -570,12 +565,7 @@ mod tests {
     #[test]
     fn oversized_frames_are_refused_before_reading() {
         let mut prefix = Vec::new();
-        let mut n = MAX_FRAME_LEN + 1;
-        while n >= 0x80 {
-            prefix.push((n as u8 & 0x7f) | 0x80);
-            n >>= 7;
-        }
-        prefix.push(n as u8);
+        crate::varint::put(&mut prefix, MAX_FRAME_LEN as u64 + 1);
         assert_eq!(Frame::body_len(&prefix), Err(FrameError::TooLarge(MAX_FRAME_LEN + 1)));
         assert!(matches!(
             Frame::body_len(&[0xff, 0xff, 0xff, 0x01]),

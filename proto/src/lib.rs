@@ -13,6 +13,7 @@ pub mod merkle;
 pub mod rangeset;
 pub mod role;
 pub mod summary;
+mod varint;
 
 pub use event::{Event, Priority};
 pub use frame::{ErrorCode, Frame, FrameError, Hello, Subscription, Want};

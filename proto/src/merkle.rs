@@ -343,14 +343,6 @@ impl VerifiedHead {
     }
 }
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push(v as u8 | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
 fn get_varint(b: &mut &[u8]) -> Result<u64, AuthError> {
     let mut v = 0u64;
     for shift in (0..64).step_by(7) {
@@ -370,9 +362,9 @@ impl RangeProof {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(16 + 32 * self.hashes.len());
         out.push(self.mode.code());
-        put_varint(&mut out, self.len);
-        put_varint(&mut out, self.first);
-        put_varint(&mut out, self.last.wrapping_sub(self.first));
+        crate::varint::put(&mut out, self.len);
+        crate::varint::put(&mut out, self.first);
+        crate::varint::put(&mut out, self.last.wrapping_sub(self.first));
         for h in &self.hashes {
             out.extend_from_slice(h);
         }
@@ -408,7 +400,7 @@ impl RangeProof {
     pub fn encode_in_stream(&self, frame_last: u64) -> Vec<u8> {
         let mut out = Vec::with_capacity(4 + 32 * self.hashes.len());
         out.push(self.mode.code());
-        put_varint(&mut out, frame_last.saturating_sub(self.last));
+        crate::varint::put(&mut out, frame_last.saturating_sub(self.last));
         for h in &self.hashes {
             out.extend_from_slice(h);
         }

@@ -606,9 +606,9 @@ impl Session {
         }
         let frame = match &self.subscribed {
             Some(old) if old.all == sub.all => {
-                let add: Vec<NodeId> = sub.nodes.iter().filter(|n| !old.nodes.contains(n)).copied().collect();
-                let remove: Vec<NodeId> = old.nodes.iter().filter(|n| !sub.nodes.contains(n)).copied().collect();
-                debug_assert_eq!(changed(old, &add, &remove).nodes.len(), sub.nodes.len());
+                let (was, now): (BTreeSet<_>, BTreeSet<_>) = (old.nodes.iter().collect(), sub.nodes.iter().collect());
+                let add: Vec<NodeId> = now.difference(&was).map(|n| **n).collect();
+                let remove: Vec<NodeId> = was.difference(&now).map(|n| **n).collect();
                 if add.len() + remove.len() < sub.nodes.len() {
                     Frame::SubscribeChange { add, remove }
                 } else {
@@ -689,13 +689,44 @@ fn check_own_log<S: Store>(cx: &mut Cx<'_, S>, theirs: &Summary) {
 /// frame, so that changes cannot grow it past what one frame could say.
 const MAX_SUBSCRIBED_NODES: usize = ferry_proto::frame::MAX_FRAME_LEN / 17;
 
-/// `sub` after a `SubscribeChange`.
+/// `sub` after a `SubscribeChange`. Sets, not lists, decide membership:
+/// a peer may name tens of thousands of nodes in one change.
 fn changed(sub: &Subscription, add: &[NodeId], remove: &[NodeId]) -> Subscription {
-    let mut nodes: Vec<NodeId> = sub.nodes.iter().filter(|n| !remove.contains(n)).copied().collect();
-    for n in add {
-        if !nodes.contains(n) {
-            nodes.push(*n);
-        }
-    }
+    let remove: BTreeSet<&NodeId> = remove.iter().collect();
+    let mut seen: BTreeSet<NodeId> = BTreeSet::new();
+    let nodes = sub
+        .nodes
+        .iter()
+        .filter(|n| !remove.contains(n))
+        .chain(add)
+        .filter(|n| seen.insert(**n))
+        .copied()
+        .collect();
     Subscription { all: sub.all, nodes }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(i: u32) -> NodeId {
+        let mut id = [0; 16];
+        id[..4].copy_from_slice(&i.to_be_bytes());
+        NodeId(id)
+    }
+
+    #[test]
+    fn a_change_adds_and_removes_each_node_once() {
+        let sub = Subscription {
+            all: true,
+            nodes: vec![node(1), node(2), node(3)],
+        };
+        let out = changed(&sub, &[node(4), node(4), node(1)], &[node(2), node(9)]);
+        assert!(out.all);
+        assert_eq!(out.nodes, vec![node(1), node(3), node(4)]);
+        let many: Vec<NodeId> = (0..MAX_SUBSCRIBED_NODES as u32).map(node).collect();
+        let out = changed(&out, &many, &[node(1)]);
+        assert_eq!(out.nodes.len(), MAX_SUBSCRIBED_NODES);
+        assert_eq!(out.nodes[..2], [node(3), node(4)]);
+    }
 }

@@ -253,15 +253,25 @@ fn holds(status: &Value, origin: &str, n: u64) -> bool {
     })
 }
 
-/// Packets offered to the clinics' downlinks, and those dropped by a full
-/// queue and by loss: where the downlink's bytes went.
-fn downlink_breakdown(links: &[Netsim]) -> (u64, u64, u64) {
-    links.iter().map(Netsim::stats).fold((0, 0, 0), |(p, q, l), s| {
-        (
-            p + s.down.offered_packets,
-            q + s.down.dropped_queue,
-            l + s.down.dropped_loss,
-        )
+/// What the clinics' links carried, summed: bytes offered up and down,
+/// and of the downlinks the packets offered and those dropped by a full
+/// queue and by loss.
+#[derive(Default)]
+struct Wire {
+    up: u64,
+    down: u64,
+    down_packets: u64,
+    down_dropped_queue: u64,
+    down_dropped_loss: u64,
+}
+
+fn wire_totals(links: &[Netsim]) -> Wire {
+    links.iter().map(Netsim::stats).fold(Wire::default(), |w, s| Wire {
+        up: w.up + s.up.offered_bytes,
+        down: w.down + s.down.offered_bytes,
+        down_packets: w.down_packets + s.down.offered_packets,
+        down_dropped_queue: w.down_dropped_queue + s.down.dropped_queue,
+        down_dropped_loss: w.down_dropped_loss + s.down.dropped_loss,
     })
 }
 
@@ -416,10 +426,7 @@ fn run(args: &Args) -> Result<Value> {
         std::thread::sleep(Duration::from_millis(100));
     }
     let converged = t0.elapsed().as_secs_f64();
-    let wire = links.iter().map(Netsim::stats).fold((0, 0), |(up, down), s| {
-        (up + s.up.offered_bytes, down + s.down.offered_bytes)
-    });
-    let down = downlink_breakdown(&links);
+    let wire = wire_totals(&links);
     let hub_events_sent = hub_events_sent(&agent, &hub_api)?;
     let hub_cpu_converged = cpu_seconds(hub.pid()).unwrap_or(f64::NAN);
     for c in &mut clinics {
@@ -527,11 +534,11 @@ fn run(args: &Args) -> Result<Value> {
         "hub_rss_anon_end_kib": hub_anon_now,
         "hub_cpu_seconds_converged": round(hub_cpu_converged, 2),
         "hub_cpu_seconds": round(hub_cpu, 2),
-        "wire_bytes_up": wire.0,
-        "wire_bytes_down": wire.1,
-        "wire_down_packets": down.0,
-        "wire_down_dropped_queue": down.1,
-        "wire_down_dropped_loss": down.2,
+        "wire_bytes_up": wire.up,
+        "wire_bytes_down": wire.down,
+        "wire_down_packets": wire.down_packets,
+        "wire_down_dropped_queue": wire.down_dropped_queue,
+        "wire_down_dropped_loss": wire.down_dropped_loss,
         "hub_events_sent": hub_events_sent,
         "clinics_converged": times.len(),
         "clinics_connected_to_hub": connected,
