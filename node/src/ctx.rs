@@ -23,6 +23,9 @@ pub struct Counters {
     pub zero_rtt_rejected: AtomicU64,
     /// Times the dialling socket moved because local addresses changed.
     pub rebinds: AtomicU64,
+    /// Connections given up because the peer left what this node sent
+    /// unanswered (`silence`).
+    pub silent_peers: AtomicU64,
 }
 
 /// This node, as its parts see it.

@@ -21,7 +21,7 @@ use ferry_sync::{
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 pub struct Driver {
@@ -617,12 +617,18 @@ impl LinkEvents for Driver {
         }
         link.forget_streams();
         self.links.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-        let error = match why {
-            quinn::ConnectionError::ApplicationClosed(c) if c.error_code == code(ErrorCode::Done) => None,
-            quinn::ConnectionError::LocallyClosed => None,
-            other => Some(other.to_string()),
+        let error = match (why, link.gave_up_after()) {
+            (quinn::ConnectionError::LocallyClosed, Some(silent)) => Some(silent_peer(silent)),
+            (quinn::ConnectionError::ApplicationClosed(c), _) if c.error_code == code(ErrorCode::Done) => None,
+            (quinn::ConnectionError::LocallyClosed, None) => None,
+            (other, _) => Some(other.to_string()),
         };
         peers::record_end(&self.ctx, link, error);
+    }
+
+    fn silent(self: &Arc<Self>, link: &Arc<Link>, silent: Duration) {
+        self.ctx.totals.silent_peers.fetch_add(1, Relaxed);
+        tracing::warn!(peer = %link.peer.node_id.short(), addr = %link.addr, "{}; closing the connection", silent_peer(silent));
     }
 
     fn tasks(&self) -> &tokio_util::task::TaskTracker {
@@ -632,4 +638,12 @@ impl LinkEvents for Driver {
     fn budget(&self) -> Option<&crate::budget::Budget> {
         self.ctx.budget.as_ref()
     }
+}
+
+/// Why a connection was given up (`silence`), for the log and `ferry peers`.
+fn silent_peer(silent: Duration) -> String {
+    format!(
+        "no answer from the peer for {} s (the path carries nothing back)",
+        silent.as_secs()
+    )
 }

@@ -23,6 +23,7 @@ pub(crate) mod progress;
 pub(crate) mod records;
 pub mod renewal;
 pub mod revocation;
+pub(crate) mod silence;
 pub(crate) mod status;
 pub(crate) mod store;
 pub mod sync_error;

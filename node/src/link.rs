@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 /// Appends in flight per connection before its streams stop being read: a
@@ -37,6 +37,9 @@ pub struct Link {
     /// When this node started dialling or accepting the connection.
     pub started: Instant,
     first_event: OnceLock<Instant>,
+    /// How long the peer had left what this node sent unanswered when the
+    /// link gave the connection up (`watch_silence`).
+    silent: OnceLock<Duration>,
     streams: Mutex<BTreeMap<StreamId, mpsc::UnboundedSender<Out>>>,
     remote_next: AtomicU32,
     appends: Arc<Semaphore>,
@@ -55,6 +58,9 @@ pub trait LinkEvents: Send + Sync + 'static {
     fn sent(self: &Arc<Self>, conn: ConnId, stream: StreamId);
     /// The connection ended, for the reason given.
     fn closed(self: &Arc<Self>, link: &Arc<Link>, why: &quinn::ConnectionError);
+    /// The link is giving its connection up: the peer left what this node
+    /// sent unanswered for `silent`.
+    fn silent(self: &Arc<Self>, link: &Arc<Link>, silent: Duration);
     /// Where the link's tasks are tracked, so shutdown waits for them.
     fn tasks(&self) -> &tokio_util::task::TaskTracker;
     /// The bandwidth budget event data is charged to, if any.
@@ -84,6 +90,7 @@ impl Link {
             lan,
             started,
             first_event: OnceLock::new(),
+            silent: OnceLock::new(),
             streams: Mutex::new(BTreeMap::new()),
             remote_next: AtomicU32::new(0),
             appends: Arc::new(Semaphore::new(APPENDS_IN_FLIGHT)),
@@ -102,11 +109,14 @@ impl Link {
         self.streams.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
-    /// Starts reading what the peer sends and watching for the end.
-    pub fn serve<E: LinkEvents>(self: &Arc<Self>, events: &Arc<E>) {
+    /// Starts reading what the peer sends and watching for the end; a peer
+    /// that leaves what this node sends unanswered for `silence_limit` has
+    /// its connection given up (`watch_silence`).
+    pub fn serve<E: LinkEvents>(self: &Arc<Self>, events: &Arc<E>, silence_limit: Duration) {
         let tasks = events.tasks();
         tasks.spawn(accept_bi(events.clone(), self.clone()));
         tasks.spawn(accept_uni(events.clone(), self.clone()));
+        tasks.spawn(watch_silence(events.clone(), self.clone(), silence_limit));
         let (events, link) = (events.clone(), self.clone());
         tasks.spawn(async move {
             let why = link.conn.closed().await;
@@ -169,6 +179,12 @@ impl Link {
 
     pub fn first_event_after(&self) -> Option<std::time::Duration> {
         self.first_event.get().map(|t| t.duration_since(self.started))
+    }
+
+    /// How long the peer was silent, if that is why the link gave its
+    /// connection up.
+    pub fn gave_up_after(&self) -> Option<Duration> {
+        self.silent.get().copied()
     }
 
     pub fn in_step(&self) {
@@ -330,5 +346,33 @@ async fn accept_uni<E: LinkEvents>(events: Arc<E>, link: Arc<Link>) {
             stream,
             StreamKind::Uni,
         ));
+    }
+}
+
+/// Looks at the connection's counters every few seconds and closes it once
+/// the peer has left what this node sent unanswered for `limit`, or eight
+/// of the path's round trips if that is longer (a satellite link with a
+/// full queue). The dialer then dials again, instead of waiting out the
+/// idle timeout on a path that carries nothing back (`silence`).
+async fn watch_silence<E: LinkEvents>(events: Arc<E>, link: Arc<Link>, limit: Duration) {
+    use crate::silence::{Counts, Silence};
+    let every = (limit / 10).clamp(Duration::from_millis(250), Duration::from_secs(2));
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut silence = Silence::new(Counts::of(&link.conn.stats()));
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = link.conn.closed() => return,
+        }
+        let stats = link.conn.stats();
+        let limit = limit.max(stats.path.rtt.saturating_mul(8));
+        if let Some(silent) = silence.observe(Instant::now(), Counts::of(&stats), limit) {
+            let _ = link.silent.set(silent);
+            events.silent(&link, silent);
+            link.conn
+                .close(code(ferry_proto::ErrorCode::Done), b"no answer; dialling again");
+            return;
+        }
     }
 }

@@ -199,7 +199,8 @@ impl Node {
                 interval: None,
             },
         );
-        ctx.tasks.spawn(accept_loop(driver.clone(), endpoint.clone()));
+        ctx.tasks
+            .spawn(accept_loop(driver.clone(), endpoint.clone(), profile.silence_limit));
         ctx.tasks.spawn(crate::driver::refresh_peers(driver.clone()));
         Ok(Node {
             ctx,
@@ -277,6 +278,16 @@ impl Node {
             TransportProfile::lan().connect_timeout
         } else {
             self.connect_timeout
+        }
+    }
+
+    /// How long a peer may leave what this node sends unanswered
+    /// (`silence`).
+    fn silence_limit(&self, lan: bool) -> std::time::Duration {
+        if lan {
+            TransportProfile::lan().silence_limit
+        } else {
+            self.profile.silence_limit
         }
     }
 
@@ -417,7 +428,7 @@ impl Node {
         crate::peers::record_start(&self.ctx, &link);
         // The core's session first: what the peer sends is read only then.
         self.driver.connect(&link, true);
-        link.serve(&self.driver);
+        link.serve(&self.driver, self.silence_limit(lan));
         crate::progress::track(&self.driver, &link);
         link
     }
@@ -531,7 +542,9 @@ pub fn report(link: &Link, zero_rtt: ZeroRtt) -> SyncReport {
     }
 }
 
-async fn accept_loop(driver: Arc<Driver>, endpoint: quinn::Endpoint) {
+/// `silence_limit`: the profile's (`TransportProfile::silence_limit`); a
+/// peer on this node's LAN gets the LAN profile's.
+async fn accept_loop(driver: Arc<Driver>, endpoint: quinn::Endpoint, silence_limit: std::time::Duration) {
     while let Some(incoming) = endpoint.accept().await {
         let driver = driver.clone();
         driver.ctx.tasks.clone().spawn(async move {
@@ -558,7 +571,12 @@ async fn accept_loop(driver: Arc<Driver>, endpoint: quinn::Endpoint) {
             crate::peers::record_start(&driver.ctx, &link);
             // The core's session first: what the peer sends is read only then.
             driver.connect(&link, false);
-            link.serve(&driver);
+            let silence_limit = if lan {
+                TransportProfile::lan().silence_limit
+            } else {
+                silence_limit
+            };
+            link.serve(&driver, silence_limit);
             crate::progress::track(&driver, &link);
         });
     }

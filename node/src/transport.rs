@@ -10,6 +10,10 @@ pub struct TransportProfile {
     pub initial_rtt: Duration,
     pub idle_timeout: Duration,
     pub keep_alive: Duration,
+    /// Give a connection up when what this node sent has gone unanswered
+    /// this long (or eight round trips, if longer), and dial again: see
+    /// `silence`. Well below `idle_timeout`, above a burst of loss.
+    pub silence_limit: Duration,
     /// Streams a peer may open at once: bounds the wants in flight.
     pub max_concurrent_bidi: u32,
     /// How long a handshake may take before the peer counts as unreachable.
@@ -46,6 +50,7 @@ impl TransportProfile {
             initial_rtt: Duration::from_millis(800),
             idle_timeout: Duration::from_secs(120),
             keep_alive: Duration::from_secs(25),
+            silence_limit: Duration::from_secs(20),
             max_concurrent_bidi: 64,
             connect_timeout: Duration::from_secs(30),
             bdp_gain: Some(2.0),
@@ -65,6 +70,7 @@ impl TransportProfile {
             initial_rtt: Duration::from_millis(50),
             idle_timeout: Duration::from_secs(30),
             keep_alive: Duration::from_secs(5),
+            silence_limit: Duration::from_secs(10),
             max_concurrent_bidi: 64,
             connect_timeout: Duration::from_secs(5),
             bdp_gain: None,

@@ -1,5 +1,7 @@
-//! Thin-link transport behaviour: connection migration.
+//! Thin-link transport behaviour: connection migration, a path that went
+//! silent, priorities and the bandwidth budget.
 
+use ferry::daemon::{self, DaemonOptions};
 use ferry::pki::Role;
 use ferry::transport::TransportProfile;
 use ferry_netsim::Profile;
@@ -49,6 +51,64 @@ async fn transfer_survives_nat_rebinding_and_a_new_address() {
     assert_eq!(report.events_sent, 2000, "events were sent twice");
     assert_eq!(hub.ctx.totals.duplicates_received.load(Relaxed), 0);
     assert_eq!(all_events(&hub.ctx.wal).unwrap(), all_events(&clinic.ctx.wal).unwrap());
+    hub.shutdown().await;
+    clinic.shutdown().await;
+}
+
+/// The clinic's NAT rebinds while its first handshake is still in flight:
+/// the hub drops packets from the new address until the handshake is
+/// confirmed (RFC 9000 section 9) and sends its own to the old one, so the
+/// clinic's connection is up but nothing comes back. The clinic gives it
+/// up when the hub stays silent and dials again, well before the idle
+/// timeout (120 s) would have ended it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_hears_nothing_back_is_dialled_again() {
+    init_logging();
+    let dep = Deployment::new("field").unwrap();
+    let wan = TransportProfile::wan();
+    assert_eq!(wan.idle_timeout, Duration::from_secs(120));
+    let hub = start_with(&dep.enroll("hub", Role::Hub).unwrap(), None, &wan)
+        .await
+        .unwrap();
+    let clinic = start_with(&dep.enroll("clinic", Role::Clinic).unwrap(), None, &wan)
+        .await
+        .unwrap();
+    write_events(&clinic.ctx.wal, workload("NAT", 20, 11).unwrap(), Priority::Normal)
+        .await
+        .unwrap();
+    let sim = link_to(&hub, Profile::bhutan_2g(), 11).await.unwrap();
+    let opts = DaemonOptions {
+        peers: vec![sim.local_addr().to_string()],
+        interval: Duration::from_secs(3600),
+        mdns: None,
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let daemon = tokio::spawn(daemon::run(clinic.clone(), opts, async move {
+        let _ = stop_rx.await;
+    }));
+    // The hub's first flight is at the clinic's end of the link: the
+    // clinic's Finished has not left yet, and will leave from a new port.
+    eventually("the hub's first flight", Duration::from_secs(30), || {
+        sim.stats().down.delivered_packets > 0
+    })
+    .await
+    .unwrap();
+    sim.rebind(None).await.unwrap();
+    let start = std::time::Instant::now();
+    eventually("the clinic's events at the hub", Duration::from_secs(90), || {
+        hub.ctx.wal.stats().events >= 20
+    })
+    .await
+    .unwrap();
+    println!(
+        "events at the hub {:.1} s after the rebinding; {} connection given up as silent",
+        start.elapsed().as_secs_f64(),
+        clinic.ctx.totals.silent_peers.load(Relaxed)
+    );
+    assert_eq!(clinic.ctx.totals.silent_peers.load(Relaxed), 1);
+    assert_eq!(all_events(&hub.ctx.wal).unwrap(), all_events(&clinic.ctx.wal).unwrap());
+    let _ = stop_tx.send(());
+    daemon.await.unwrap().unwrap();
     hub.shutdown().await;
     clinic.shutdown().await;
 }
