@@ -90,6 +90,22 @@ fn replica_seeds() -> Vec<Vec<u8>> {
         }
         steps
     };
+    // What the hub sends, as the clinic sees it: the hub's own streams are
+    // the clinic's remote ones, in the order opened; its answers on the
+    // control stream arrive on the clinic's own.
+    let to_clinic = |clinic: &mut ferry_sync::Replica<ferry_sync::MemStore>, sent: Vec<(StreamId, Vec<u8>)>| {
+        for (id, bytes) in sent {
+            let (stream, kind) = match id {
+                StreamId::Local(n) => (StreamId::Remote(n), ferry_sync::StreamKind::Uni),
+                StreamId::Remote(n) => (StreamId::Local(n), ferry_sync::StreamKind::Bidi),
+            };
+            if bytes.is_empty() {
+                clinic.handle_stream_end(now, conn, stream);
+            } else {
+                clinic.handle_stream_data(now, conn, stream, kind, &bytes);
+            }
+        }
+    };
     for _ in 0..50 {
         let from_clinic = replica::drain(&mut clinic, now);
         let from_hub = replica::drain(&mut hub, now);
@@ -97,16 +113,38 @@ fn replica_seeds() -> Vec<Vec<u8>> {
             break;
         }
         steps.extend(deliver(&mut hub, from_clinic));
-        deliver(&mut clinic, from_hub);
+        to_clinic(&mut clinic, from_hub);
     }
     assert!(hub.store().len() >= 30, "the seed exchange did not sync");
     let whole = replica::encode(&steps);
     let mut with_wait = steps.clone();
     with_wait.push(Step::Wait(40));
+    // Then a round after new events: the clinic's summary goes as a
+    // `SummaryChange`.
+    let items = (20..23)
+        .map(|i| ("clinic/vitals".to_string(), Priority::Normal, payload(i)))
+        .collect();
+    let (group, _) = clinic.store_mut().write_local(items, 1_700_000_001_000);
+    clinic.store_mut().sync(group);
+    clinic.start_round(now, conn);
+    let mut with_round = steps.clone();
+    for _ in 0..50 {
+        let from_clinic = replica::drain(&mut clinic, now);
+        let from_hub = replica::drain(&mut hub, now);
+        if from_clinic.is_empty() && from_hub.is_empty() {
+            break;
+        }
+        with_round.extend(deliver(&mut hub, from_clinic));
+        to_clinic(&mut clinic, from_hub);
+    }
+    assert!(hub.store().len() >= 33, "the seed's second round did not sync");
+    let rounds = hub.session(conn).map_or(0, |s| s.stats.rounds);
+    assert_eq!(rounds, 2, "the hub took the clinic's second summary");
     vec![
         whole,
         replica::encode(&with_wait),
         replica::encode(&steps[..steps.len().min(2)]),
+        replica::encode(&with_round),
     ]
 }
 

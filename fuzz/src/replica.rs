@@ -12,9 +12,9 @@
 //! Both replicas authenticate logs (stand-in signatures), so heads,
 //! proofs and the events held until proved are fuzzed too.
 
+use ferry_proto::merkle::HeadKeys;
 use ferry_proto::{NodeId, Origin, Priority, Role};
 use ferry_sync::auth::Logs;
-use ferry_proto::merkle::HeadKeys;
 use ferry_sync::stand_in::{StandInKey, StandInKeys, HONEST};
 use ferry_sync::{Action, Config, ConnId, MemStore, PeerInfo, Replica, StreamId, StreamKind, Time};
 use std::collections::BTreeSet;

@@ -1,4 +1,4 @@
-//! rustls and quinn configuration: TLS 1.3 only, ALPN `ferry/4`, mutual
+//! rustls and quinn configuration: TLS 1.3 only, ALPN `ferry/5`, mutual
 //! authentication against the deployment CA and nothing else.
 
 use crate::pki::Identity;

@@ -21,8 +21,8 @@ pub use hlc::{Clock, Hlc};
 pub use id::{NodeId, Origin, ParseIdError};
 pub use rangeset::RangeSet;
 pub use role::{ParseRoleError, Role};
-pub use summary::{Classes, Gap, Summary};
+pub use summary::{apply_change, change_to, Classes, Gap, Summary};
 
 /// ALPN protocol id and the version carried in `Hello`.
-pub const ALPN: &[u8] = b"ferry/4";
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const ALPN: &[u8] = b"ferry/5";
+pub const PROTOCOL_VERSION: u32 = 5;

@@ -159,6 +159,56 @@ impl Summary {
     }
 }
 
+/// A summary and its classes as a change to an earlier pair
+/// (`Frame::SummaryChange`): every origin whose set or classes differ,
+/// with its whole new set (empty: nothing of it now), urgent and bulk sets.
+/// `change_to(before, after)` applied to `before` gives `after`.
+pub fn change_to(before: &(Summary, Classes), after: &(Summary, Classes)) -> (Summary, Classes) {
+    let ((bs, bc), (s, c)) = (before, after);
+    let origins: std::collections::BTreeSet<&Origin> = bs.0.keys().chain(s.0.keys()).collect();
+    let mut changed = Summary::default();
+    let mut classes = Classes::default();
+    for origin in origins {
+        let differs = bs.0.get(origin) != s.0.get(origin)
+            || bc.urgent.get(origin) != c.urgent.get(origin)
+            || bc.bulk.get(origin) != c.bulk.get(origin);
+        if !differs {
+            continue;
+        }
+        changed.0.insert(*origin, s.0.get(origin).cloned().unwrap_or_default());
+        if let Some(u) = c.urgent.get(origin) {
+            classes.urgent.insert(*origin, u.clone());
+        }
+        if let Some(b) = c.bulk.get(origin) {
+            classes.bulk.insert(*origin, b.clone());
+        }
+    }
+    (changed, classes)
+}
+
+/// Applies a change made by `change_to` to `base`, in place. Origins the
+/// change does not name keep their sets and classes; classes are kept only
+/// for origins held, so what a peer's changes build stays as large as the
+/// summary it describes.
+pub fn apply_change(base: &mut (Summary, Classes), changed: Summary, mut classes: Classes) {
+    let (summary, base_classes) = base;
+    for (origin, set) in changed.0 {
+        base_classes.urgent.remove(&origin);
+        base_classes.bulk.remove(&origin);
+        if set.is_empty() {
+            summary.0.remove(&origin);
+            continue;
+        }
+        if let Some(u) = classes.urgent.remove(&origin) {
+            base_classes.urgent.insert(origin, u);
+        }
+        if let Some(b) = classes.bulk.remove(&origin) {
+            base_classes.bulk.insert(origin, b);
+        }
+        summary.0.insert(origin, set);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,7 +232,45 @@ mod tests {
         .prop_map(Summary)
     }
 
+    fn arb_pair() -> impl Strategy<Value = (Summary, Classes)> {
+        (arb_summary(), arb_summary(), arb_summary()).prop_map(|(s, u, b)| {
+            // Classes within what is held, as a sender's are.
+            let within = |m: Summary| {
+                m.0.into_iter()
+                    .filter_map(|(o, set)| {
+                        let set = set.intersection(s.get(&o)?);
+                        (!set.is_empty()).then_some((o, set))
+                    })
+                    .collect()
+            };
+            let classes = Classes {
+                urgent: within(u),
+                bulk: within(b),
+            };
+            (s.filtered(|_| true), classes)
+        })
+    }
+
     proptest! {
+        /// A change applied to the pair it was made against gives the new
+        /// pair, and names only the origins that differ.
+        #[test]
+        fn a_change_applied_gives_the_new_summary(before in arb_pair(), after in arb_pair()) {
+            let (changed, classes) = change_to(&before, &after);
+            for o in changed.0.keys() {
+                let (b, a) = (&before, &after);
+                prop_assert!(
+                    b.0.get(o) != a.0.get(o) || b.1.urgent.get(o) != a.1.urgent.get(o) || b.1.bulk.get(o) != a.1.bulk.get(o)
+                );
+            }
+            let mut rebuilt = before.clone();
+            apply_change(&mut rebuilt, changed, classes);
+            prop_assert_eq!(rebuilt, after.clone());
+            // Nothing changed: an empty change.
+            let (none, none_classes) = change_to(&after, &after);
+            prop_assert!(none.0.is_empty() && none_classes == Classes::default());
+        }
+
         /// Pulling every gap brings me exactly to the union of what we both hold
         /// (for the origins I want), and no gap asks for anything I already hold.
         #[test]

@@ -151,6 +151,9 @@ pub(crate) struct Session {
     pub not_proved: BTreeMap<Origin, RangeSet>,
     pub our_id: u32,
     pub our_summary: Summary,
+    /// The classes sent with `our_summary`: the next summary may go as a
+    /// change to both.
+    pub our_classes: Classes,
     pub peer_done: Option<u32>,
     pub peer_sub: Option<Subscription>,
     pub lanes: [Lane; 3],
@@ -190,6 +193,7 @@ impl Session {
             not_proved: BTreeMap::new(),
             our_id: 0,
             our_summary: Summary::default(),
+            our_classes: Classes::default(),
             peer_done: None,
             peer_sub: None,
             lanes: [
@@ -275,17 +279,39 @@ impl Session {
     }
 
     /// Sends this node's summary; `ask`: the peer answers with its own.
+    /// After the first on a connection, a summary goes as a change to the
+    /// one before when that is shorter (`Frame::SummaryChange`).
     pub fn send_summary<S: Store>(&mut self, cx: &mut Cx<'_, S>, ask: bool) {
-        let (summary, classes) = cx.summary_for(&self.peer);
+        let now = cx.summary_for(&self.peer);
         self.our_id += 1;
-        self.our_summary = summary.clone();
         self.in_step = false;
-        let frame = Frame::Summary {
+        let whole = Frame::Summary {
             id: self.our_id,
             ask,
-            summary,
-            classes,
+            summary: now.0.clone(),
+            classes: now.1.clone(),
         };
+        let frame = if self.our_id > 1 {
+            let before = (
+                std::mem::take(&mut self.our_summary),
+                std::mem::take(&mut self.our_classes),
+            );
+            let (changed, classes) = ferry_proto::change_to(&before, &now);
+            let change = Frame::SummaryChange {
+                id: self.our_id,
+                ask,
+                changed,
+                classes,
+            };
+            if change.encode().len() < whole.encode().len() {
+                change
+            } else {
+                whole
+            }
+        } else {
+            whole
+        };
+        (self.our_summary, self.our_classes) = now;
         self.send_control(cx, &frame);
     }
 
@@ -394,6 +420,35 @@ impl Session {
                 summary,
                 classes,
             } => self.on_summary(cx, id, ask, summary, classes),
+            Frame::SummaryChange {
+                id,
+                ask,
+                changed,
+                classes,
+            } => {
+                // A change is to the summary just before it on this
+                // (ordered) control stream.
+                let mut theirs = match (&self.theirs, self.their_id) {
+                    (Some(theirs), Some(last)) if last.checked_add(1) == Some(id) => theirs.clone(),
+                    _ => {
+                        return Err(fault(
+                            ErrorCode::Protocol,
+                            format!("SummaryChange {id} without the summary before it"),
+                        ))
+                    }
+                };
+                ferry_proto::apply_change(&mut theirs, changed, classes);
+                if theirs.0 .0.len() > MAX_SUMMARY_ORIGINS {
+                    return Err(fault(
+                        ErrorCode::TooLarge,
+                        format!(
+                            "a summary of {} logs exceeds the limit of {MAX_SUMMARY_ORIGINS}",
+                            theirs.0 .0.len()
+                        ),
+                    ));
+                }
+                self.on_summary(cx, id, ask, theirs.0, theirs.1)
+            }
             Frame::Want(w) => self.on_want(cx, w),
             Frame::Subscribe(s) => self.on_subscribe(cx, s),
             Frame::SubscribeChange { add, remove } => {
@@ -684,6 +739,11 @@ fn check_own_log<S: Store>(cx: &mut Cx<'_, S>, theirs: &Summary) {
         cx.out.push_back(Action::NewEpoch(origin));
     }
 }
+
+/// Most logs a summary built from `SummaryChange`s may hold: as many as
+/// fit a whole `Summary` frame (an origin and the shortest set take 22
+/// bytes), so that changes cannot grow it past what one frame could say.
+const MAX_SUMMARY_ORIGINS: usize = ferry_proto::frame::MAX_FRAME_LEN / 22;
 
 /// Most nodes a subscription may name: as many as fit a whole `Subscribe`
 /// frame, so that changes cannot grow it past what one frame could say.

@@ -514,3 +514,52 @@ fn a_relay_that_cannot_prove_a_writers_events_gets_its_head_when_they_meet() {
     net.connect(relay, peer);
     assert_eq!(net.held(peer), 10);
 }
+
+/// A clinic that started a new log epoch after each power cut of a year
+/// holds 365 logs of its own, and so does its hub. A round on their live
+/// connection (every five minutes) sends each side's summary: only what
+/// changed since the last one on the connection, not the 365 logs again
+/// (17,578 B both ways for such a round when summaries went whole).
+#[test]
+fn a_round_on_a_connection_sends_only_the_logs_that_changed() {
+    let mut net = Net::new();
+    let hub = net.add(config(200, Role::Hub, true));
+    let clinic = net.add(config(1, Role::Clinic, true));
+    for epoch in 2..=366 {
+        net.nodes[clinic]
+            .replica
+            .store_mut()
+            .set_unconfirmed_tail(Origin { node: id(1), epoch });
+        net.write(clinic, 3, 50);
+    }
+    let link = net.connect(clinic, hub);
+    assert_eq!(net.held(hub), 365 * 3);
+    let sent = |net: &Net| {
+        let s = |(n, c): (usize, ConnId)| net.nodes[n].replica.session(c).unwrap().stats.bytes_sent;
+        s(link.a) + s(link.b)
+    };
+    // The first round after the opening: the hub's summary names the 365
+    // logs it took in the opening, once.
+    net.nodes[clinic].replica.start_round(net.now, link.a.1);
+    net.run();
+    let opening = sent(&net);
+    net.write(clinic, 1, 50);
+    assert_eq!(net.held(hub), 365 * 3 + 1, "pushed");
+    let before = sent(&net);
+    net.nodes[clinic].replica.start_round(net.now, link.a.1);
+    net.run();
+    let round = sent(&net) - before;
+    println!("opening and first round: {opening} B both ways; a round after one new event: {round} B");
+    assert!(
+        round <= 200,
+        "a round cost {round} B both ways (the opening and first round, with every log: {opening} B)"
+    );
+    // A second round after the hub wrote: both still in step.
+    net.write(hub, 2, 50);
+    let before = sent(&net);
+    net.nodes[clinic].replica.start_round(net.now, link.a.1);
+    net.run();
+    assert!(sent(&net) - before <= 200);
+    assert_eq!(net.held(clinic), 365 * 3 + 1 + 2);
+    assert_eq!(net.held(hub), net.held(clinic));
+}

@@ -158,6 +158,38 @@ async fn malformed_frames_close_the_connection_and_the_node_keeps_serving() {
             ErrorCode::Malformed,
         ),
         (
+            "a summary change with no summary before it",
+            vec![hello.clone()],
+            Frame::SummaryChange {
+                id: 1,
+                ask: false,
+                changed: Default::default(),
+                classes: Default::default(),
+            }
+            .encode(),
+            ErrorCode::Protocol,
+        ),
+        (
+            "a summary change that skips a summary",
+            vec![
+                hello.clone(),
+                Frame::Summary {
+                    id: 1,
+                    ask: false,
+                    summary: Default::default(),
+                    classes: Default::default(),
+                },
+            ],
+            Frame::SummaryChange {
+                id: 3,
+                ask: false,
+                changed: Default::default(),
+                classes: Default::default(),
+            }
+            .encode(),
+            ErrorCode::Protocol,
+        ),
+        (
             "data frames on the control stream",
             vec![hello.clone()],
             Frame::Open {
