@@ -106,6 +106,15 @@ async fn a_connection_that_hears_nothing_back_is_dialled_again() {
         clinic.ctx.totals.silent_peers.load(Relaxed)
     );
     assert_eq!(clinic.ctx.totals.silent_peers.load(Relaxed), 1);
+    // `ferry peers` says why the first connection ended.
+    let peers = clinic.ctx.data_dir.as_ref().unwrap().peers();
+    assert!(
+        peers.values().any(|p| p
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("no answer from the peer"))),
+        "{peers:?}"
+    );
     assert_eq!(all_events(&hub.ctx.wal).unwrap(), all_events(&clinic.ctx.wal).unwrap());
     let _ = stop_tx.send(());
     daemon.await.unwrap().unwrap();
