@@ -59,7 +59,10 @@ impl Counts {
 }
 
 /// Whether the peer has left what this node sent unanswered, from a look
-/// at the counters now and then.
+/// at the counters now and then. The watch starts once the peer has been
+/// heard at all: a dial that no one answers (a 0-RTT connection to a hub
+/// that is down) is the dial's to give up (`connect_timeout`), and is
+/// reported as unreachable, not as silence.
 #[derive(Debug)]
 pub struct Silence {
     last: Counts,
@@ -80,6 +83,10 @@ impl Silence {
     /// has gone unanswered, once that is `limit` or more. Anything received
     /// counts as an answer: the peer is there, whatever it sends.
     pub fn observe(&mut self, now: Instant, counts: Counts, limit: Duration) -> Option<Duration> {
+        if counts.received == 0 {
+            self.last = counts;
+            return None;
+        }
         if counts.received != self.last.received {
             self.unanswered_since = None;
         } else if counts.eliciting != self.last.eliciting && self.unanswered_since.is_none() {
@@ -104,9 +111,13 @@ mod tests {
     #[test]
     fn sending_into_silence_ends_after_the_limit() {
         let t0 = Instant::now();
-        let mut s = Silence::new(Counts::default());
+        let heard = Counts {
+            received: 1,
+            eliciting: 0,
+        };
+        let mut s = Silence::new(heard);
         let sent = |n| Counts {
-            received: 0,
+            received: 1,
             eliciting: n,
         };
         assert_eq!(s.observe(at(t0, 1), sent(3), LIMIT), None);
@@ -114,6 +125,25 @@ mod tests {
         assert_eq!(s.observe(at(t0, 10), sent(5), LIMIT), None);
         assert_eq!(s.observe(at(t0, 20), sent(6), LIMIT), None);
         assert_eq!(s.observe(at(t0, 21), sent(6), LIMIT), Some(LIMIT));
+    }
+
+    #[test]
+    fn a_peer_never_heard_is_not_silent() {
+        // A dial no one answers: the dial's timeout ends it, not the watch.
+        let t0 = Instant::now();
+        let mut s = Silence::new(Counts::default());
+        for t in [1, 30, 90] {
+            let c = Counts {
+                received: 0,
+                eliciting: t,
+            };
+            assert_eq!(s.observe(at(t0, t), c, LIMIT), None);
+        }
+        // Heard once, then silent: the count starts at the first send after.
+        let c = |received, eliciting| Counts { received, eliciting };
+        assert_eq!(s.observe(at(t0, 100), c(1, 95), LIMIT), None);
+        assert_eq!(s.observe(at(t0, 101), c(1, 96), LIMIT), None);
+        assert_eq!(s.observe(at(t0, 121), c(1, 97), LIMIT), Some(LIMIT));
     }
 
     #[test]

@@ -282,6 +282,13 @@ impl Session {
     /// After the first on a connection, a summary goes as a change to the
     /// one before when that is shorter (`Frame::SummaryChange`).
     pub fn send_summary<S: Store>(&mut self, cx: &mut Cx<'_, S>, ask: bool) {
+        // Nothing sent, nothing to count: the next summary's change must be
+        // to one the peer has. (Every caller has the control stream: the
+        // dialer opens it first, and the acceptor answers on it.)
+        if self.control.is_none() {
+            debug_assert!(false, "a summary before the control stream");
+            return;
+        }
         let now = cx.summary_for(&self.peer);
         self.our_id += 1;
         self.in_step = false;
@@ -438,12 +445,13 @@ impl Session {
                     }
                 };
                 ferry_proto::apply_change(&mut theirs, changed, classes);
-                if theirs.0 .0.len() > MAX_SUMMARY_ORIGINS {
+                let (logs, ranges) = summary_size(&theirs);
+                if logs > MAX_SUMMARY_ORIGINS || ranges > MAX_SUMMARY_RANGES {
                     return Err(fault(
                         ErrorCode::TooLarge,
                         format!(
-                            "a summary of {} logs exceeds the limit of {MAX_SUMMARY_ORIGINS}",
-                            theirs.0 .0.len()
+                            "a summary of {logs} logs and {ranges} ranges exceeds what one Summary frame could carry \
+                             ({MAX_SUMMARY_ORIGINS} logs, {MAX_SUMMARY_RANGES} ranges)"
                         ),
                     ));
                 }
@@ -741,9 +749,24 @@ fn check_own_log<S: Store>(cx: &mut Cx<'_, S>, theirs: &Summary) {
 }
 
 /// Most logs a summary built from `SummaryChange`s may hold: as many as
-/// fit a whole `Summary` frame (an origin and the shortest set take 22
-/// bytes), so that changes cannot grow it past what one frame could say.
-const MAX_SUMMARY_ORIGINS: usize = ferry_proto::frame::MAX_FRAME_LEN / 22;
+/// fit a whole `Summary` frame (an origin and the shortest set it can
+/// name take 24 bytes), so that changes cannot grow it past what one frame
+/// could say.
+const MAX_SUMMARY_ORIGINS: usize = ferry_proto::frame::MAX_FRAME_LEN / 24;
+/// Most ranges such a summary and its classes may hold together: a range
+/// takes at least two bytes in a frame. Each change may replace a log's
+/// sets whole, so without this bound changes could pile up a frame's worth
+/// of ranges per log.
+const MAX_SUMMARY_RANGES: usize = ferry_proto::frame::MAX_FRAME_LEN / 2;
+
+/// Logs named, and ranges held over the sets and their classes.
+fn summary_size((summary, classes): &(Summary, Classes)) -> (usize, usize) {
+    let ranges = |m: &BTreeMap<Origin, RangeSet>| m.values().map(|s| s.ranges().len()).sum::<usize>();
+    (
+        summary.0.len(),
+        ranges(&summary.0) + ranges(&classes.urgent) + ranges(&classes.bulk),
+    )
+}
 
 /// Most nodes a subscription may name: as many as fit a whole `Subscribe`
 /// frame, so that changes cannot grow it past what one frame could say.

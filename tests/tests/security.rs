@@ -130,6 +130,27 @@ async fn malformed_frames_close_the_connection_and_the_node_keeps_serving() {
                        // bodies that decode) one time in 85, which the node closes with
                        // `Protocol` before a Hello, not `Malformed`.
     rng_bytes[1] = 2;
+    // Changes that each fit a frame but together name more ranges than one
+    // whole summary could.
+    let holey = |node: u8| {
+        let set = ferry_proto::RangeSet::from_ranges((0..300_000u64).map(|i| (3 * i + 1, 3 * i + 1)));
+        Frame::SummaryChange {
+            id: 2 + u32::from(node),
+            ask: false,
+            changed: ferry_proto::Summary(
+                [(
+                    ferry_proto::Origin {
+                        node: ferry_proto::NodeId([node; 16]),
+                        epoch: 1,
+                    },
+                    set,
+                )]
+                .into_iter()
+                .collect(),
+            ),
+            classes: Default::default(),
+        }
+    };
     let cases: Vec<(&str, Vec<Frame>, Vec<u8>, ErrorCode)> = vec![
         ("random body", vec![], rng_bytes, ErrorCode::Malformed),
         (
@@ -188,6 +209,21 @@ async fn malformed_frames_close_the_connection_and_the_node_keeps_serving() {
             }
             .encode(),
             ErrorCode::Protocol,
+        ),
+        (
+            "summary changes that pile up more ranges than a summary frame holds",
+            vec![
+                hello.clone(),
+                Frame::Summary {
+                    id: 1,
+                    ask: false,
+                    summary: Default::default(),
+                    classes: Default::default(),
+                },
+                holey(0),
+            ],
+            holey(1).encode(),
+            ErrorCode::TooLarge,
         ),
         (
             "data frames on the control stream",
