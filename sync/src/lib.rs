@@ -33,6 +33,7 @@ mod session;
 #[cfg(any(test, feature = "fault-injection"))]
 pub mod stand_in;
 mod store;
+mod summaries;
 mod trust;
 
 pub use config::{Bugs, Config};

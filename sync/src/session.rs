@@ -280,7 +280,8 @@ impl Session {
 
     /// Sends this node's summary; `ask`: the peer answers with its own.
     /// After the first on a connection, a summary goes as a change to the
-    /// one before when that is shorter (`Frame::SummaryChange`).
+    /// one before when that is shorter (`Frame::SummaryChange`), and one
+    /// larger than a frame goes in parts (`summaries`).
     pub fn send_summary<S: Store>(&mut self, cx: &mut Cx<'_, S>, ask: bool) {
         // Nothing sent, nothing to count: the next summary's change must be
         // to one the peer has. (Every caller has the control stream: the
@@ -290,36 +291,20 @@ impl Session {
             return;
         }
         let now = cx.summary_for(&self.peer);
-        self.our_id += 1;
         self.in_step = false;
-        let whole = Frame::Summary {
-            id: self.our_id,
-            ask,
-            summary: now.0.clone(),
-            classes: now.1.clone(),
-        };
-        let frame = if self.our_id > 1 {
-            let before = (
+        let before = (self.our_id > 0).then(|| {
+            (
                 std::mem::take(&mut self.our_summary),
                 std::mem::take(&mut self.our_classes),
-            );
-            let (changed, classes) = ferry_proto::change_to(&before, &now);
-            let change = Frame::SummaryChange {
-                id: self.our_id,
-                ask,
-                changed,
-                classes,
-            };
-            if change.encode().len() < whole.encode().len() {
-                change
-            } else {
-                whole
-            }
-        } else {
-            whole
-        };
-        (self.our_summary, self.our_classes) = now;
-        self.send_control(cx, &frame);
+            )
+        });
+        let (frames, held) = crate::summaries::summary_frames(before.as_ref(), &now, self.our_id, ask);
+        // The peer's `Done` names the last part: what it pulled is `held`.
+        self.our_id = self.our_id.wrapping_add(frames.len() as u32);
+        (self.our_summary, self.our_classes) = held;
+        for frame in &frames {
+            self.send_control(cx, frame);
+        }
     }
 
     /// The opening of a connection this node dialled: control stream,
@@ -748,16 +733,16 @@ fn check_own_log<S: Store>(cx: &mut Cx<'_, S>, theirs: &Summary) {
     }
 }
 
-/// Most logs a summary built from `SummaryChange`s may hold: as many as
-/// fit a whole `Summary` frame (an origin and the shortest set it can
-/// name take 24 bytes), so that changes cannot grow it past what one frame
-/// could say.
-const MAX_SUMMARY_ORIGINS: usize = ferry_proto::frame::MAX_FRAME_LEN / 24;
-/// Most ranges such a summary and its classes may hold together: a range
-/// takes at least two bytes in a frame. Each change may replace a log's
+/// Most logs a summary built from `SummaryChange`s may name: a summary
+/// larger than a frame comes in parts (`summaries`), so this is a bound of
+/// its own, about twenty frames' worth of logs (a deployment of a hundred
+/// clinics with a power cut a day gathers 36,500 a year).
+const MAX_SUMMARY_ORIGINS: usize = 1 << 20;
+/// Most ranges such a summary and its classes may hold together (16 bytes
+/// each in memory, so at most 64 MiB). Each change may replace a log's
 /// sets whole, so without this bound changes could pile up a frame's worth
 /// of ranges per log.
-const MAX_SUMMARY_RANGES: usize = ferry_proto::frame::MAX_FRAME_LEN / 2;
+const MAX_SUMMARY_RANGES: usize = 1 << 22;
 
 /// Logs named, and ranges held over the sets and their classes.
 fn summary_size((summary, classes): &(Summary, Classes)) -> (usize, usize) {

@@ -563,3 +563,54 @@ fn a_round_on_a_connection_sends_only_the_logs_that_changed() {
     assert_eq!(net.held(clinic), 365 * 3 + 1 + 2);
     assert_eq!(net.held(hub), net.held(clinic));
 }
+
+/// Two nodes that each hold more logs than one frame can name (a
+/// long-lived deployment whose nodes started a new epoch after every power
+/// cut): their summaries go in parts, each within the frame limit, and the
+/// logs named only in the last part are pulled too.
+#[test]
+fn a_summary_larger_than_a_frame_goes_in_parts() {
+    let mut net = Net::new();
+    let clinic = net.add(config(1, Role::Clinic, true));
+    let write_log = |net: &mut Net, epoch: u32| {
+        let r = &mut net.nodes[clinic].replica;
+        r.store_mut().set_unconfirmed_tail(Origin { node: id(1), epoch });
+        let (g, events) = r.store_mut().write_local(
+            vec![("clinic/visit".to_string(), Priority::Normal, vec![b'x'; 8])],
+            1_000,
+        );
+        r.store_mut().sync(g);
+        events
+    };
+    let logs = 50_000u32;
+    let mut all = Vec::new();
+    for epoch in 2..2 + logs {
+        all.extend(write_log(&mut net, epoch));
+    }
+    let whole = ferry_proto::Frame::Summary {
+        id: 1,
+        ask: true,
+        summary: net.nodes[clinic].replica.store().summary(),
+        classes: Default::default(),
+    }
+    .encode()
+    .len();
+    assert!(whole > ferry_proto::frame::MAX_FRAME_LEN, "{whole} B fits one frame");
+    // The mule already holds them all (pulling 50,000 logs one want each
+    // is another matter), then the clinic writes ten logs more: the last
+    // logs in the clinic's summary, in its last part.
+    let mule = net.add(config(9, Role::Mule, true));
+    let r = &mut net.nodes[mule].replica;
+    let (g, _) = r.store_mut().write_replicated(all, 1_000);
+    r.store_mut().sync(g);
+    for epoch in 2 + logs..2 + logs + 10 {
+        write_log(&mut net, epoch);
+    }
+    let link = net.connect(clinic, mule);
+    assert_eq!(net.held(mule), u64::from(logs) + 10);
+    for (n, conn) in [link.a, link.b] {
+        let view = net.nodes[n].replica.session(conn).unwrap();
+        assert!(view.in_step, "{view:?}");
+        assert_eq!((view.we_lack, view.they_lack), (0, 0), "{view:?}");
+    }
+}

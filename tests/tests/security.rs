@@ -130,10 +130,10 @@ async fn malformed_frames_close_the_connection_and_the_node_keeps_serving() {
                        // bodies that decode) one time in 85, which the node closes with
                        // `Protocol` before a Hello, not `Malformed`.
     rng_bytes[1] = 2;
-    // Changes that each fit a frame but together name more ranges than one
-    // whole summary could.
+    // Changes that each fit a frame but together name more ranges than the
+    // node keeps of a peer's summary (4,194,304).
     let holey = |node: u8| {
-        let set = ferry_proto::RangeSet::from_ranges((0..300_000u64).map(|i| (3 * i + 1, 3 * i + 1)));
+        let set = ferry_proto::RangeSet::from_ranges((0..450_000u64).map(|i| (3 * i + 1, 3 * i + 1)));
         Frame::SummaryChange {
             id: 2 + u32::from(node),
             ask: false,
@@ -220,9 +220,11 @@ async fn malformed_frames_close_the_connection_and_the_node_keeps_serving() {
                     summary: Default::default(),
                     classes: Default::default(),
                 },
-                holey(0),
-            ],
-            holey(1).encode(),
+            ]
+            .into_iter()
+            .chain((0..9).map(holey))
+            .collect(),
+            holey(9).encode(),
             ErrorCode::TooLarge,
         ),
         (
