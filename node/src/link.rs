@@ -295,7 +295,18 @@ async fn read<E: LinkEvents>(
             }
             Err(e) => {
                 tracing::debug!(peer = %link.peer.node_id.short(), "stream read ended: {e}");
-                if !matches!(e, quinn::ReadError::ConnectionLost(_) | quinn::ReadError::ClosedStream) {
+                // A stream of a 0-RTT opening the peer rejected is not the
+                // peer's goodbye: `Node::open` closes that connection and
+                // dials in full. Reported as an end, the core closed the
+                // connection first and the dial failed (resume.rs, under
+                // load).
+                let gone = matches!(
+                    e,
+                    quinn::ReadError::ConnectionLost(_)
+                        | quinn::ReadError::ClosedStream
+                        | quinn::ReadError::ZeroRttRejected
+                );
+                if !gone {
                     events.stream_end(session, stream);
                 }
                 return;

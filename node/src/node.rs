@@ -547,6 +547,9 @@ pub fn report(link: &Link, zero_rtt: ZeroRtt) -> SyncReport {
 async fn accept_loop(driver: Arc<Driver>, endpoint: quinn::Endpoint, silence_limit: std::time::Duration) {
     while let Some(incoming) = endpoint.accept().await {
         let driver = driver.clone();
+        // Numbered as it begins: of two connections from one peer, the core
+        // keeps the one begun later (`Replica::connect`).
+        let id = driver.new_conn_id();
         driver.ctx.tasks.clone().spawn(async move {
             let addr = incoming.remote_address();
             let started = Instant::now();
@@ -567,7 +570,7 @@ async fn accept_loop(driver: Arc<Driver>, endpoint: quinn::Endpoint, silence_lim
             tracing::info!(%addr, peer = %peer.node_id.short(), name = %peer.name, "peer connected");
             driver.ctx.totals.connections_accepted.fetch_add(1, Relaxed);
             let lan = crate::netwatch::on_link(addr.ip());
-            let link = Link::new(conn, driver.new_conn_id(), peer, addr, started, true, lan);
+            let link = Link::new(conn, id, peer, addr, started, true, lan);
             crate::peers::record_start(&driver.ctx, &link);
             // The core's session first: what the peer sends is read only then.
             driver.connect(&link, false);

@@ -160,7 +160,11 @@ impl<S: Store> Replica<S> {
         let new_dialer = dialer_of(&session, self.cfg.node);
         // One connection per peer. A reconnect replaces the old one (its
         // claims go with it); of two dialled from both ends at once, both
-        // sides keep the one the lower node id dialled.
+        // sides keep the one the lower node id dialled. Which of two from the
+        // same dialer is the reconnect goes by `ConnId`, which the driver
+        // gives out as a connection begins: one whose handshake ended later
+        // may have begun first (a 0-RTT opening the peer rejected, whose
+        // redial overtook it at an acceptor under load, resume.rs).
         let same: Vec<(ConnId, NodeId)> = self
             .sessions
             .values()
@@ -168,7 +172,7 @@ impl<S: Store> Replica<S> {
             .map(|s| (s.conn, dialer_of(s, self.cfg.node)))
             .collect();
         for (old, old_dialer) in same {
-            if old_dialer == new_dialer || new_dialer < old_dialer {
+            if (old_dialer == new_dialer && old < conn) || new_dialer < old_dialer {
                 self.close(
                     now,
                     old,
