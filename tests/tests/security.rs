@@ -130,6 +130,12 @@ async fn malformed_frames_close_the_connection_and_the_node_keeps_serving() {
                        // bodies that decode) one time in 85, which the node closes with
                        // `Protocol` before a Hello, not `Malformed`.
     rng_bytes[1] = 2;
+    let first_summary = Frame::Summary {
+        id: 1,
+        ask: false,
+        summary: Default::default(),
+        classes: Default::default(),
+    };
     // Changes that each fit a frame but together name more ranges than the
     // node keeps of a peer's summary (4,194,304).
     let holey = |node: u8| {
@@ -192,15 +198,7 @@ async fn malformed_frames_close_the_connection_and_the_node_keeps_serving() {
         ),
         (
             "a summary change that skips a summary",
-            vec![
-                hello.clone(),
-                Frame::Summary {
-                    id: 1,
-                    ask: false,
-                    summary: Default::default(),
-                    classes: Default::default(),
-                },
-            ],
+            vec![hello.clone(), first_summary.clone()],
             Frame::SummaryChange {
                 id: 3,
                 ask: false,
@@ -212,18 +210,10 @@ async fn malformed_frames_close_the_connection_and_the_node_keeps_serving() {
         ),
         (
             "summary changes that pile up more ranges than a summary frame holds",
-            vec![
-                hello.clone(),
-                Frame::Summary {
-                    id: 1,
-                    ask: false,
-                    summary: Default::default(),
-                    classes: Default::default(),
-                },
-            ]
-            .into_iter()
-            .chain((0..9).map(holey))
-            .collect(),
+            vec![hello.clone(), first_summary.clone()]
+                .into_iter()
+                .chain((0..9).map(holey))
+                .collect(),
             holey(9).encode(),
             ErrorCode::TooLarge,
         ),
