@@ -24,8 +24,8 @@ pub struct Counters {
     /// Times the dialling socket moved because local addresses changed.
     pub rebinds: AtomicU64,
     /// Connections given up because the peer left what this node sent
-    /// unanswered (`silence`).
-    pub silent_peers: AtomicU64,
+    /// unanswered (`silence`); shared with the local API's `/metrics`.
+    pub silent_peers: Arc<AtomicU64>,
 }
 
 /// This node, as its parts see it.

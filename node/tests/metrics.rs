@@ -137,6 +137,9 @@ fn metrics_parse_and_describe_the_node_and_its_peers() {
         "the one-shot sync's 10 events"
     );
     assert_eq!(c.get("ferry_peer_peer_lacks_events", &hub_peer), 0.0);
+    // A working path: no connection given up as silent.
+    assert_eq!(c.types["ferry_connections_silent"], "counter");
+    assert_eq!(c.get("ferry_connections_silent_total", &[]), 0.0);
     assert_eq!(c.get("ferry_peer_node_lacks_events", &hub_peer), 0.0);
     c.get("ferry_peer_bytes_sent_total", &hub_peer);
     c.get("ferry_peer_bytes_received_total", &hub_peer);

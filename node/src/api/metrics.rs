@@ -170,6 +170,12 @@ pub async fn metrics(State(api): State<Arc<Api>>) -> Response {
     );
 
     trust(&mut t, &api);
+    t.one(
+        "ferry_connections_silent_total",
+        "counter",
+        "Connections this node gave up because the peer left what it sent unanswered for the silence limit (20 s on the WAN), and dialled again: a path that carries nothing back.",
+        api.silent_peers.load(std::sync::atomic::Ordering::Relaxed) as f64,
+    );
 
     let summary = api.wal.summary();
     t.family(

@@ -67,6 +67,8 @@ pub struct Api {
     revocations: Arc<crate::revocation::Revocations>,
     /// Writers' keys, and the count of events refused for want of proof.
     writer_keys: Arc<crate::logauth::WriterKeys>,
+    /// Connections given up as silent (`Counters::silent_peers`).
+    silent_peers: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Starts the API and records its address in the data directory.
@@ -103,6 +105,7 @@ pub async fn start(ctx: &Arc<NodeCtx>, opts: ApiOptions) -> Result<SocketAddr> {
         records: Some(crate::records::Records::start(ctx)?),
         revocations: ctx.revocations.clone(),
         writer_keys: ctx.writer_keys.clone(),
+        silent_peers: ctx.totals.silent_peers.clone(),
     });
     let app = router(api);
     let stopping = ctx.stopping.clone();

@@ -288,6 +288,7 @@ mod tests {
             records: None,
             revocations: Arc::new(crate::revocation::Revocations::new(Vec::new())),
             writer_keys: Arc::new(crate::logauth::WriterKeys::open(&[], None)),
+            silent_peers: Default::default(),
         });
         let (tx, mut rx) = tokio::sync::mpsc::channel(64);
         let feed = Feed {

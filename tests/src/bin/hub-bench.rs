@@ -287,6 +287,17 @@ fn hub_events_sent(agent: &ureq::Agent, api: &str) -> Result<u64> {
         .sum())
 }
 
+/// Connections the hub gave up because a clinic stopped answering
+/// (`/metrics`): on loopback through netsim, any is a false alarm.
+fn hub_connections_silent(agent: &ureq::Agent, api: &str) -> Result<u64> {
+    let text = agent.get(&format!("{api}/metrics")).call()?.into_string()?;
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix("ferry_connections_silent_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64))
+}
+
 fn proc_field(pid: u32, key: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with(key))?;
@@ -428,6 +439,7 @@ fn run(args: &Args) -> Result<Value> {
     let converged = t0.elapsed().as_secs_f64();
     let wire = wire_totals(&links);
     let hub_events_sent = hub_events_sent(&agent, &hub_api)?;
+    let hub_connections_silent = hub_connections_silent(&agent, &hub_api)?;
     let hub_cpu_converged = cpu_seconds(hub.pid()).unwrap_or(f64::NAN);
     for c in &mut clinics {
         if let Ok(Some(status)) = c.proc.child.try_wait() {
@@ -540,6 +552,7 @@ fn run(args: &Args) -> Result<Value> {
         "wire_down_dropped_queue": wire.down_dropped_queue,
         "wire_down_dropped_loss": wire.down_dropped_loss,
         "hub_events_sent": hub_events_sent,
+        "hub_connections_silent": hub_connections_silent,
         "clinics_converged": times.len(),
         "clinics_connected_to_hub": connected,
         "hub_api_status_answers": api_ms.len(),
