@@ -223,8 +223,13 @@ impl Session {
     }
 
     pub fn send_control<S>(&mut self, cx: &mut Cx<'_, S>, frame: &Frame) {
+        self.send_encoded(cx, frame.encode());
+    }
+
+    /// `send_control` for a frame already encoded (a summary, measured
+    /// against its change before it is sent).
+    fn send_encoded<S>(&mut self, cx: &mut Cx<'_, S>, bytes: Vec<u8>) {
         let Some(stream) = self.control else { return };
-        let bytes = frame.encode();
         assert!(
             bytes.len() <= ferry_proto::frame::MAX_FRAME_LEN + ferry_proto::frame::MAX_PREFIX_LEN,
             "a frame within its limit"
@@ -302,8 +307,8 @@ impl Session {
         // The peer's `Done` names the last part: what it pulled is `held`.
         self.our_id = self.our_id.wrapping_add(frames.len() as u32);
         (self.our_summary, self.our_classes) = held;
-        for frame in &frames {
-            self.send_control(cx, frame);
+        for frame in frames {
+            self.send_encoded(cx, frame);
         }
     }
 
@@ -435,8 +440,8 @@ impl Session {
                     return Err(fault(
                         ErrorCode::TooLarge,
                         format!(
-                            "a summary of {logs} logs and {ranges} ranges exceeds what one Summary frame could carry \
-                             ({MAX_SUMMARY_ORIGINS} logs, {MAX_SUMMARY_RANGES} ranges)"
+                            "a summary of {logs} logs and {ranges} ranges exceeds the limit of \
+                             {MAX_SUMMARY_ORIGINS} logs and {MAX_SUMMARY_RANGES} ranges"
                         ),
                     ));
                 }

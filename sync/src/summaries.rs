@@ -6,13 +6,13 @@
 //! (`MAX_FRAME_LEN`) it went into no frame at all.
 
 use ferry_proto::frame::MAX_FRAME_LEN;
-use ferry_proto::{apply_change, change_to, Classes, Frame, Origin, Summary};
+use ferry_proto::{apply_change, change_to, Classes, Frame, Summary};
 
 /// A node's summary and the classes that go with it.
 pub(crate) type Pair = (Summary, Classes);
 
-/// The frames that bring a peer holding `before` of this node's summaries
-/// (`None`: none yet on this connection) to `now`, with ids from
+/// The frames, encoded, that bring a peer holding `before` of this node's
+/// summaries (`None`: none yet on this connection) to `now`, with ids from
 /// `last_id + 1`; only the last asks for the peer's summary when `ask`.
 /// One frame when it fits: the whole summary, or the change when that is
 /// shorter. Otherwise parts, each a share of the logs: the first is a whole
@@ -20,118 +20,101 @@ pub(crate) type Pair = (Summary, Classes);
 /// Also returns what the peer holds after the last: `now`, except a log
 /// whose sets alone exceed a frame, of which only the leading ranges that
 /// fit are named (a summary may claim less than is held, never more).
-pub(crate) fn summary_frames(before: Option<&Pair>, now: &Pair, last_id: u32, ask: bool) -> (Vec<Frame>, Pair) {
+pub(crate) fn summary_frames(before: Option<&Pair>, now: &Pair, last_id: u32, ask: bool) -> (Vec<Vec<u8>>, Pair) {
     let id = last_id.wrapping_add(1);
-    let whole = Frame::Summary {
-        id,
-        ask,
-        summary: now.0.clone(),
-        classes: now.1.clone(),
-    };
+    let whole = summary(id, ask, now.clone());
     let (single, changed) = match before {
         None => (whole, now.clone()),
         Some(before) => {
-            let (changed, classes) = change_to(before, now);
-            let change = Frame::SummaryChange {
-                id,
-                ask,
-                changed: changed.clone(),
-                classes: classes.clone(),
-            };
-            let shorter = if change.encode().len() < whole.encode().len() {
-                change
-            } else {
-                whole
-            };
-            (shorter, (changed, classes))
+            let changed = change_to(before, now);
+            let change = change_frame(id, ask, changed.clone());
+            (if change.len() < whole.len() { change } else { whole }, changed)
         }
     };
-    if fits(&single) {
+    if single.len() <= MAX_FRAME_LEN {
         return (vec![single], now.clone());
     }
     let parts = split(changed);
     let count = parts.len();
     let mut held = before.cloned().unwrap_or_default();
     let mut frames = Vec::with_capacity(count);
-    for (i, (changed, classes)) in parts.into_iter().enumerate() {
+    for (i, part) in parts.into_iter().enumerate() {
         let (id, ask) = (id.wrapping_add(i as u32), ask && i + 1 == count);
         let frame = if i == 0 && before.is_none() {
-            held = (changed.clone(), classes.clone());
-            Frame::Summary {
-                id,
-                ask,
-                summary: changed,
-                classes,
-            }
+            held = part.clone();
+            summary(id, ask, part)
         } else {
-            apply_change(&mut held, changed.clone(), classes.clone());
-            Frame::SummaryChange {
-                id,
-                ask,
-                changed,
-                classes,
-            }
+            apply_change(&mut held, part.0.clone(), part.1.clone());
+            change_frame(id, ask, part)
         };
-        debug_assert!(fits(&frame), "a summary part within the frame limit");
+        debug_assert!(frame.len() <= MAX_FRAME_LEN, "a summary part within the frame limit");
         frames.push(frame);
     }
     (frames, held)
 }
 
-fn fits(frame: &Frame) -> bool {
-    frame.encode().len() <= MAX_FRAME_LEN
+fn summary(id: u32, ask: bool, (summary, classes): Pair) -> Vec<u8> {
+    Frame::Summary {
+        id,
+        ask,
+        summary,
+        classes,
+    }
+    .encode()
 }
 
-/// `changed` in shares of its logs that each fit a frame.
+fn change_frame(id: u32, ask: bool, (changed, classes): Pair) -> Vec<u8> {
+    Frame::SummaryChange {
+        id,
+        ask,
+        changed,
+        classes,
+    }
+    .encode()
+}
+
+/// Whether `part` fits one `SummaryChange` frame.
+fn fits(part: &Pair) -> bool {
+    change_frame(u32::MAX, true, part.clone()).len() <= MAX_FRAME_LEN
+}
+
+/// `changed` in shares of its logs, in origin order, that each fit a frame.
 fn split(changed: Pair) -> Vec<Pair> {
-    let as_frame = |p: &Pair| Frame::SummaryChange {
-        id: u32::MAX,
-        ask: true,
-        changed: p.0.clone(),
-        classes: p.1.clone(),
-    };
     let mut todo = vec![changed];
     let mut done = Vec::new();
-    while let Some(part) = todo.pop() {
-        if fits(&as_frame(&part)) {
-            done.push(part);
+    while let Some(mut left) = todo.pop() {
+        if fits(&left) {
+            done.push(left);
             continue;
         }
-        let origins: Vec<Origin> = part.0 .0.keys().copied().collect();
-        if origins.len() <= 1 {
-            done.push(trimmed(part, &as_frame));
+        let Some(&mid) = left.0 .0.keys().nth(left.0 .0.len() / 2) else {
+            done.push(left);
+            continue;
+        };
+        if left.0 .0.len() == 1 {
+            done.push(trimmed(left));
             continue;
         }
-        let (left, right) = origins.split_at(origins.len() / 2);
+        // A change's classes name only logs it names, so one key splits all.
+        let right = (
+            Summary(left.0 .0.split_off(&mid)),
+            Classes {
+                urgent: left.1.urgent.split_off(&mid),
+                bulk: left.1.bulk.split_off(&mid),
+            },
+        );
         // Right first on the stack, so parts go out in origin order.
-        todo.push(share(&part, right));
-        todo.push(share(&part, left));
+        todo.push(right);
+        todo.push(left);
     }
     done
 }
 
-/// The logs `origins` of `part`, with their classes.
-fn share(part: &Pair, origins: &[Origin]) -> Pair {
-    let pick = |m: &std::collections::BTreeMap<Origin, ferry_proto::RangeSet>| {
-        origins
-            .iter()
-            .filter_map(|o| m.get(o).map(|s| (*o, s.clone())))
-            .collect()
-    };
-    (
-        Summary(pick(&part.0 .0)),
-        Classes {
-            urgent: pick(&part.1.urgent),
-            bulk: pick(&part.1.bulk),
-        },
-    )
-}
-
 /// One log whose sets exceed a frame: its leading ranges that fit, and no
 /// classes (every event then counts as normal to the peer).
-fn trimmed(mut part: Pair, as_frame: &dyn Fn(&Pair) -> Frame) -> Pair {
+fn trimmed(mut part: Pair) -> Pair {
     part.1 = Classes::default();
-    while !fits(&as_frame(&part)) {
+    while !fits(&part) {
         let Some(set) = part.0 .0.values_mut().next() else {
             break;
         };
@@ -144,7 +127,7 @@ fn trimmed(mut part: Pair, as_frame: &dyn Fn(&Pair) -> Frame) -> Pair {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ferry_proto::{NodeId, RangeSet};
+    use ferry_proto::{NodeId, Origin, RangeSet};
 
     fn logs(n: u32, holes: u64) -> Pair {
         let summary = (0..n)
@@ -162,10 +145,17 @@ mod tests {
         (Summary(summary), Classes::default())
     }
 
-    fn replay(frames: &[Frame], before: Option<&Pair>) -> Pair {
+    fn decoded(frames: &[Vec<u8>]) -> Vec<Frame> {
+        frames
+            .iter()
+            .map(|b| Frame::decode(b).expect("a frame").expect("whole").0)
+            .collect()
+    }
+
+    fn replay(frames: &[Vec<u8>], before: Option<&Pair>) -> Pair {
         let mut held = before.cloned().unwrap_or_default();
-        for f in frames {
-            match f.clone() {
+        for f in decoded(frames) {
+            match f {
                 Frame::Summary { summary, classes, .. } => held = (summary, classes),
                 Frame::SummaryChange { changed, classes, .. } => apply_change(&mut held, changed, classes),
                 other => panic!("{other:?}"),
@@ -178,7 +168,10 @@ mod tests {
     fn a_summary_that_fits_is_one_frame() {
         let now = logs(3, 2);
         let (frames, held) = summary_frames(None, &now, 0, true);
-        assert!(matches!(frames[..], [Frame::Summary { id: 1, ask: true, .. }]));
+        assert!(matches!(
+            decoded(&frames)[..],
+            [Frame::Summary { id: 1, ask: true, .. }]
+        ));
         assert_eq!(held, now);
     }
 
@@ -187,8 +180,8 @@ mod tests {
         let now = logs(60_000, 1);
         let (frames, held) = summary_frames(None, &now, 4, true);
         assert!(frames.len() >= 2, "{} frames", frames.len());
-        assert!(frames.iter().all(fits));
-        let ids: Vec<(u32, bool)> = frames
+        assert!(frames.iter().all(|f| f.len() <= MAX_FRAME_LEN));
+        let ids: Vec<(u32, bool)> = decoded(&frames)
             .iter()
             .map(|f| match f {
                 Frame::Summary { id, ask, .. } | Frame::SummaryChange { id, ask, .. } => (*id, *ask),
@@ -199,15 +192,15 @@ mod tests {
             .map(|i| (5 + i as u32, i + 1 == frames.len()))
             .collect();
         assert_eq!(ids, want, "ids follow on, and only the last asks");
-        assert!(matches!(frames[0], Frame::Summary { .. }));
+        assert!(matches!(decoded(&frames)[0], Frame::Summary { .. }));
         assert_eq!(replay(&frames, None), now);
         assert_eq!(held, now);
         // A later summary that changed little is one small change.
         let mut later = now.clone();
         later.0 .0.values_mut().next().unwrap().insert_range(900, 901);
         let (frames, held) = summary_frames(Some(&now), &later, 9, false);
-        assert!(matches!(frames[..], [Frame::SummaryChange { id: 10, .. }]));
-        assert!(frames[0].encode().len() < 64);
+        assert!(matches!(decoded(&frames)[..], [Frame::SummaryChange { id: 10, .. }]));
+        assert!(frames[0].len() < 64);
         assert_eq!(held, later);
     }
 
@@ -215,7 +208,7 @@ mod tests {
     fn one_log_larger_than_a_frame_is_named_in_part() {
         let now = logs(1, 700_000);
         let (frames, held) = summary_frames(None, &now, 0, true);
-        assert!(frames.iter().all(fits));
+        assert!(frames.iter().all(|f| f.len() <= MAX_FRAME_LEN));
         assert_eq!(replay(&frames, None), held);
         let (sent, all) = (&held.0 .0, &now.0 .0);
         let (sent, all) = (sent.values().next().unwrap(), all.values().next().unwrap());
