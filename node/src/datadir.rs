@@ -9,7 +9,7 @@
 //! wal.key       WAL encryption key (0600)
 //! log-epoch     the epoch of this node's own log (see proto::Origin), and
 //! log-epoch.id  the file identity it was written with (restore detection)
-//! log-epoch.next the epoch the next local write starts after an unclean close
+//! log-epoch.next the epoch the first local write of this start begins
 //! peers.json    what this node knows of its peers (last sync, counts)
 //! wal/          segments; SEALED while the WAL is closed cleanly
 //! ```
@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 
 pub const DEFAULT_PORT: u16 = 7700;
 
-/// The epoch planned for the node's next log after an unclean close.
+/// The epoch planned for the log the first local write of a start begins.
 const NEXT_EPOCH: &str = "log-epoch.next";
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -270,7 +270,7 @@ impl DataDir {
         let path = self.path("log-epoch");
         atomic_write(&path, format!("{epoch:08x}\n").as_bytes())?;
         atomic_write(&self.path("log-epoch.id"), file_identity(&path)?.as_bytes())?;
-        // A newer decision replaces a new log planned after an unclean close.
+        // A newer decision replaces the new log planned at this start.
         match std::fs::remove_file(self.path(NEXT_EPOCH)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 Err(e).with_context(|| format!("could not remove {}", self.path(NEXT_EPOCH).display()))
@@ -279,34 +279,45 @@ impl DataDir {
         }
     }
 
-    /// After a close the WAL cannot vouch for, the log the first local write
-    /// starts, recorded before the WAL may use it; and a planned log that
-    /// did receive events becomes the node's log for good.
+    /// The log the first local write of this start begins, recorded before
+    /// the WAL may use it; and a planned log that did receive events
+    /// becomes the node's log for good. Every start plans one: nothing on
+    /// the disk can show it did not go back in time (a card that lost
+    /// synced writes, a whole-disk image put back with its inodes and the
+    /// WAL's seal), and the numbers a peer already holds must not be given
+    /// out again.
     fn guard_own_log(&self, wal: &Wal, node: NodeId) -> Result<()> {
+        if let Some(planned) = self.written_planned_log(wal, node) {
+            self.set_log_epoch(planned.epoch)?;
+            wal.set_local_origin(planned);
+        }
         let path = self.path(NEXT_EPOCH);
-        if let Ok(text) = std::fs::read_to_string(&path) {
-            if let Ok(epoch) = u32::from_str_radix(text.trim(), 16) {
-                let planned = Origin { node, epoch };
-                if !wal.have(&planned).is_empty() {
-                    self.set_log_epoch(epoch)?;
-                    wal.set_local_origin(planned);
-                }
-            }
-        }
-        if wal.closed_cleanly() {
-            let _ = std::fs::remove_file(&path);
-            return Ok(());
-        }
         let epoch: u32 = rand::random();
         atomic_write(&path, format!("{epoch:08x}\n").as_bytes())?;
         wal.set_unconfirmed_tail(Origin { node, epoch });
-        tracing::warn!(
-            log = %wal.local_origin(),
-            next = format!("{epoch:08x}"),
-            "the WAL was not closed cleanly (a crash or power cut) or does not end where it was closed; \
-             the next local event starts a new log epoch, so no sequence number a peer may already hold is reused"
-        );
+        if wal.closed_cleanly() {
+            tracing::debug!(log = %wal.local_origin(), next = format!("{epoch:08x}"), "the next local event starts a new log epoch");
+        } else {
+            tracing::warn!(
+                log = %wal.local_origin(),
+                next = format!("{epoch:08x}"),
+                "the WAL was not closed cleanly (a crash or power cut) or does not end where it was closed: \
+                 events at its end may be lost here; peers that hold them give them back"
+            );
+        }
         Ok(())
+    }
+
+    /// The log planned at the last start, if it received events: the one
+    /// the node writes now, though `log-epoch` names it only from the next
+    /// start on.
+    fn written_planned_log(&self, wal: &Wal, node: NodeId) -> Option<Origin> {
+        let text = std::fs::read_to_string(self.path(NEXT_EPOCH)).ok()?;
+        let planned = Origin {
+            node,
+            epoch: u32::from_str_radix(text.trim(), 16).ok()?,
+        };
+        (!wal.have(&planned).is_empty()).then_some(planned)
     }
 
     pub fn wal_key_path(&self, cfg: &Config) -> PathBuf {
@@ -342,6 +353,9 @@ impl DataDir {
         let wal = Wal::open(opts)?;
         if !read_only {
             self.guard_own_log(&wal, id.node_id)?;
+        } else if let Some(planned) = self.written_planned_log(&wal, id.node_id) {
+            // Beside a daemon that has written since it started.
+            wal.set_local_origin(planned);
         }
         Ok(wal)
     }

@@ -25,7 +25,7 @@ fn status(dir: &str) -> serde_json::Value {
 }
 
 /// Starts `ferry run` and returns it with the address it listens on.
-fn daemon(dir: &str, extra: &[&str]) -> (Child, String) {
+fn daemon(dir: &str, extra: &[&str]) -> (Running, String) {
     let mut child = Command::new(FERRY)
         .args([
             "run",
@@ -61,10 +61,23 @@ fn daemon(dir: &str, extra: &[&str]) -> (Child, String) {
         .unwrap_or_else(|| panic!("no address in {line:?}"));
     // Keep draining stderr so the daemon never blocks on a full pipe.
     std::thread::spawn(move || for _ in stderr.lines() {});
-    (child, addr.to_string())
+    (Running(Some(child)), addr.to_string())
 }
 
-fn stop(mut child: Child) {
+/// A daemon this test started: killed if the test fails before it stops it.
+struct Running(Option<Child>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn stop(mut running: Running) {
+    let mut child = running.0.take().expect("a running daemon");
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().unwrap();
     assert!(status.success(), "daemon did not exit cleanly on SIGTERM: {status}");
@@ -129,9 +142,10 @@ fn a_newcomer_sets_up_two_nodes_and_they_replicate() {
     ]);
     assert!(first.trim().ends_with(":1"), "{first}");
     std::fs::write(p("payload.json"), br#"{"type":"registration"}"#).unwrap();
-    assert!(ok(&["push", "--data-dir", &a, "--file", &p("payload.json")])
-        .trim()
-        .ends_with(":2"));
+    // Without a daemon every push is a start of its own: a new log.
+    let second = ok(&["push", "--data-dir", &a, "--file", &p("payload.json")]);
+    assert!(second.trim().ends_with(":1"), "{second}");
+    assert_ne!(second, first);
     let mut child = Command::new(FERRY)
         .args(["push", "--data-dir", &a])
         .stdin(Stdio::piped())
@@ -154,18 +168,23 @@ fn a_newcomer_sets_up_two_nodes_and_they_replicate() {
         .map(str::to_string)
         .collect();
     assert_eq!(printed.len(), 200);
-    assert!(printed[199].ends_with(":202"));
+    let batch_log = printed[0].strip_suffix(":1").unwrap();
+    assert_eq!(printed[199], format!("{batch_log}:200"), "one call, one log");
     ok(&["push", "--data-dir", &b, "hub notice"]);
 
-    let log: Vec<serde_json::Value> = ok(&["log", "--data-dir", &a, "--json", "--limit", "2"])
+    assert_eq!(
+        ok(&["log", "--data-dir", &a, "--json", "--limit", "2"]).lines().count(),
+        2
+    );
+    let log: Vec<serde_json::Value> = ok(&["log", "--data-dir", &a, "--json", "--id", first.trim()])
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(log.len(), 2);
+    assert_eq!(log.len(), 1);
     assert_eq!(log[0]["topic"], "vitals");
     assert_eq!(log[0]["priority"], "urgent");
     assert_eq!(log[0]["payload"]["pulse"], 80);
-    let after = ok(&["log", "--data-dir", &a, "--json", "--after", "200"]);
+    let after = ok(&["log", "--data-dir", &a, "--json", "--after", "198"]);
     assert_eq!(after.lines().count(), 2);
 
     let s = status(&a);
@@ -174,14 +193,14 @@ fn a_newcomer_sets_up_two_nodes_and_they_replicate() {
     assert_eq!(s["events"], 202);
     assert!(s["wal_bytes"].as_u64().unwrap() > 200 * 200);
     let have = s["have"].as_object().unwrap();
-    assert_eq!(have.len(), 1);
-    assert_eq!(have.values().next().unwrap(), &serde_json::json!([[1, 202]]));
+    assert_eq!(have.len(), 3, "three pushes, three logs");
+    assert_eq!(have[batch_log], serde_json::json!([[1, 200]]));
 
     // B runs as a daemon; A syncs once, then A runs as a daemon too.
     let (hub, hub_addr) = daemon(&b, &[]);
     // Writes go through the daemon's local API; a second writer is refused.
     let through = ok(&["push", "--data-dir", &b, "pushed while the daemon runs"]);
-    assert!(through.trim().ends_with(":2"), "{through}");
+    assert!(through.trim().ends_with(":1"), "{through}");
     let refused = run(&["wal", "rekey", "--data-dir", &b]);
     assert!(!refused.status.success(), "a second writer opened the daemon's WAL");
     assert!(
@@ -216,7 +235,7 @@ fn a_newcomer_sets_up_two_nodes_and_they_replicate() {
     std::thread::sleep(Duration::from_millis(1500));
     let port = hub_addr.rsplit_once(':').unwrap().1;
     let listen = format!("127.0.0.1:{port}");
-    let mut hub = Command::new(FERRY)
+    let hub = Command::new(FERRY)
         .args([
             "run",
             "--data-dir",
@@ -232,6 +251,7 @@ fn a_newcomer_sets_up_two_nodes_and_they_replicate() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let hub = Running(Some(hub));
     wait_for("the clinic daemon to reconnect and pull", || {
         status(&a)["events"] == 205
     });
@@ -246,7 +266,10 @@ fn a_newcomer_sets_up_two_nodes_and_they_replicate() {
         "--priority",
         "urgent",
     ]);
-    assert!(live.trim().ends_with(":203"), "{live}");
+    assert!(
+        live.trim().ends_with(":1"),
+        "the daemon's first event, in its own log: {live}"
+    );
     wait_for("the pushed event at the hub", || status(&b)["events"] == 206);
 
     // The local API answers bad requests with a JSON error and a stable code.
@@ -259,8 +282,7 @@ fn a_newcomer_sets_up_two_nodes_and_they_replicate() {
         }
         other => panic!("expected a 400, got {other:?}"),
     }
-    hub.kill().unwrap();
-    hub.wait().unwrap();
+    drop(hub);
     stop(clinic);
 }
 
@@ -340,7 +362,9 @@ fn wal_rekey_keeps_every_event_and_replaces_the_key() {
     assert_ne!(std::fs::read(tmp.path().join("n/wal.key")).unwrap(), old_key);
     assert!(!tmp.path().join("n/wal.key.next").exists());
     assert_eq!(ok(&["log", "--data-dir", d, "--json", "--limit", "1000"]), before);
-    assert!(ok(&["push", "--data-dir", d, "after"]).trim().ends_with(":51"));
+    assert!(ok(&["push", "--data-dir", d, "after"]).trim().ends_with(":1"));
+    let s: serde_json::Value = serde_json::from_str(&ok(&["status", "--data-dir", d, "--json"])).unwrap();
+    assert_eq!(s["events"], 51);
 }
 
 /// `ferry sync` on a terminal draws progress (events and bytes done, total,

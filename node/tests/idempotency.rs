@@ -62,7 +62,11 @@ fn a_retry_with_the_same_key_returns_the_first_answer_and_writes_nothing() {
     assert_eq!(after_restart["replayed"], true);
     // A new key is a new write.
     let (other, _) = answer(post(&d, "referral-78").send_string(r#"{"referral":78}"#));
-    assert_eq!(other["events"][0]["seq"], 2);
+    assert_eq!(
+        other["events"][0]["seq"], 1,
+        "the first event of this start, in its own log"
+    );
+    assert_ne!(other["events"][0]["origin"], first["events"][0]["origin"]);
     assert_eq!(events(&d), 2);
     d.stop();
 }

@@ -1,7 +1,8 @@
-//! The own-log guard through a real daemon: stopped with SIGTERM it seals
-//! its WAL and writes on in the same log after a restart; killed (a power
-//! cut) it cannot vouch for the log's end, and its first new event starts a
-//! new log epoch, so no number a peer may hold is given out twice.
+//! The own-log guard through a real daemon: the first event of every start
+//! begins a new log epoch, whether the daemon was stopped with SIGTERM or
+//! killed (a power cut), and a start that writes nothing leaves the log as
+//! it was. Nothing on the disk can show it did not go back in time, so no
+//! number a peer may hold is given out twice.
 
 mod common;
 
@@ -19,35 +20,48 @@ fn push(d: &Daemon, body: &str) -> (String, u64) {
 }
 
 #[test]
-fn a_stopped_daemon_writes_on_and_a_killed_one_starts_a_new_log() {
+fn every_start_that_writes_begins_a_new_log() {
     let dep = Deployment::new("own-log");
     let dir = dep.node("clinic", "clinic");
+    let node_of = |origin: &str| origin.split('.').next().unwrap().to_string();
 
     let d = Daemon::start(&dir, &[]);
     let (first, seq) = push(&d, r#"{"visit":1}"#);
     assert_eq!(seq, 1);
+    assert_eq!(push(&d, r#"{"visit":2}"#), (first.clone(), 2), "one start, one log");
     d.stop();
+
     let d = Daemon::start(&dir, &[]);
+    let (after_stop, seq) = push(&d, r#"{"visit":3}"#);
+    assert_ne!(after_stop, first, "after a clean stop the node wrote on its old log");
     assert_eq!(
-        push(&d, r#"{"visit":2}"#),
-        (first.clone(), 2),
-        "a clean stop keeps the log"
+        (node_of(&after_stop), seq),
+        (node_of(&first), 1),
+        "same node, new epoch"
     );
 
     d.kill();
     let d = Daemon::start(&dir, &[]);
-    let (after_kill, seq) = push(&d, r#"{"visit":3}"#);
-    assert_ne!(after_kill, first, "after a kill the node wrote on its old log");
-    assert_eq!(
-        after_kill.split('.').next(),
-        first.split('.').next(),
-        "same node, new epoch"
+    let (after_kill, seq) = push(&d, r#"{"visit":4}"#);
+    assert!(
+        after_kill != first && after_kill != after_stop,
+        "after a kill the node wrote on an old log"
     );
-    assert_eq!(seq, 1);
+    assert_eq!((node_of(&after_kill), seq), (node_of(&first), 1));
     d.stop();
 
-    // The new log is the node's log from now on, across clean restarts.
+    // A start without a write loses nothing: every event is still there,
+    // under the log that wrote it.
     let d = Daemon::start(&dir, &[]);
-    assert_eq!(push(&d, r#"{"visit":4}"#), (after_kill, 2));
     d.stop();
+    let held: Vec<(String, u64)> = common::ok(&["log", "--data-dir", &dir, "--json"])
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["origin"].as_str().unwrap().to_string(), v["seq"].as_u64().unwrap())
+        })
+        .collect();
+    for event in [(first.clone(), 1), (first, 2), (after_stop, 1), (after_kill, 1)] {
+        assert!(held.contains(&event), "{event:?} missing from the log: {held:?}");
+    }
 }

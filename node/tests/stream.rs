@@ -131,13 +131,14 @@ fn the_stream_carries_local_and_replicated_events_and_resumes() {
     let clinic_dir = dep.node("clinic", "clinic");
     let hub = Daemon::start(&hub_dir, &[]);
     let clinic = Daemon::start(&clinic_dir, &["--peer", &hub.addr]);
-    let (h, c) = (origin_of(&hub), origin_of(&clinic));
 
     push(&hub_dir, r#"{"n":"h1"}"#, "notice");
     push(&hub_dir, r#"{"n":"h2"}"#, "notice");
     push(&clinic_dir, r#"{"n":"c1"}"#, "visits");
     push(&clinic_dir, r#"{"n":"c2"}"#, "labs");
     push(&clinic_dir, r#"{"n":"c3"}"#, "visits");
+    // Each daemon's first event began the log it writes in this start.
+    let (h, c) = (origin_of(&hub), origin_of(&clinic));
 
     // From the start: the hub's own events and the clinic's, as they arrive.
     let mut all = Stream::open(&hub.url("/v1/stream"), None);

@@ -2,7 +2,7 @@
 //! restarts, a data directory restored from an old copy, clock jumps,
 //! address changes, a mule moving between sites.
 
-use crate::world::{Fault, World};
+use crate::world::{Backup, Fault, World};
 use ferry_proto::Origin;
 use ferry_sync::{MemStore, Store, Time};
 use rand::Rng;
@@ -38,17 +38,6 @@ pub fn apply(w: &mut World, f: Fault) {
             let card_loses = card.unwrap_or(random);
             let bugs = w.opts.bugs;
             let lost = store.crash(survive, card_loses, &bugs);
-            // Not shut down cleanly: the node cannot vouch for its own log's
-            // tail, so its next local write starts a new log (as the WAL's
-            // missing seal tells the node).
-            let local = store.local_origin();
-            let next = Origin {
-                node: local.node,
-                epoch: w.rng.gen(),
-            };
-            if !bugs.on(|b| b.trust_unclean_tail) {
-                store.set_unconfirmed_tail(next);
-            }
             let line = format!(
                 "{} crashes ({survive} unsynced groups reach the disk, the card loses {} synced events)",
                 w.nodes[n].name,
@@ -75,40 +64,57 @@ pub fn apply(w: &mut World, f: Fault) {
             w.fault_at(w.now.saturating_add(down), Fault::Restart(n));
         }
         Fault::Restart(n) if !w.node_up(n) => w.boot_node(n),
-        Fault::Snapshot(n) if !healing => {
+        Fault::Snapshot(n, kind) if !healing => {
             if let Some(r) = &w.nodes[n].replica {
                 // A copy reads the files as they are: of the writes not yet
                 // fsynced, a prefix is in them and the rest is not. The
                 // restored node sees what the copy holds when it opens it,
                 // and nothing of it later (seed 417: a group still pending
                 // in the copy became visible at the restored node's next
-                // fsync, behind its index's back).
-                let in_copy = w.rng.gen_range(0..=r.store().unsynced_groups());
-                w.nodes[n].snapshot = Some(copy_of(r.store(), in_copy));
-                let line = format!("{}'s data directory is copied", w.nodes[n].name);
+                // fsync, behind its index's back). An image is taken of a
+                // stopped node, whose writes all reached the disk.
+                let pending = r.store().unsynced_groups();
+                let in_copy = match kind {
+                    Backup::Files => w.rng.gen_range(0..=pending),
+                    Backup::Image => pending,
+                };
+                w.nodes[n].snapshot = Some((copy_of(r.store(), in_copy), kind));
+                let line = match kind {
+                    Backup::Files => format!("{}'s data directory is copied", w.nodes[n].name),
+                    Backup::Image => format!("{}'s disk is imaged", w.nodes[n].name),
+                };
                 w.trace.line(w.now, &line);
             }
         }
         Fault::Restore(n, down) if !healing => {
-            let Some(mut old) = w.nodes[n].snapshot.take() else {
+            let Some((mut old, kind)) = w.nodes[n].snapshot.take() else {
                 return;
             };
             w.kill_node(n);
             w.nodes[n].disk = None;
             // A file-level copy has new inodes: the node sees it and starts a
-            // new log epoch before writing (see docs/architecture.md).
-            let local = old.local_origin();
-            let epoch: u32 = w.rng.gen();
-            old.set_local_origin(Origin {
-                node: local.node,
-                epoch,
-            });
+            // new log epoch before writing (see docs/architecture.md). An
+            // image gives it nothing to see.
+            if kind == Backup::Files {
+                let local = old.local_origin();
+                let epoch: u32 = w.rng.gen();
+                old.set_local_origin(Origin {
+                    node: local.node,
+                    epoch,
+                });
+            }
             let before = w.check_total_acked(n);
             w.check.after_restore(n, |o, s| old.holds(o, s), old.last_hlc());
             let lost = before - w.check_total_acked(n);
             let line = format!(
-                "{}'s data directory is replaced by the old copy ({lost} acknowledged events gone here)",
-                w.nodes[n].name
+                "{}'s {} is replaced by the old {} ({lost} acknowledged events gone here)",
+                w.nodes[n].name,
+                if kind == Backup::Files {
+                    "data directory"
+                } else {
+                    "disk"
+                },
+                if kind == Backup::Files { "copy" } else { "image" },
             );
             w.trace.line(w.now, &line);
             w.nodes[n].disk = Some(old);

@@ -38,7 +38,7 @@ pub struct SimNode {
     pub remembered: BTreeMap<NodeId, (Summary, Classes)>,
     pub tickets: BTreeMap<NodeId, u32>,
     pub backoff: BTreeMap<NodeId, (u32, Time)>,
-    pub snapshot: Option<MemStore>,
+    pub snapshot: Option<(MemStore, Backup)>,
     /// Until then the node's address is changing: its WAN packets are lost.
     pub moving_until: Time,
     timer_at: Option<Time>,
@@ -96,13 +96,27 @@ pub enum Fault {
     /// groups (lying about fsync), or a random number when `None`.
     Crash(usize, Time, Option<usize>),
     Restart(usize),
-    Snapshot(usize),
+    Snapshot(usize, Backup),
     Restore(usize, Time),
     ClockJump(usize, i64),
     Move(usize, Time),
     MuleTo(usize, Option<usize>),
     /// The hub revokes a node's certificate.
     Revoke(usize),
+}
+
+/// How a node's data directory was backed up, which decides what it sees
+/// when the backup is put back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backup {
+    /// A file-level copy of a running node (tar, rsync): it holds a prefix
+    /// of the writes not yet fsynced, and its files have new identities,
+    /// so the node starts a new log epoch at open.
+    Files,
+    /// A whole-disk image of a stopped node (dd of the SD card): everything
+    /// written is in it, and file identities and the WAL's seal match, so
+    /// nothing on the disk tells the node it went back in time.
+    Image,
 }
 
 pub(crate) enum Ev {
@@ -521,8 +535,18 @@ impl World {
     /// Starts a node on its disk: a new boot.
     pub fn boot_node(&mut self, n: usize) {
         let node = &mut self.nodes[n];
-        let Some(disk) = node.disk.take() else { return };
+        let Some(mut disk) = node.disk.take() else { return };
         node.boot += 1;
+        // Nothing on a disk can vouch that it did not go back in time (a
+        // card that lost synced writes, a whole-disk image put back): the
+        // first local write of every start begins a new log, as the node's
+        // data directory arranges at every open.
+        let epoch = self.rng.gen();
+        if !self.opts.bugs.on(|b| b.keep_log_at_start) {
+            let node = disk.local_origin().node;
+            disk.set_unconfirmed_tail(ferry_proto::Origin { node, epoch });
+        }
+        let node = &mut self.nodes[n];
         // The index is rebuilt from what survived, as the node's is.
         node.records = crate::records::rebuild(&disk);
         let log = disk.local_origin();

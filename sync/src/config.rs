@@ -92,9 +92,10 @@ pub struct Bugs {
     /// sends (`forge::Forging`). Not a defect to catch but an attack to
     /// withstand: log authentication refuses every such event.
     pub relay_forges: bool,
-    /// After an unclean shutdown a node writes on its old log at once,
-    /// without a peer vouching for the log's tail.
-    pub trust_unclean_tail: bool,
+    /// After a start a node writes on the log it had, trusting its disk
+    /// not to have gone back in time (a card that lost synced writes, a
+    /// whole-disk image put back).
+    pub keep_log_at_start: bool,
     /// Events a revoked node stamped after its revocation are taken.
     pub admit_revoked: bool,
     /// A node signs the head of every log it holds as if it wrote it: a
@@ -111,7 +112,7 @@ impl Bugs {
         "duplicate-after-reconnect",
         "drop-acked-append-on-crash",
         "relay-forges",
-        "trust-unclean-tail",
+        "keep-log-at-start",
         "admit-revoked",
     ];
 
@@ -123,7 +124,7 @@ impl Bugs {
             "duplicate-after-reconnect" => b.duplicate_after_reconnect = true,
             "drop-acked-append-on-crash" => b.drop_acked_append_on_crash = true,
             "relay-forges" => b.relay_forges = true,
-            "trust-unclean-tail" => b.trust_unclean_tail = true,
+            "keep-log-at-start" => b.keep_log_at_start = true,
             "admit-revoked" => b.admit_revoked = true,
             // Not in NAMES: the simulator does not rebuild trees from events.
             "sign-any-log" => b.sign_any_log = true,

@@ -33,8 +33,8 @@ pub struct MemStore {
     recent_synced: VecDeque<Vec<(Origin, u64)>>,
     next_group: u64,
     clock: Clock,
-    /// After an unclean shutdown: the log the next local write starts
-    /// (as `Wal::set_unconfirmed_tail`).
+    /// After a start: the log the next local write starts (as
+    /// `Wal::set_unconfirmed_tail`).
     fallback: Option<Origin>,
     /// Verified trees and heads, as durable as the events (`Store::logs`).
     logs: Option<Logs>,

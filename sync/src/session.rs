@@ -719,10 +719,10 @@ impl Session {
 /// A peer holding more of this node's own current log than this node means
 /// the log lost its tail (a restored copy, a card that lost fsynced writes):
 /// writing on would reuse sequence numbers, so start a new log; the old one
-/// comes back as any other. (A peer holding as much cannot vouch for the
-/// tail: another peer, a mule on the road, may hold more. After an unclean
-/// shutdown the node therefore starts a new log at its first write, whatever
-/// peers say: see `Wal::set_unconfirmed_tail`.)
+/// comes back as any other. A second line only: a peer holding as much
+/// cannot vouch for the tail (a mule on the road may hold more), so the
+/// driver already makes the first local write of every start begin a new
+/// log (`Wal::set_unconfirmed_tail`).
 fn check_own_log<S: Store>(cx: &mut Cx<'_, S>, theirs: &Summary) {
     let local = cx.store.local_origin();
     let their_last = theirs.get(&local).and_then(RangeSet::last).unwrap_or(0);

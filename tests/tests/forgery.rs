@@ -39,19 +39,19 @@ async fn a_rogue_relay_can_neither_alter_nor_fabricate_another_clinics_events() 
         .await
         .unwrap();
     let r_dir = dep.enroll("rogue", Role::Clinic).unwrap();
-    let a_origin = a.ctx.wal.local_origin();
     write_events(&a.ctx.wal, workload("CLA", 20, 1).unwrap(), Priority::Normal)
         .await
         .unwrap();
+    let a_origin = a.ctx.wal.local_origin();
 
     // The rogue takes A's events honestly and writes five of its own; it
     // alters every event of another writer it passes on.
     let forges = Bugs::parse("relay-forges").unwrap();
     let r = rogue(&r_dir, forges, Vec::new()).await;
-    let r_origin = r.ctx.wal.local_origin();
     write_events(&r.ctx.wal, workload("ROG", 5, 2).unwrap(), Priority::Normal)
         .await
         .unwrap();
+    let r_origin = r.ctx.wal.local_origin();
     r.sync_once(a.local_addr().unwrap()).await.unwrap();
     assert_eq!(r.ctx.wal.have(&a_origin), RangeSet::from_range(1, 20));
     let _ = b.sync_once(r.local_addr().unwrap()).await;
@@ -114,10 +114,10 @@ async fn a_mule_proves_what_it_carries_after_a_restart_or_a_power_cut() {
     let a = start(&dep.enroll("clinic-a", Role::Clinic).unwrap(), Some(Policy::All))
         .await
         .unwrap();
-    let a_origin = a.ctx.wal.local_origin();
     write_events(&a.ctx.wal, workload("CLA", 300, 3).unwrap(), Priority::Normal)
         .await
         .unwrap();
+    let a_origin = a.ctx.wal.local_origin();
     for clean in [true, false] {
         let mut m_dir = dep.enroll(if clean { "mule-1" } else { "mule-2" }, Role::Mule).unwrap();
         let m = start(&m_dir, Some(Policy::All)).await.unwrap();

@@ -1,14 +1,11 @@
-//! The seal a WAL leaves when it is closed cleanly, and the own-log guard
-//! that depends on it.
+//! The seal a WAL leaves when it is closed cleanly.
 //!
 //! An SD card may acknowledge an fsync and still lose the write when the
-//! power goes; a disk image may be written back. Either way the node's own
-//! log can end below what peers already hold, and writing on would give out
-//! sequence numbers twice. No single peer can vouch for the tail (another,
-//! a mule on the road, may hold more), so after any close the WAL cannot
-//! vouch for itself (no seal, or a seal that does not match what was
-//! recovered), the next local write starts a new log
-//! (`Wal::set_unconfirmed_tail`).
+//! power goes. A start without a seal, or with one that does not match what
+//! recovery found, may lack events at the end of its own log that peers
+//! hold: the node warns. It does not decide the log epoch: every start
+//! writes a new log at its first local write (`Wal::set_unconfirmed_tail`),
+//! since a disk image put back carries a matching seal too.
 //!
 //! The seal is written after the writer's last fsync and removed at open
 //! before anything else is written, so it only ever describes the state the

@@ -194,12 +194,12 @@ impl Writer {
             bytes: self.shared.bytes.load(Ordering::Relaxed),
         };
         if let Err(e) = crate::seal::write(&self.shared.dir, &seal) {
-            tracing::warn!("could not seal the WAL on close ({e}); the next start will begin a new log epoch at its first local write");
+            tracing::warn!("could not seal the WAL on close ({e}); the next start will warn that its end may be lost");
         }
     }
 
-    /// The origin local events of this group are written to: after a close
-    /// the WAL could not vouch for, the first local write moves to a new log.
+    /// The origin local events of this group are written to: the first
+    /// local write after `Wal::set_unconfirmed_tail` moves to the new log.
     fn origin_for(&self, group: &[Command]) -> Origin {
         let has_local = group
             .iter()
@@ -210,8 +210,8 @@ impl Writer {
         }
         let mut own = self.local_origin.write().unwrap_or_else(|p| p.into_inner());
         if let Some(next) = own.next.take() {
-            tracing::warn!(old = %own.current, new = %next,
-                "the WAL was not closed cleanly (a crash or power cut) or its end does not match what it was closed with: peers may hold events of this log that the disk lost, so rather than risk giving out their sequence numbers again, local events now go to a new log epoch");
+            tracing::info!(old = %own.current, new = %next,
+                "local events now go to a new log epoch: this start cannot know whether peers hold numbers of the old log that its disk lacks");
             own.current = next;
         }
         own.current
