@@ -86,6 +86,23 @@ pub struct SyncReport {
     pub auth_bytes_sent: u64,
 }
 
+impl SyncReport {
+    /// This report followed by `next`, a later connection of the same sync.
+    fn then(self, next: SyncReport) -> SyncReport {
+        SyncReport {
+            events_received: self.events_received + next.events_received,
+            events_sent: self.events_sent + next.events_sent,
+            duplicates_received: self.duplicates_received + next.duplicates_received,
+            wants: self.wants + next.wants,
+            first_event_ms: self.first_event_ms.or(next.first_event_ms),
+            udp_tx_bytes: self.udp_tx_bytes + next.udp_tx_bytes,
+            udp_rx_bytes: self.udp_rx_bytes + next.udp_rx_bytes,
+            auth_bytes_sent: self.auth_bytes_sent + next.auth_bytes_sent,
+            ..self
+        }
+    }
+}
+
 /// Settings given on the command line, over the data directory's config.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Overrides {
@@ -441,21 +458,42 @@ impl Node {
     /// offers, then the connection closes. Fails unless every want was
     /// answered.
     pub async fn sync_once(&self, addr: SocketAddr) -> Result<SyncReport, SyncError> {
-        let Opened { link, zero_rtt } = self.open(addr, false).await?;
-        let done = link.wait_in_step().await;
-        if done {
-            // Goodbye: the peer closes once it has read all this node sent.
-            self.driver.with_core(|core, now| core.goodbye(now, link.id()));
-            let closed = tokio::time::timeout(self.connect_timeout(false), link.conn.closed()).await;
-            if closed.is_err() {
-                link.conn.close(code(ErrorCode::Done), b"sync finished");
+        // A path that went silent (a long burst of loss, a NAT that forgot
+        // the binding) is given up by the link's watch; the sync dials
+        // again and goes on where it was, as the daemon would.
+        const REDIALS_AFTER_SILENCE: u32 = 3;
+        let mut total: Option<SyncReport> = None;
+        let mut redials = 0;
+        loop {
+            let Opened { link, zero_rtt } = self.open(addr, false).await?;
+            let done = link.wait_in_step().await;
+            if done {
+                // Goodbye: the peer closes once it has read all this node sent.
+                self.driver.with_core(|core, now| core.goodbye(now, link.id()));
+                let closed = tokio::time::timeout(self.connect_timeout(false), link.conn.closed()).await;
+                if closed.is_err() {
+                    link.conn.close(code(ErrorCode::Done), b"sync finished");
+                }
+            } else if link.gave_up_after().is_none() {
+                link.conn.close(code(ErrorCode::Internal), b"sync failed");
             }
-        } else {
-            link.conn.close(code(ErrorCode::Internal), b"sync failed");
-        }
-        let mut report = report(&link, zero_rtt);
-        report.rebinds = self.ctx.totals.rebinds.load(Relaxed);
-        if !done {
+            let this = report(&link, zero_rtt);
+            let mut report = match total.take() {
+                Some(before) => before.then(this),
+                None => this,
+            };
+            report.rebinds = self.ctx.totals.rebinds.load(Relaxed);
+            if done {
+                return Ok(report);
+            }
+            if let Some(silent) = link.gave_up_after() {
+                if redials < REDIALS_AFTER_SILENCE {
+                    redials += 1;
+                    tracing::warn!(%addr, "no answer from the peer for {} s; dialling again", silent.as_secs());
+                    total = Some(report);
+                    continue;
+                }
+            }
             let why = link
                 .conn
                 .close_reason()
@@ -463,7 +501,6 @@ impl Node {
                 .unwrap_or_else(|| "the connection ended".into());
             return Err(SyncError::Incomplete { addr, reason: why });
         }
-        Ok(report)
     }
 
     /// Closes every connection and waits until peers were told.

@@ -97,6 +97,20 @@ pub fn run(seed: u64, scenario: Option<&str>, opts: Options) -> Outcome {
             w.fail(what);
         }
     }
+    if let Some(per_log) = w.planned_per_log {
+        let replicas = || w.nodes.iter().filter_map(|n| n.replica.as_ref());
+        let planned: u64 = replicas().map(|r| r.totals().logs_planned).sum();
+        let logs = replicas()
+            .map(|r| ferry_sync::Store::summary(r.store()).0.len() as u64)
+            .max()
+            .unwrap_or(0);
+        if planned > per_log * logs {
+            let what = format!(
+                "pull planning read {planned} logs for {logs} logs in the deployment, more than {per_log} per log"
+            );
+            w.fail(what);
+        }
+    }
     Outcome {
         seed,
         failure: w.failure.clone(),

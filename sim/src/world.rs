@@ -255,6 +255,9 @@ pub struct World {
     /// at a node are durable at the other nodes within this long, and
     /// every one within a lost packet's recovery (`PUSH_MAX`).
     pub push_within: Option<Time>,
+    /// A named scenario's promise for pull planning: all nodes together
+    /// read at most this many logs in planning per log in the deployment.
+    pub planned_per_log: Option<u64>,
     /// How long each written event took to reach each other node.
     pub push_latencies: Vec<Time>,
     written_at: BTreeMap<(Origin, u64), Time>,
@@ -296,6 +299,7 @@ impl World {
             round_interval: Time::from_secs(60),
             live_round_interval: Time::from_secs(300),
             push_within: None,
+            planned_per_log: None,
             push_latencies: Vec::new(),
             written_at: BTreeMap::new(),
             base: Instant::now(),
@@ -632,6 +636,20 @@ impl World {
         }
         let _ = self.check.local_written(n, &events);
         self.check.acked(n, events.iter().map(|e| (e.origin, e.seq)));
+    }
+
+    /// `logs` logs of one small event each, written before the run starts:
+    /// a node that began a new log at each of that many starts.
+    pub fn preload_logs(&mut self, n: usize, logs: usize) {
+        for _ in 0..logs {
+            let epoch = self.rng.gen();
+            let Some(disk) = self.nodes[n].disk.as_mut() else {
+                return;
+            };
+            let node = disk.local_origin().node;
+            disk.set_unconfirmed_tail(ferry_proto::Origin { node, epoch });
+            self.preload(n, 1, 0);
+        }
     }
 
     /// One write at `at`, whatever the node's mix says.

@@ -60,6 +60,7 @@ impl Session {
     pub fn plan<S: Store>(&mut self, cx: &mut Cx<'_, S>, lan_offers: &Summary) {
         self.needs_plan = false;
         let Some((theirs, classes)) = &self.theirs else { return };
+        self.stats.logs_planned += theirs.0.len() as u64;
         let local = cx.store.local_origin();
         let gaps = self
             .basis(cx, theirs, lan_offers)
@@ -98,7 +99,16 @@ impl Session {
             if !cx.cfg.bugs.on(|b| b.duplicate_after_reconnect) {
                 range = range.difference(&cx.store.have(&gap.origin));
             }
-            let free = cx.claims.claim(self.conn, gap.origin, &range);
+            // A gap queued a while ago may have come apart (events or
+            // claims since in its middle): ask for as many pieces as there
+            // is room for, and keep the rest first in the queue.
+            let mut free = range.difference(&cx.claims.claimed(&gap.origin));
+            let room = cx.cfg.wants_in_flight - self.wants.len();
+            if let Some(&(rest, _)) = free.ranges().get(room) {
+                self.queued.push_front(Gap { first: rest, ..gap });
+                free = free.intersection(&RangeSet::from_range(gap.first, rest - 1));
+            }
+            let free = cx.claims.claim(self.conn, gap.origin, &free);
             for &(first, last) in free.ranges() {
                 let want = Want {
                     origin: gap.origin,
@@ -273,7 +283,21 @@ impl Session {
             }
         }
         self.fill_wants(cx);
-        self.needs_plan |= self.their_id != self.done_sent;
+        self.replan_when_drained();
+    }
+
+    /// Plans again once the queue of gaps ran dry and a `Done` is still
+    /// owed: to send it, or to ask for what another connection held
+    /// claimed at the last plan and has since let go. Not after every
+    /// want or append: a plan reads every log the peer offers, and a peer
+    /// offering thousands of logs of one gap each made the pull quadratic
+    /// (the simulator's `many-logs`). What the queue still holds is checked
+    /// against the store and the claims as each gap is asked for
+    /// (`fill_wants`).
+    pub fn replan_when_drained(&mut self) {
+        if self.queued.is_empty() {
+            self.needs_plan |= self.their_id != self.done_sent;
+        }
     }
 
     pub fn on_refused<S: Store>(&mut self, cx: &mut Cx<'_, S>, want: Want, code: u16, message: String) {
@@ -364,7 +388,7 @@ impl Session {
         self.stats.events_received += report.stored;
         self.stats.duplicates_received += report.duplicates;
         self.received_in_round += report.stored;
-        self.needs_plan |= self.their_id != self.done_sent;
+        self.replan_when_drained();
     }
 
     /// Says `Done` once nothing the peer's summary offered is missing here

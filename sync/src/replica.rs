@@ -396,12 +396,13 @@ impl<S: Store> Replica<S> {
         }
     }
 
-    /// Sessions still owing a `Done` look again: claims they waited on may
-    /// have ended.
+    /// Sessions still owing a `Done` with nothing left queued look again:
+    /// claims they waited on may have ended. One with gaps queued looks
+    /// again once they are asked for (`Session::replan_when_drained`).
     fn replan_waiting(&mut self) {
         for s in self.sessions.values_mut() {
-            if s.their_id.is_some() && s.their_id != s.done_sent {
-                s.needs_plan = true;
+            if s.their_id.is_some() {
+                s.replan_when_drained();
             }
         }
     }

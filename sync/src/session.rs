@@ -88,6 +88,9 @@ pub struct SessionStats {
     pub events_unproved: u64,
     /// Bytes of credentials, heads and proofs sent (`auth`).
     pub auth_bytes_sent: u64,
+    /// Logs read by pull planning, one per log the peer offers at each
+    /// plan: what deciding what to ask for costs.
+    pub logs_planned: u64,
 }
 
 impl SessionStats {
@@ -101,6 +104,7 @@ impl SessionStats {
         self.rounds += o.rounds;
         self.events_unproved += o.events_unproved;
         self.auth_bytes_sent += o.auth_bytes_sent;
+        self.logs_planned += o.logs_planned;
     }
 }
 

@@ -122,6 +122,44 @@ async fn a_connection_that_hears_nothing_back_is_dialled_again() {
     clinic.shutdown().await;
 }
 
+/// A one-shot sync whose path carries nothing for longer than the silence
+/// limit (a long burst of loss on edge_lossy did this): the link gives the
+/// connection up, and the sync dials again and completes, with nothing
+/// received twice, instead of failing (it did, at seed 4 of edge_lossy with a
+/// smaller congestion window).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_whose_path_goes_silent_dials_again_and_completes() {
+    init_logging();
+    let dep = Deployment::new("field").unwrap();
+    let (hub, clinic) = wan_pair(&dep, None).await.unwrap();
+    assert_eq!(TransportProfile::wan().silence_limit, Duration::from_secs(20));
+    write_events(&clinic.ctx.wal, workload("GAP", 600, 12).unwrap(), Priority::Normal)
+        .await
+        .unwrap();
+    let sim = link_to(&hub, Profile::bhutan_2g(), 12).await.unwrap();
+    let sync = spawn_sync(&clinic, sim.local_addr());
+    let limit = Duration::from_secs(300);
+    eventually("some events at the hub", limit, || hub.ctx.wal.stats().events >= 100)
+        .await
+        .unwrap();
+    sim.cut();
+    tokio::time::sleep(Duration::from_secs(24)).await;
+    sim.restore();
+    let report = tokio::time::timeout(limit, sync)
+        .await
+        .expect("sync hung")
+        .unwrap()
+        .expect("the sync gave up instead of dialling again");
+    assert_eq!(clinic.ctx.totals.silent_peers.load(Relaxed), 1);
+    // What the dead path swallowed went again on the new connection; the
+    // hub received each event once.
+    assert!(report.events_sent >= 600, "{report:?}");
+    assert_eq!(hub.ctx.totals.duplicates_received.load(Relaxed), 0);
+    assert_eq!(all_events(&hub.ctx.wal).unwrap(), all_events(&clinic.ctx.wal).unwrap());
+    hub.shutdown().await;
+    clinic.shutdown().await;
+}
+
 /// A backlog of 2,000 bulk events, then 20 urgent ones: over 2G every
 /// urgent event arrives before a quarter of the backlog has.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
