@@ -494,11 +494,18 @@ impl Node {
                     continue;
                 }
             }
-            let why = link
-                .conn
-                .close_reason()
-                .map(|r| r.to_string())
-                .unwrap_or_else(|| "the connection ended".into());
+            let why = match link.gave_up_after() {
+                Some(silent) => format!(
+                    "no answer from the peer for {} s, {} times; the link is down or dropping everything",
+                    silent.as_secs(),
+                    redials + 1
+                ),
+                None => link
+                    .conn
+                    .close_reason()
+                    .map(|r| r.to_string())
+                    .unwrap_or_else(|| "the connection ended".into()),
+            };
             return Err(SyncError::Incomplete { addr, reason: why });
         }
     }
