@@ -67,6 +67,22 @@ pub trait LinkEvents: Send + Sync + 'static {
     fn budget(&self) -> Option<&Budget>;
 }
 
+/// The reason a link gives when it gives a silent connection up.
+pub const SILENT_CLOSE: &[u8] = b"no answer; dialling again";
+
+/// Whether the connection ended for its path, not for anything either side
+/// found wrong: this node or the peer gave it up as silent, or it timed out
+/// or was reset. Such a sync is worth dialling again.
+pub fn ended_by_the_path(link: &Link) -> bool {
+    use quinn::ConnectionError as E;
+    link.gave_up_after().is_some()
+        || match link.conn.close_reason() {
+            Some(E::ApplicationClosed(c)) => &c.reason[..] == SILENT_CLOSE,
+            Some(E::TimedOut | E::Reset) => true,
+            _ => false,
+        }
+}
+
 pub fn code(c: ferry_proto::ErrorCode) -> quinn::VarInt {
     quinn::VarInt::from_u32(c as u32)
 }
@@ -381,8 +397,7 @@ async fn watch_silence<E: LinkEvents>(events: Arc<E>, link: Arc<Link>, limit: Du
         if let Some(silent) = silence.observe(Instant::now(), Counts::of(&stats), limit) {
             let _ = link.silent.set(silent);
             events.silent(&link, silent);
-            link.conn
-                .close(code(ferry_proto::ErrorCode::Done), b"no answer; dialling again");
+            link.conn.close(code(ferry_proto::ErrorCode::Done), SILENT_CLOSE);
             return;
         }
     }

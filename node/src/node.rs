@@ -4,7 +4,7 @@
 use crate::ctx::{Counters, NodeCtx};
 use crate::datadir::{DataDir, Policy};
 use crate::driver::{Driver, Mode};
-use crate::link::{code, Link};
+use crate::link::{code, ended_by_the_path, Link};
 use crate::pki::{CertInfo, Role};
 use crate::sync_error::SyncError;
 use crate::tls::{self, TlsIdentity};
@@ -459,8 +459,9 @@ impl Node {
     /// answered.
     pub async fn sync_once(&self, addr: SocketAddr) -> Result<SyncReport, SyncError> {
         // A path that went silent (a long burst of loss, a NAT that forgot
-        // the binding) is given up by the link's watch; the sync dials
-        // again and goes on where it was, as the daemon would.
+        // the binding) is given up by the link's watch, here or at the
+        // peer; the sync dials again and goes on where it was, as the
+        // daemon would.
         const REDIALS_AFTER_SILENCE: u32 = 3;
         let mut total: Option<SyncReport> = None;
         let mut redials = 0;
@@ -474,7 +475,7 @@ impl Node {
                 if closed.is_err() {
                     link.conn.close(code(ErrorCode::Done), b"sync finished");
                 }
-            } else if link.gave_up_after().is_none() {
+            } else if !ended_by_the_path(&link) {
                 link.conn.close(code(ErrorCode::Internal), b"sync failed");
             }
             let this = report(&link, zero_rtt);
@@ -486,26 +487,26 @@ impl Node {
             if done {
                 return Ok(report);
             }
-            if let Some(silent) = link.gave_up_after() {
+            let ended = link
+                .conn
+                .close_reason()
+                .map(|r| r.to_string())
+                .unwrap_or_else(|| "the connection ended".into());
+            let ended = match link.gave_up_after() {
+                Some(silent) => format!("no answer from the peer for {} s", silent.as_secs()),
+                None => ended,
+            };
+            if ended_by_the_path(&link) {
                 if redials < REDIALS_AFTER_SILENCE {
                     redials += 1;
-                    tracing::warn!(%addr, "no answer from the peer for {} s; dialling again", silent.as_secs());
+                    tracing::warn!(%addr, "the connection was lost ({ended}); dialling again");
                     total = Some(report);
                     continue;
                 }
+                let why = format!("{ended}, after {redials} redials; the link is down or dropping everything");
+                return Err(SyncError::Incomplete { addr, reason: why });
             }
-            let why = match link.gave_up_after() {
-                Some(silent) => format!(
-                    "no answer from the peer for {} s, {} times; the link is down or dropping everything",
-                    silent.as_secs(),
-                    redials + 1
-                ),
-                None => link
-                    .conn
-                    .close_reason()
-                    .map(|r| r.to_string())
-                    .unwrap_or_else(|| "the connection ended".into()),
-            };
+            let why = ended;
             return Err(SyncError::Incomplete { addr, reason: why });
         }
     }

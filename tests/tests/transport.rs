@@ -123,8 +123,9 @@ async fn a_connection_that_hears_nothing_back_is_dialled_again() {
 }
 
 /// A one-shot sync whose path carries nothing for longer than the silence
-/// limit (a long burst of loss on edge_lossy did this): the link gives the
-/// connection up, and the sync dials again and completes, with nothing
+/// limit (a long burst of loss on edge_lossy did this): a link gives the
+/// connection up (the clinic's, or the hub's, whose close then arrives
+/// when the path is back), and the sync dials again and completes, with nothing
 /// received twice, instead of failing (it did, at seed 4 of edge_lossy with a
 /// smaller congestion window).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,7 +151,10 @@ async fn a_sync_whose_path_goes_silent_dials_again_and_completes() {
         .expect("sync hung")
         .unwrap()
         .expect("the sync gave up instead of dialling again");
-    assert_eq!(clinic.ctx.totals.silent_peers.load(Relaxed), 1);
+    // Whichever end looked first gave the connection up (the hub's watch
+    // may, and its close then reaches the clinic when the path is back).
+    let silent = |n: &ferry::node::Node| n.ctx.totals.silent_peers.load(Relaxed);
+    assert!(silent(&clinic) + silent(&hub) >= 1, "no end gave the silent path up");
     // What the dead path swallowed went again on the new connection; the
     // hub received each event once.
     assert!(report.events_sent >= 600, "{report:?}");
