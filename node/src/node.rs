@@ -487,14 +487,10 @@ impl Node {
             if done {
                 return Ok(report);
             }
-            let ended = link
-                .conn
-                .close_reason()
-                .map(|r| r.to_string())
-                .unwrap_or_else(|| "the connection ended".into());
-            let ended = match link.gave_up_after() {
-                Some(silent) => format!("no answer from the peer for {} s", silent.as_secs()),
-                None => ended,
+            let ended = match (link.gave_up_after(), link.conn.close_reason()) {
+                (Some(silent), _) => format!("no answer from the peer for {} s", silent.as_secs()),
+                (None, Some(reason)) => reason.to_string(),
+                (None, None) => "the connection ended".into(),
             };
             if ended_by_the_path(&link) {
                 if redials < REDIALS_AFTER_SILENCE {
@@ -506,8 +502,7 @@ impl Node {
                 let why = format!("{ended}, after {redials} redials; the link is down or dropping everything");
                 return Err(SyncError::Incomplete { addr, reason: why });
             }
-            let why = ended;
-            return Err(SyncError::Incomplete { addr, reason: why });
+            return Err(SyncError::Incomplete { addr, reason: ended });
         }
     }
 

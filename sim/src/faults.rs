@@ -106,15 +106,13 @@ pub fn apply(w: &mut World, f: Fault) {
             let before = w.check_total_acked(n);
             w.check.after_restore(n, |o, s| old.holds(o, s), old.last_hlc());
             let lost = before - w.check_total_acked(n);
+            let (what, by) = match kind {
+                Backup::Files => ("data directory", "copy"),
+                Backup::Image => ("disk", "image"),
+            };
             let line = format!(
-                "{}'s {} is replaced by the old {} ({lost} acknowledged events gone here)",
-                w.nodes[n].name,
-                if kind == Backup::Files {
-                    "data directory"
-                } else {
-                    "disk"
-                },
-                if kind == Backup::Files { "copy" } else { "image" },
+                "{}'s {what} is replaced by the old {by} ({lost} acknowledged events gone here)",
+                w.nodes[n].name
             );
             w.trace.line(w.now, &line);
             w.nodes[n].disk = Some(old);
